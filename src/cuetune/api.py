@@ -1,0 +1,175 @@
+"""The Python API: `cuetune.train(config)` and `cuetune.load(run_dir).predict([...])`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+from cuetune import artifacts, atomic
+from cuetune.config import RunConfig
+from cuetune.config import load as load_config
+from cuetune.config import validate as validate_config
+from cuetune.data import Example, clean, load_splits, read_rows, to_examples
+from cuetune.engine import Pipeline, build, predict_probs
+from cuetune.errors import ArtifactError, CuetuneError
+from cuetune.evaluation import plot_confusion, plot_curves
+from cuetune.models import load_model
+from cuetune.training import MetricsLog, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+def _as_config(config) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if config is None or isinstance(config, str | Path):
+        return load_config(config)
+    if isinstance(config, dict):
+        return validate_config(config)
+    raise TypeError(f"config must be a RunConfig, dict or YAML path, not {type(config).__name__}")
+
+
+def prepare_run_dir(path: str | Path) -> Path:
+    """Create the run directory and check it is writable before any training starts.
+
+    An old manifest is removed first, so an interrupted rerun never looks finished.
+    """
+    run_dir = Path(path)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".cuetune-write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        (run_dir / artifacts.MANIFEST).unlink(missing_ok=True)
+    except OSError as exc:
+        raise CuetuneError(f"output_dir {run_dir}: not writable ({exc.strerror}); "
+                           "choose another with --set output_dir=DIR") from None
+    return run_dir
+
+
+def train(config=None, progress=None) -> dict:
+    """Train (or, for baselines, just evaluate) as the config says; return the manifest."""
+    cfg = _as_config(config)
+    splits = load_splits(cfg.data)
+    run_dir = prepare_run_dir(cfg.output_dir)
+    pipe = build(cfg, splits.labels)
+    enc = {name: pipe.encode(getattr(splits, name), f"{name} examples")
+           for name in ("train", "dev", "test")}
+    metrics: dict = {}
+    if cfg.train.zero_shot_baseline and pipe.method.trains and enc["test"]:
+        zero_cfg = RunConfig.model_validate({**cfg.model_dump(), "method": {"name": "zero-shot"}})
+        zero = build(zero_cfg, splits.labels, loaded=pipe.loaded)
+        metrics["zero_shot_test"] = evaluate(zero, zero.encode(splits.test), cfg.train.eval_batch_size)
+    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"),
+                                                               sort_keys=False))
+    training = None
+    mlog = MetricsLog(run_dir / "metrics.jsonl")
+    try:
+        if pipe.method.trains:
+            result = fit(pipe, enc["train"], enc["dev"], mlog, progress)
+            training = {"steps": result.steps, "best_step": result.best_step,
+                        "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)}
+            metrics["dev_best"] = result.best_dev
+    finally:
+        mlog.close()
+    for name in ("dev", "test"):
+        if enc[name]:
+            metrics[name] = evaluate(pipe, enc[name], cfg.train.eval_batch_size)
+    state = pipe.method.adapter_state()
+    sha = artifacts.save_adapter(run_dir, state)
+    if mlog.rows:
+        plot_curves(mlog.rows, run_dir / "training_curves.png", cfg.train.metric)
+    if "test" in metrics:
+        plot_confusion(metrics["test"], run_dir / "confusion_matrix.png")
+    manifest = {
+        "base_model": {"name": cfg.model.name, "fingerprint": pipe.loaded.fingerprint,
+                       "family": pipe.loaded.family.name},
+        "method": cfg.method.model_dump(mode="json"),
+        "template": pipe.encoder.template.source,
+        "verbalizer": pipe.verbalizer.to_json(),
+        "labels": pipe.labels,
+        "trainable_parameters": int(sum(t.numel() for t in state.values())),
+        "adapter_sha256": sha,
+        "adapter_bytes": (run_dir / artifacts.ADAPTER).stat().st_size,
+        "data": splits.report,
+        "training": training,
+        "metrics": metrics,
+        "config": cfg.model_dump(mode="json"),
+    }
+    atomic.write_json(run_dir / "eval.json", metrics)
+    artifacts.write_manifest(run_dir, manifest)
+    manifest["run_dir"] = str(run_dir)
+    return manifest
+
+
+class TunedModel:
+    """A trained prompt on its base model, ready to predict."""
+
+    def __init__(self, pipe: Pipeline, manifest: dict, run_dir: Path):
+        self.pipe = pipe
+        self.manifest = manifest
+        self.run_dir = run_dir
+
+    @property
+    def labels(self) -> list[str]:
+        return self.pipe.labels
+
+    def predict(self, texts, text_pairs=None, batch_size: int = 32) -> list[dict]:
+        """Label and per-label probabilities for each text (and optional second text)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        pairs = text_pairs or [None] * len(texts)
+        examples = [t if isinstance(t, Example) else Example(str(t), p)
+                    for t, p in zip(texts, pairs, strict=True)]
+        items = self.pipe.encode(examples, "inputs")
+        probs = predict_probs(self.pipe.model, items, self.pipe.loaded.tokenizer.pad_token_id,
+                              batch_size)
+        return [{"label": self.labels[int(row.argmax())],
+                 "probs": {lab: round(float(p), 6) for lab, p in zip(self.labels, row, strict=True)}}
+                for row in probs]
+
+    def read(self, path: str | Path) -> list[Example]:
+        """Read a data file with the run's column mapping and labels."""
+        data = self.pipe.config.data
+        rows = read_rows(path, "auto" if data.format == "auto" else data.format, data.columns)
+        label_col = data.label_column if all(data.label_column in r for _, r in rows) else None
+        examples = to_examples(rows, data.text_column, data.text_pair_column, label_col,
+                               self.labels, str(path))
+        cleaned, _ = clean(examples, data.clean.model_copy(update={"drop_duplicates": False}),
+                           str(path))
+        return cleaned
+
+    def evaluate(self, path: str | Path) -> dict:
+        examples = self.read(path)
+        if any(e.label is None for e in examples):
+            raise CuetuneError(f"{path}: no '{self.pipe.config.data.label_column}' column; "
+                               "evaluation needs labels")
+        return evaluate(self.pipe, self.pipe.encode(examples), self.pipe.config.train.eval_batch_size)
+
+
+def load(run_dir: str | Path, device: str | None = None) -> TunedModel:
+    """Load a run directory; refuses an adapter whose base weights differ from the loaded ones."""
+    run_dir = Path(run_dir)
+    manifest = artifacts.read_manifest(run_dir)
+    try:
+        cfg = RunConfig.model_validate(manifest["config"])
+    except Exception as exc:  # pydantic errors: report as a damaged manifest
+        raise ArtifactError(f"{run_dir / artifacts.MANIFEST}: config is invalid ({exc})") from None
+    if device:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": device})})
+    loaded = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device,
+                        cfg.model.trust_remote_code)
+    artifacts.check_base(manifest, loaded.fingerprint, run_dir)
+    pipe = build(cfg, manifest["labels"], loaded=loaded)
+    state = artifacts.read_adapter(run_dir, manifest)
+    try:
+        pipe.method.load_adapter_state(state)
+    except (KeyError, ValueError) as exc:
+        raise ArtifactError(f"{run_dir / artifacts.ADAPTER}: {exc}") from None
+    return TunedModel(pipe, manifest, run_dir)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

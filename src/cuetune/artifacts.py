@@ -1,0 +1,79 @@
+"""Run directories: the adapter file, the manifest, and loading them back.
+
+A run directory holds `adapter.safetensors` (only the trained parameters), `cuetune.json` (the
+manifest: base model and its weight fingerprint, template, verbalizer, labels, method config,
+metrics, package version, SHA-256 of the adapter), `metrics.jsonl`, and plots. The manifest is
+written last, so a directory without one is an unfinished run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from cuetune import __version__, atomic
+from cuetune.errors import ArtifactError
+
+MANIFEST = "cuetune.json"
+ADAPTER = "adapter.safetensors"
+FORMAT_VERSION = 1
+
+
+def save_adapter(run_dir: Path, state: dict[str, torch.Tensor]) -> str:
+    """Write the adapter atomically; return its SHA-256."""
+    data = save({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                metadata={"format": "cuetune", "version": __version__})
+    atomic.write_bytes(run_dir / ADAPTER, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> None:
+    atomic.write_json(run_dir / MANIFEST, {"format_version": FORMAT_VERSION,
+                                            "cuetune_version": __version__, **manifest})
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / MANIFEST
+    if not Path(run_dir).is_dir():
+        raise ArtifactError(f"{run_dir}: run directory not found")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; {run_dir} is not a finished cuetune run "
+                            "(training may have stopped early)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    for key in ("base_model", "config", "labels", "adapter_sha256"):
+        if key not in manifest:
+            raise ArtifactError(f"{path}: field '{key}' missing; the manifest is damaged")
+    return manifest
+
+
+def read_adapter(run_dir: str | Path, manifest: dict) -> dict[str, torch.Tensor]:
+    path = Path(run_dir) / ADAPTER
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; the run directory is incomplete")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest["adapter_sha256"]:
+        raise ArtifactError(f"{path}: SHA-256 {digest[:12]}... does not match the manifest's "
+                            f"{manifest['adapter_sha256'][:12]}...; the file was changed or damaged")
+    try:
+        return load(data)
+    except SafetensorError as exc:
+        raise ArtifactError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def check_base(manifest: dict, fingerprint: str, run_dir) -> None:
+    """Refuse an adapter trained on other base weights."""
+    want = manifest["base_model"]["fingerprint"]
+    if want != fingerprint:
+        raise ArtifactError(
+            f"{Path(run_dir) / MANIFEST}: adapter was trained on base model "
+            f"'{manifest['base_model']['name']}' (weights {want}), but the loaded weights are "
+            f"{fingerprint}; load it on the same base model")

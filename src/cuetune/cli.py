@@ -1,0 +1,185 @@
+"""The `cuetune` command line: train, eval, predict, models.
+
+Errors a user can fix print as one line (`error: <where>: <what to do>`) and exit with code 2;
+no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cuetune.errors import CuetuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Prompt-based, parameter-efficient fine-tuning of language models.")
+err = Console(stderr=True)
+out = Console()
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (progress bars, load reports) off the user's screen."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def _progress():
+    """A rich progress bar with loss, dev metric, speed and ETA; returns (callback, stop)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn(), console=err, transient=False)
+    task = {}
+
+    def update(step, total, row, best):
+        if not task:
+            bar.start()
+            task["id"] = bar.add_task("train", total=total, stats="")
+        stats = f"loss {row['loss']:.4f}  {row['examples_per_s']:.1f} ex/s"
+        if best is not None:
+            stats += f"  best dev {best:.3f}"
+        bar.update(task["id"], completed=step, total=total, stats=stats)
+
+    return update, bar.stop
+
+
+@app.command()
+def train(
+    config: Path | None = typer.Argument(None, help="YAML config; none = the packaged default job"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: key=value"),
+    out_dir: str | None = typer.Option(None, "--out", help="Run directory (same as --set output_dir=)"),
+) -> None:
+    """Train a prompt; prints zero-shot vs tuned test metrics."""
+    from cuetune import api
+    from cuetune import config as cfgmod
+
+    overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
+    cfg = cfgmod.load(config, overrides)
+    update, stop = _progress() if cfg.train.progress else (None, lambda: None)
+    try:
+        manifest = api.train(cfg, progress=update)
+    finally:
+        stop()
+    metrics = manifest["metrics"]
+    summary = {"run_dir": manifest["run_dir"], "method": manifest["method"]["name"],
+               "trainable_parameters": manifest["trainable_parameters"],
+               "adapter_bytes": manifest["adapter_bytes"]}
+    for key in ("zero_shot_test", "dev_best", "test"):
+        if metrics.get(key):
+            summary[f"{key}_accuracy"] = round(metrics[key]["accuracy"], 4)
+            summary[f"{key}_macro_f1"] = round(metrics[key]["macro_f1"], 4)
+    out.print_json(json.dumps(summary))
+    if "zero_shot_test" in metrics and "test" in metrics:
+        out.print(f"test accuracy: zero-shot {metrics['zero_shot_test']['accuracy']:.3f} -> "
+                  f"tuned {metrics['test']['accuracy']:.3f}")
+
+
+@app.command("eval")
+def eval_(run_dir: Path = typer.Argument(..., help="A finished run directory"),
+          data: Path = typer.Option(..., "--data", help="Labelled data file")) -> None:
+    """Evaluate a trained run on a labelled file; prints metrics JSON."""
+    from cuetune import api
+
+    out.print_json(json.dumps(api.load(run_dir).evaluate(data)))
+
+
+@app.command()
+def predict(run_dir: Path = typer.Argument(..., help="A finished run directory"),
+            input_: str = typer.Option(..., "--input", "-i", help="File (jsonl/csv/tsv/json/txt) or -"),
+            output: Path | None = typer.Option(None, "--output", "-o", help="JSONL file; default stdout"),
+            batch_size: int = typer.Option(32, help="Prediction batch size")) -> None:
+    """Predict labels and per-label probabilities; writes JSONL."""
+    from cuetune import api, atomic
+
+    model = api.load(run_dir)
+    if input_ == "-" or input_.endswith(".txt"):
+        text = sys.stdin.read() if input_ == "-" else _read_text(Path(input_))
+        examples = _lines_to_examples(text, "<stdin>" if input_ == "-" else input_)
+    else:
+        examples = model.read(input_)
+    preds = model.predict(examples, batch_size=batch_size)
+    rows = [{"text": e.text, **({"text_pair": e.text_pair} if e.text_pair else {}), **p}
+            for e, p in zip(examples, preds, strict=True)]
+    if output:
+        atomic.write_jsonl(output, rows)
+    else:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+
+
+def _read_text(path: Path) -> str:
+    from cuetune.errors import DataError
+
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid UTF-8; re-save the file as UTF-8") from None
+
+
+def _lines_to_examples(text: str, source: str):
+    """Plain text, one input per line; lines that are JSON objects use their 'text' field."""
+    from cuetune.data import Example, _jsonl
+
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise CuetuneError(f"{source}: no input lines")
+    if lines[0].lstrip().startswith("{"):
+        rows = _jsonl(Path(source), text)
+        return [Example(str(r.get("text", "")), r.get("text_pair")) for _, r in rows]
+    return [Example(ln.strip()) for ln in lines]
+
+
+@app.command()
+def models() -> None:
+    """List model aliases: family, parameters, installed and converted."""
+    from cuetune.models import describe_aliases
+
+    table = Table("alias", "family", "params", "installed", "converted", "package")
+    for row in describe_aliases():
+        conv = {True: "yes", False: "no", None: "n/a"}[row["converted"]]
+        table.add_row(row["alias"], row["family"], f"{row['params'] / 1e6:.1f}M",
+                      "yes" if row["installed"] else "no", conv, row["package"])
+    out.print(table)
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app(standalone_mode=False)
+    except CuetuneError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors are handled by click itself
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

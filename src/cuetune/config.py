@@ -1,0 +1,250 @@
+"""Typed run configuration, validated at the edge.
+
+A YAML file maps one to one onto `RunConfig`; `key=value` overrides (`train.lr=0.01`) are
+applied to the raw mapping before validation. Unknown keys are rejected with a did-you-mean,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+from cuetune.errors import ConfigError, did_you_mean
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    name: str = "smollm2-135m"
+    """An alias from `cuetune models`, a local directory, or a hub id."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: float32 on CPU (bf16 is slow on most CPUs), bfloat16 on CUDA."""
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+class CleanConfig(Strict):
+    strip: bool = True
+    collapse_whitespace: bool = True
+    drop_empty: bool = True
+    drop_duplicates: bool = True
+    drop_test_overlap: bool = True
+    """Drop train/dev rows whose text also appears in the test split."""
+
+
+class DataConfig(Strict):
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    """Files (csv, tsv, jsonl, json), or split names when `dataset` is set."""
+    dataset: str | None = None
+    """A `datasets.load_dataset` source (hub id or builder name); needs network for hub ids."""
+    dataset_config: str | None = None
+    format: Literal["auto", "csv", "tsv", "jsonl", "json"] = "auto"
+    columns: list[str] | None = None
+    """Column names for headerless CSV/TSV files, e.g. [label, text]."""
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    labels: list[str] | None = None
+    """The label list; integer labels in the data index into it."""
+    dev_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    split_seed: int = 13
+    k_shot: int | None = Field(None, ge=1)
+    """Sample K training examples per class."""
+    k_shot_dev: int | None = Field(None, ge=1)
+    k_shot_seed: int = 13
+    clean: CleanConfig = CleanConfig()
+    max_length: int = Field(256, ge=8)
+
+
+class PromptConfig(Strict):
+    template: str = "{soft:20} Review: {text} Sentiment: {answer}"
+    verbalizer: dict[str, str | list[str]] | None = None
+    """label -> word or words; default: each label's own name."""
+    instruction: str | None = None
+    chat: bool = False
+    """Wrap the prompt in the tokenizer's chat template (instruction-tuned models)."""
+    multi_token: Literal["first", "mean", "max"] = "mean"
+
+
+class TrainConfig(Strict):
+    seed: int = 42
+    lr: float | None = Field(None, gt=0)
+    """None: the method's default learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float = Field(3.0, gt=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_grad_norm: float | None = 1.0
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    eval_every: int = Field(20, ge=1)
+    patience: int | None = Field(5, ge=1)
+    """Stop after this many evaluations without improvement; None disables."""
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    zero_shot_baseline: bool = True
+    """Also evaluate the hard prompt alone (no trained parameters) on test."""
+    progress: bool = True
+
+
+class MethodConfig(Strict):
+    """Base of every method's config; each method registers a subclass."""
+
+    name: str = "soft"
+
+
+class RunConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    prompt: PromptConfig = PromptConfig()
+    method: SerializeAsAny[MethodConfig] = Field(
+        default_factory=lambda: {"name": "soft"}, validate_default=True
+    )
+    train: TrainConfig = TrainConfig()
+    output_dir: str = "runs/default"
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_by_name(cls, value: Any) -> Any:
+        from cuetune.methods import config_class
+
+        if isinstance(value, MethodConfig):
+            value = value.model_dump()
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ValueError("method must be a mapping with a 'name'")
+        return config_class(value.get("name", "soft")).model_validate(value)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse `a.b.c=value`; the value is read as YAML (numbers, booleans, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.01")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _fields_at(loc: tuple, raw: dict) -> list[str]:
+    """The allowed keys of the config model at `loc` (for did-you-mean)."""
+    from cuetune.methods import config_class
+
+    model: type[BaseModel] | None = RunConfig
+    node: Any = raw
+    for part in loc[:-1]:
+        if model is None:
+            return []
+        if model is RunConfig and part == "method":
+            name = node.get("method", {}).get("name", "soft") if isinstance(node, dict) else "soft"
+            try:
+                model = config_class(name)
+            except ConfigError:
+                return []
+            node = node.get("method", {})
+            continue
+        field = model.model_fields.get(str(part))
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(model.model_fields) if model else []
+
+
+def validate(raw: dict, source: str = "config") -> RunConfig:
+    """Validate a raw mapping into a RunConfig, with one-line errors naming the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    try:
+        return RunConfig.model_validate(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(str(p) for p in err["loc"])
+        where = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(loc[-1], _fields_at(loc, raw))
+            msg = f"{source}: {where}: unknown key;{hint or ' see the documented keys'}"
+        else:
+            msg = f"{source}: {where}: {err['msg']} (got {err.get('input')!r})"
+        more = len(exc.errors()) - 1
+        raise ConfigError(msg + (f" (+{more} more)" if more else "")) from None
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the packaged default when `path` is None) and apply overrides."""
+    if path is None:
+        from importlib.resources import files
+
+        text = files("cuetune.resources").joinpath("default.yaml").read_text()
+        source = "default config"
+        base_dir = None
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        text = p.read_text(encoding="utf-8")
+        source = str(p)
+        base_dir = p.parent
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    cfg = validate(raw, source)
+    return resolve_paths(cfg, base_dir)
+
+
+def resolve_paths(cfg: RunConfig, base_dir: Path | None) -> RunConfig:
+    """Data paths in a config file are relative to that file; `pkg:` names packaged data."""
+    from importlib.resources import files
+
+    updates = {}
+    for key in ("train", "dev", "test"):
+        value = getattr(cfg.data, key)
+        if value is None or cfg.data.dataset:
+            continue
+        if value.startswith("pkg:"):
+            updates[key] = str(files("cuetune.resources").joinpath(value[4:]))
+        elif base_dir is not None and not Path(value).is_absolute():
+            candidate = base_dir / value
+            if candidate.exists() or not Path(value).exists():
+                updates[key] = str(candidate)
+    if updates:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
+    return cfg

@@ -1,0 +1,236 @@
+"""Turn (template, example) into token ids for a model family.
+
+Layout per family (see families.py): causal models see the prompt up to the answer and read the
+label word from the last position; masked models see a mask token at the answer; seq2seq
+models see a sentinel there. Inputs are tokenised once, truncated by an explicit policy that
+never cuts the template or the answer slot, and padded on the right.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from cuetune.data import Example
+from cuetune.errors import TemplateError
+from cuetune.templates import Literal, Slot, Soft, Template
+
+log = logging.getLogger(__name__)
+
+CHAT_PLACEHOLDER = "\u0000CUETUNE_USER\u0000"
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    soft_index: list[int]
+    """Per position: index of the soft token placed there, or -1."""
+    answer_pos: int
+    label: int | None
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class SoftSpec:
+    count: int
+    init_ids: tuple[int, ...] | None
+    """Token ids whose embeddings initialise this block (from {soft:"words"})."""
+
+
+def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer wraps a sequence in (e.g. [CLS] ... [SEP])."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return full[:start], full[start + len(bare):]
+    return [], []
+
+
+class PromptEncoder:
+    """Encodes examples with one template for one tokenizer and family."""
+
+    def __init__(self, template: Template, tokenizer, answer_style: str, *,
+                 instruction: str | None = None, chat: bool = False, max_length: int = 256):
+        self.template = template.check(need_answer=True)
+        self.tok = tokenizer
+        self.style = answer_style
+        self.chat = chat
+        self.max_length = max_length
+        self.truncated_count = 0
+        segs = list(template.segments)
+        answer_at = next(i for i, s in enumerate(segs) if isinstance(s, Slot) and s.name == "answer")
+        if self.style == "next":
+            if any(isinstance(s, Slot) and s.name != "answer" for s in segs[answer_at:]):
+                raise TemplateError(
+                    f"template {template.source!r}: a causal model reads the answer after the "
+                    "input, so put {text} (and {text_pair}) before {answer}"
+                )
+            segs = segs[: answer_at + 1]  # what follows the answer is never seen
+        if chat and self.style != "next":
+            raise TemplateError("prompt.chat: chat templates need a causal (decoder) model")
+        if chat and not getattr(tokenizer, "chat_template", None):
+            raise TemplateError("prompt.chat: this tokenizer has no chat template; set chat: false")
+        if instruction and not chat:
+            segs = [Literal(instruction.rstrip() + "\n"), *segs]
+        self.instruction = instruction if chat else None
+        before = segs[answer_at - 1] if answer_at > 0 else None
+        self.answer_space = (not chat and isinstance(before, Literal)
+                             and before.text[-1:].isspace())
+        self.segments = _move_spaces(segs)
+        self.soft_specs = [self._soft_spec(s) for s in self.segments if isinstance(s, Soft)]
+        self.num_soft = sum(s.count for s in self.soft_specs)
+        self.prefix, self.suffix = _special_affixes(tokenizer)
+        if chat:
+            self.prefix, self.suffix = self._chat_affixes()
+        elif self.style == "next":
+            self.suffix = []
+        self._literal_ids = {id(s): self._ids(s.text) for s in self.segments
+                             if isinstance(s, Literal)}
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _soft_spec(self, seg: Soft) -> SoftSpec:
+        if seg.init_words is None:
+            return SoftSpec(seg.count, None)
+        ids = self._ids(seg.init_words)
+        if not ids:
+            raise TemplateError(f"template soft words {seg.init_words!r} encode to no tokens")
+        return SoftSpec(len(ids), tuple(ids))
+
+    def _chat_affixes(self) -> tuple[list[int], list[int]]:
+        content = (self.instruction.rstrip() + "\n\n" if self.instruction else "") + CHAT_PLACEHOLDER
+        text = self.tok.apply_chat_template([{"role": "user", "content": content}],
+                                            tokenize=False, add_generation_prompt=True)
+        if CHAT_PLACEHOLDER not in text:
+            raise TemplateError("prompt.chat: the chat template dropped the user message")
+        head, tail = text.split(CHAT_PLACEHOLDER)
+        return self._ids(head), self._ids(tail)
+
+    def encode(self, ex: Example) -> Encoded:
+        texts = {s.name: self._ids((" " if s.lead_space else "") + (getattr(ex, s.name) or ""))
+                 for s in self.segments if isinstance(s, TextSlot)}
+        texts.setdefault("text_pair", [])
+        fixed = len(self.prefix) + len(self.suffix) + self.num_soft + sum(
+            len(v) for v in self._literal_ids.values()) + (0 if self.style == "next" else 1)
+        budget = self.max_length - fixed
+        if budget < 1:
+            raise TemplateError(
+                f"template {self.template.source!r} needs {fixed} tokens but data.max_length is "
+                f"{self.max_length}; raise data.max_length or shorten the template"
+            )
+        truncated = _truncate(texts, budget)
+        self.truncated_count += truncated
+        ids, soft = list(self.prefix), [-1] * len(self.prefix)
+        answer_pos, soft_block, soft_next = -1, 0, 0
+        for seg in self.segments:
+            if isinstance(seg, Soft):
+                count = self.soft_specs[soft_block].count
+                ids.extend([self.tok.pad_token_id] * count)  # placeholders; the method fills them
+                soft.extend(range(soft_next, soft_next + count))
+                soft_block, soft_next = soft_block + 1, soft_next + count
+                continue
+            if isinstance(seg, Literal):
+                piece = self._literal_ids[id(seg)]
+            elif isinstance(seg, TextSlot):
+                piece = texts[seg.name]
+            elif self.style == "next":  # the answer: predicted from the last prompt token
+                answer_pos = len(ids) + len(self.suffix) - 1
+                continue
+            else:
+                answer_pos = len(ids)
+                piece = [self._answer_token()]
+            ids.extend(piece)
+            soft.extend([-1] * len(piece))
+        ids.extend(self.suffix)
+        soft.extend([-1] * len(self.suffix))
+        if answer_pos < 0:
+            raise TemplateError(f"template {self.template.source!r}: nothing before {{answer}}")
+        return Encoded(ids, soft, answer_pos, ex.label, bool(truncated))
+
+    def _answer_token(self) -> int:
+        if self.style == "mask":
+            if self.tok.mask_token_id is None:
+                raise TemplateError("this tokenizer has no mask token for {answer}")
+            return self.tok.mask_token_id
+        return self.tok.convert_tokens_to_ids("<extra_id_0>")
+
+    def encode_all(self, examples: list[Example], what: str = "examples") -> list[Encoded]:
+        before = self.truncated_count
+        out = [self.encode(ex) for ex in examples]
+        cut = self.truncated_count - before
+        if cut:
+            log.warning("%d of %d %s were truncated to data.max_length=%d (inputs cut at the end; "
+                        "template and answer kept)", cut, len(examples), what, self.max_length)
+        return out
+
+
+@dataclass(frozen=True)
+class TextSlot:
+    name: str  # "text" or "text_pair"
+    lead_space: bool
+
+
+def _move_spaces(segs: list) -> list:
+    """Move a literal's trailing whitespace onto the slot after it.
+
+    BPE tokenizers encode " word" as one token but "x " + "word" with an extra space token, so
+    "Review: {text}" becomes "Review:" + " <text>". Before {answer} the space is dropped and
+    the verbalizer's words carry it instead (PromptEncoder.answer_space); before soft tokens it
+    means nothing and is dropped.
+    """
+    out: list = []
+    space = False
+    for i, seg in enumerate(segs):
+        nxt = segs[i + 1] if i + 1 < len(segs) else None
+        if isinstance(seg, Literal) and isinstance(nxt, Slot | Soft):
+            stripped = seg.text.rstrip()
+            space = stripped != seg.text
+            if stripped:
+                out.append(Literal(stripped))
+            continue
+        if isinstance(seg, Slot) and seg.name != "answer":
+            out.append(TextSlot(seg.name, space))
+        else:
+            out.append(seg)
+        space = False
+    return out
+
+
+def _truncate(texts: dict[str, list[int]], budget: int) -> int:
+    """Cut the longer text first until both fit `budget`; return 1 if anything was cut."""
+    a, b = len(texts["text"]), len(texts["text_pair"])
+    if a + b <= budget:
+        return 0
+    half = budget // 2
+    if b == 0 or a <= half:
+        b = budget - min(a, budget)
+        a = min(a, budget)
+    elif b <= half:
+        a = budget - b
+    else:
+        a, b = budget - half, half
+    texts["text"] = texts["text"][:a]
+    texts["text_pair"] = texts["text_pair"][:b]
+    return 1
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch. Returns input_ids/attention_mask/soft_index [B, T], answer_pos [B]."""
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    soft = torch.full((len(items), width), -1, dtype=torch.long)
+    for row, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        mask[row, :n] = 1
+        soft[row, :n] = torch.tensor(e.soft_index)
+    batch = {"input_ids": ids, "attention_mask": mask, "soft_index": soft,
+             "answer_pos": torch.tensor([e.answer_pos for e in items])}
+    if all(e.label is not None for e in items):
+        batch["labels"] = torch.tensor([e.label for e in items])
+    return batch

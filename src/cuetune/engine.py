@@ -1,0 +1,101 @@
+"""The prompt model: a frozen base, a method's hooks, and label logits at the answer only.
+
+`PromptModel.forward` is the one forward pass every method shares:
+token ids -> input embeddings -> method.prepare_inputs -> family.run (hidden state at the
+answer position only) -> logits of the label-word tokens only -> verbalizer -> label scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cuetune import methods
+from cuetune.config import RunConfig
+from cuetune.encoding import Encoded, PromptEncoder, collate
+from cuetune.models import LoadedModel, load_model
+from cuetune.templates import parse
+from cuetune.verbalizers import Verbalizer
+
+
+class PromptModel(nn.Module):
+    def __init__(self, loaded: LoadedModel, method, verbalizer: Verbalizer):
+        super().__init__()
+        self.base = loaded.model
+        self.method = method
+        self.family = loaded.family
+        self.verbalizer = verbalizer
+        self.register_buffer("token_ids", verbalizer.token_ids.clone(), persistent=False)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """batch tensors [B, T] -> label scores [B, L] (fp32)."""
+        embeds = self.base.get_input_embeddings()(batch["input_ids"])  # [B, T, H]
+        inputs = {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"]}
+        inputs = self.method.prepare_inputs(inputs, batch)
+        hidden = self.family.run(self.base, inputs["inputs_embeds"], inputs["attention_mask"],
+                                 batch["answer_pos"])  # [B, H]
+        token_logits = self.family.token_logits(self.base, hidden, self.token_ids)  # [B, V']
+        return self.verbalizer.label_logits(token_logits)
+
+
+@dataclass
+class Pipeline:
+    config: RunConfig
+    loaded: LoadedModel
+    encoder: PromptEncoder
+    verbalizer: Verbalizer
+    model: PromptModel
+
+    @property
+    def method(self):
+        return self.model.method
+
+    @property
+    def labels(self) -> list[str]:
+        return self.verbalizer.labels
+
+    def encode(self, examples, what: str = "examples") -> list[Encoded]:
+        return self.encoder.encode_all(examples, what)
+
+
+def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) -> Pipeline:
+    """Assemble model, template, verbalizer and method from a config."""
+    if loaded is None:
+        loaded = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device,
+                            cfg.model.trust_remote_code)
+    method_cls = methods.get(cfg.method.name)
+    template = method_cls.adapt_template(cfg.method, parse(cfg.prompt.template))
+    encoder = PromptEncoder(template, loaded.tokenizer, loaded.family.answer_style,
+                            instruction=cfg.prompt.instruction, chat=cfg.prompt.chat,
+                            max_length=cfg.data.max_length)
+    verbalizer = Verbalizer(labels, cfg.prompt.verbalizer, cfg.prompt.multi_token)
+    verbalizer.bind(loaded.tokenizer, encoder.answer_space)
+    method = method_cls(cfg.method, loaded, encoder)
+    device = next(loaded.model.parameters()).device
+    model = PromptModel(loaded, method.to(device), verbalizer)
+    return Pipeline(cfg, loaded, encoder, verbalizer, model)
+
+
+def batches_by_length(items: list[Encoded], batch_size: int):
+    """Yield (indices, batch items) in length order, so each batch pads little."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, [items[i] for i in idx]
+
+
+@torch.inference_mode()
+def predict_probs(model: PromptModel, items: list[Encoded], pad_id: int,
+                  batch_size: int = 32) -> torch.Tensor:
+    """Label probabilities [N, L] for encoded items, in their original order."""
+    was_training = model.training
+    model.eval()
+    device = model.token_ids.device
+    out = torch.empty(len(items), len(model.verbalizer.labels))
+    for idx, chunk in batches_by_length(items, batch_size):
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+        out[idx] = model(batch).softmax(-1).float().cpu()
+    model.train(was_training)
+    return out

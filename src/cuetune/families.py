@@ -1,0 +1,147 @@
+"""Model families: where the answer is and how its logits are read.
+
+Each family knows (1) how a prompt is laid out for it (the answer is the next token for a
+causal LM, a mask token for a masked LM, the decoder's first token for seq2seq) and (2) how to
+get logits for a few label-word tokens at the answer position only, never full-vocabulary
+logits at every position (the LM-BFF way: logits only where the answer is).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cuetune.errors import ModelError
+
+MASKED_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet",
+                "deberta", "deberta-v2", "camembert", "modernbert"}
+
+
+class Family:
+    name: ClassVar[str]
+    answer_style: ClassVar[str]
+    """'next' (hidden state before the answer predicts it) or 'mask' (a mask token holds it)."""
+
+    def run(self, model: nn.Module, embeds: torch.Tensor, attention_mask: torch.Tensor,
+            answer_pos: torch.Tensor) -> torch.Tensor:
+        """Hidden states at the answer positions. embeds [B, T, H], answer_pos [B] -> [B, H]."""
+        out = model.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                               use_cache=False)
+        hidden = out.last_hidden_state  # [B, T, H]
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), answer_pos]
+
+    def token_logits(self, model: nn.Module, hidden: torch.Tensor,
+                     token_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of `token_ids` [V'] from answer hidden states [B, H] -> [B, V']."""
+        raise NotImplementedError
+
+    def setup(self, tokenizer) -> None:
+        """Read the special tokens the family needs from the tokenizer."""
+
+    def repair_missing_head(self, model: nn.Module, missing: set | list) -> None:
+        """Fill an output head the checkpoint lacks; only masked encoders need it."""
+
+
+class Causal(Family):
+    name = "causal"
+    answer_style = "next"
+
+    def token_logits(self, model, hidden, token_ids):
+        head = model.get_output_embeddings()
+        weight = head.weight[token_ids]  # [V', H]: only the label-word rows
+        bias = head.bias[token_ids] if getattr(head, "bias", None) is not None else None
+        logits = F.linear(hidden.to(weight.dtype), weight, bias).float()  # [B, V']
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+
+class Masked(Family):
+    name = "masked"
+    answer_style = "mask"
+
+    def token_logits(self, model, hidden, token_ids):
+        head = self._head(model)
+        logits = head(hidden[:, None, :])[:, 0, :]  # [B, V]: one position per row only
+        return logits[:, token_ids].float()
+
+    @staticmethod
+    def _head(model: nn.Module) -> nn.Module:
+        heads = [m for n, m in model.named_children() if n != model.base_model_prefix]
+        if len(heads) != 1:
+            raise ModelError(
+                f"{type(model).__name__}: cannot find a single MLM head beside the encoder"
+            )
+        return heads[0]
+
+    def repair_missing_head(self, model, missing):
+        """Encoders shipped without an MLM head (minilm-l6) get a deterministic fallback.
+
+        The decoder stays tied to the word embeddings; the transform becomes the identity and
+        the output bias zero, so a mask's score for a word is the dot product of its normalised
+        hidden state with that word's embedding. Random init would make every load differ.
+        """
+        head_missing = [k for k in missing if not k.startswith(model.base_model_prefix + ".")]
+        if not head_missing:
+            return
+        predictions = getattr(getattr(model, "cls", None), "predictions", None)
+        if predictions is None:
+            raise ModelError(
+                f"{type(model).__name__}: checkpoint has no MLM head and no fallback is known "
+                "for this architecture; use a checkpoint with an MLM head"
+            )
+        with torch.no_grad():
+            dense = predictions.transform.dense
+            dense.weight.copy_(torch.eye(dense.weight.size(0), dtype=dense.weight.dtype))
+            dense.bias.zero_()
+            predictions.transform.transform_act_fn = nn.Identity()
+            predictions.transform.LayerNorm.weight.fill_(1.0)
+            predictions.transform.LayerNorm.bias.zero_()
+            predictions.bias.zero_()
+            if getattr(predictions.decoder, "bias", None) is not None:
+                predictions.decoder.bias.zero_()
+        model.cuetune_head_fallback = True
+
+
+class Seq2Seq(Family):
+    """T5-style: the template goes to the encoder with a sentinel at the answer; the decoder's
+    first step after the sentinel predicts the label word."""
+
+    name = "seq2seq"
+    answer_style = "sentinel"
+
+    sentinel = "<extra_id_0>"
+
+    def setup(self, tokenizer) -> None:
+        ids = tokenizer.convert_tokens_to_ids([self.sentinel])
+        if not ids or ids[0] is None or ids[0] == tokenizer.unk_token_id:
+            raise ModelError(f"seq2seq tokenizer has no {self.sentinel} token for the answer")
+        self.sentinel_id = ids[0]
+
+    def run(self, model, embeds, attention_mask, answer_pos):
+        start = model.config.decoder_start_token_id
+        dec = torch.tensor([[start, self.sentinel_id]] * embeds.size(0), device=embeds.device)
+        enc = model.get_encoder()(inputs_embeds=embeds, attention_mask=attention_mask)
+        out = model.get_decoder()(input_ids=dec, encoder_hidden_states=enc.last_hidden_state,
+                                  encoder_attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state[:, -1]  # [B, H]: the step after the sentinel
+
+    def token_logits(self, model, hidden, token_ids):
+        if getattr(model.config, "tie_word_embeddings", False):
+            hidden = hidden * model.config.d_model ** -0.5  # T5 rescales before a tied head
+        weight = model.get_output_embeddings().weight[token_ids]
+        return F.linear(hidden.to(weight.dtype), weight).float()
+
+
+def family_for(config, hint: str | None = None) -> Family:
+    if hint is not None:
+        return {"causal": Causal, "masked": Masked, "seq2seq": Seq2Seq}[hint]()
+    if getattr(config, "is_encoder_decoder", False):
+        return Seq2Seq()
+    if config.model_type in MASKED_TYPES:
+        return Masked()
+    return Causal()

@@ -1,0 +1,1 @@
+"""Packaged resources: the default config and the demo sentiment dataset."""
