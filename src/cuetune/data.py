@@ -210,7 +210,11 @@ def infer_labels(rows: list[tuple[str, dict]], label_col: str, source: str) -> l
         values.add(str(value).strip() if not isinstance(value, float) else str(int(value)))
     if len(values) < 2:
         raise DataError(f"{source}: found {len(values)} distinct label(s); need at least 2")
-    return sorted(values, key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v))
+    def order(v: str):
+        numeric = v.lstrip("-").isdigit()
+        return (not numeric, int(v) if numeric else 0, v)
+
+    return sorted(values, key=order)
 
 
 def clean(examples: list[Example], cfg, what: str, exclude: set | None = None) -> tuple[list[Example], dict]:
