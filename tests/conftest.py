@@ -1,0 +1,173 @@
+"""Shared fixtures: tiny random models (Llama, BERT) with a word-level tokenizer, built here.
+
+The toy task is learnable: positive sentences contain words from POS, negative from NEG,
+mixed with neutral filler. Models are saved to folders so tests go through the real loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+POS = ["good", "great", "fine", "lovely", "superb"]
+NEG = ["bad", "awful", "poor", "dull", "broken"]
+FILLER = ["the", "movie", "food", "phone", "was", "really", "quite", "and", "very", "a", "day"]
+PROMPT_WORDS = ["review", ":", "sentiment", "it", "is", "yes", "no", "positive", "negative",
+                "question", "answer", "?", "."]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>"] + [
+    f"<extra_id_{i}>" for i in range(2)]
+
+
+def toy_vocab() -> dict[str, int]:
+    words = SPECIALS + POS + NEG + FILLER + PROMPT_WORDS
+    return {w: i for i, w in enumerate(dict.fromkeys(words))}
+
+
+def toy_tokenizer(kind: str) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel(toy_vocab(), unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if kind == "masked":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                       mask_token="[MASK]", cls_token="[CLS]", sep_token="[SEP]")
+    if kind == "seq2seq":
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", 6)])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                       eos_token="</s>",
+                                       additional_special_tokens=["<extra_id_0>", "<extra_id_1>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 5)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="<s>", eos_token="</s>")
+
+
+def tiny_model(kind: str, seed: int = 0):
+    torch.manual_seed(seed)
+    v = len(toy_vocab())
+    if kind == "causal":
+        cfg = LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                          pad_token_id=0, bos_token_id=5, eos_token_id=6, tie_word_embeddings=True,
+                          initializer_range=0.1)
+        return LlamaForCausalLM(cfg)
+    if kind == "masked":
+        cfg = BertConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=128, pad_token_id=0,
+                         initializer_range=0.1)
+        return BertForMaskedLM(cfg)
+    cfg = T5Config(vocab_size=v, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4,
+                   pad_token_id=0, eos_token_id=6, decoder_start_token_id=0,
+                   initializer_factor=1.0)
+    return T5ForConditionalGeneration(cfg)
+
+
+def save_tiny(path: Path, kind: str, seed: int = 0, pretrain_steps: int = 0) -> Path:
+    model, tok = tiny_model(kind, seed), toy_tokenizer(kind)
+    if pretrain_steps:
+        pretrain(model, tok, kind, pretrain_steps, seed)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def pretrain(model, tok, kind: str, steps: int, seed: int) -> float:
+    """Give a tiny model a skill a prompt can unlock, like a real pretrained LM has.
+
+    After "review :" it learns to answer the true sentiment; after "question :" the opposite.
+    A soft prompt must learn to act like the "review :" trigger; the hard template without a
+    trigger is near chance. Trained through cuetune's own forward path, so every family works.
+    """
+    from cuetune.data import Example
+    from cuetune.encoding import PromptEncoder, collate
+    from cuetune.engine import PromptModel
+    from cuetune.families import family_for
+    from cuetune.methods.base import Method
+    from cuetune.models import LoadedModel
+    from cuetune.templates import parse
+    from cuetune.verbalizers import Verbalizer
+
+    family = family_for(model.config, kind)
+    family.setup(tok)
+    loaded = LoadedModel("tiny", model, tok, family, "")
+    verbalizer = Verbalizer(["negative", "positive"]).bind(tok, True)
+    encoders = [PromptEncoder(parse(f"{trigger} : {{text}} sentiment : {{answer}}"), tok,
+                              family.answer_style) for trigger in ("review", "question")]
+    prompt_model = PromptModel(loaded, Method(None, loaded, None), verbalizer)
+    rows = toy_rows(256, seed + 100)
+    items = []
+    for flip, enc in enumerate(encoders):
+        items += enc.encode_all([Example(r["text"], None, (r["label"] == "positive") ^ flip)
+                                 for r in rows])
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(items), (32,), generator=gen).tolist()
+        batch = collate([items[i] for i in idx], tok.pad_token_id)
+        loss = torch.nn.functional.cross_entropy(prompt_model(batch), batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return loss.item()
+
+
+def toy_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(FILLER, 4) + [rng.choice(POS if label else NEG)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": "positive" if label else "negative"})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {kind: save_tiny(root / kind, kind, pretrain_steps=600)
+            for kind in ("causal", "masked", "seq2seq")}
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("toy")
+    return {"train": write_jsonl(root / "train.jsonl", toy_rows(64, 1)),
+            "dev": write_jsonl(root / "dev.jsonl", toy_rows(24, 2)),
+            "test": write_jsonl(root / "test.jsonl", toy_rows(24, 3))}
+
+
+def toy_config(model_dir: Path, data: dict[str, Path], out: Path, **sections) -> dict:
+    """A raw config for the toy task on a tiny model; `sections` update top-level sections."""
+    cfg = {
+        "model": {"name": str(model_dir)},
+        "data": {"train": str(data["train"]), "dev": str(data["dev"]), "test": str(data["test"]),
+                 "labels": ["negative", "positive"]},
+        "prompt": {"template": "{soft:4} {text} sentiment : {answer}"},
+        "method": {"name": "soft"},
+        "train": {"seed": 0, "lr": 0.1, "batch_size": 8, "max_steps": 40, "eval_every": 10,
+                  "patience": None, "progress": False, "warmup_ratio": 0.0},
+        "output_dir": str(out),
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg
