@@ -19,8 +19,8 @@ import cuetune
 from cuetune import methods
 from cuetune.config import validate
 from cuetune.data import load_splits
-from cuetune.engine import build
 from cuetune.encoding import collate
+from cuetune.engine import build
 
 FAMILIES = ["causal", "masked", "seq2seq"]
 TRAINED = [name for name, cls in methods.REGISTRY.items() if cls.trains]

