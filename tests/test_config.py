@@ -57,3 +57,11 @@ def test_paths_resolve_relative_to_config(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("data:\n  train: d/t.jsonl\n")
     assert config.load(cfg_file).data.train == str(tmp_path / "d" / "t.jsonl")
+
+
+def test_string_overrides_are_kept_as_typed():
+    cfg = config.load(None, ["prompt.template={text} It was {answer}.", "prompt.instruction=null",
+                             "prompt.verbalizer={negative: bad, positive: good}"])
+    assert cfg.prompt.template == "{text} It was {answer}."
+    assert cfg.prompt.instruction is None
+    assert cfg.prompt.verbalizer == {"negative": "bad", "positive": "good"}

@@ -143,9 +143,25 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def _is_text_field(parts: list[str], raw: dict) -> bool:
+    """True when the key names a plain string field (a template, a path, an instruction).
+
+    Its value is kept as typed: `prompt.template={text} {answer}` must not parse as YAML.
+    """
+    import types
+    import typing
+
+    names = _fields_at(tuple(parts), raw, annotations=True)
+    ann = names.get(parts[-1]) if isinstance(names, dict) else None
+    args = typing.get_args(ann) if isinstance(ann, types.UnionType) or typing.get_origin(ann) else ()
+    return ann is str or (bool(args) and set(args) <= {str, type(None)})
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for item in overrides:
         parts, value = parse_override(item)
+        if _is_text_field(parts, raw) and not (value is None and item.endswith("=null")):
+            value = item.split("=", 1)[1]
         node = raw
         for part in parts[:-1]:
             child = node.get(part)
@@ -157,8 +173,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _fields_at(loc: tuple, raw: dict) -> list[str]:
-    """The allowed keys of the config model at `loc` (for did-you-mean)."""
+def _fields_at(loc: tuple, raw: dict, annotations: bool = False):
+    """The allowed keys of the config model at `loc` (for did-you-mean), or {key: type}."""
     from cuetune.methods import config_class
 
     model: type[BaseModel] | None = RunConfig
@@ -178,6 +194,8 @@ def _fields_at(loc: tuple, raw: dict) -> list[str]:
         node = node.get(part, {}) if isinstance(node, dict) else {}
         ann = field.annotation if field else None
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if annotations:
+        return {k: f.annotation for k, f in model.model_fields.items()} if model else {}
     return list(model.model_fields) if model else []
 
 
