@@ -112,7 +112,7 @@ def pretrain(model, tok, kind: str, steps: int, seed: int) -> float:
     verbalizer = Verbalizer(["negative", "positive"]).bind(tok, True)
     encoders = [PromptEncoder(parse(f"{trigger} : {{text}} sentiment : {{answer}}"), tok,
                               family.answer_style) for trigger in ("review", "question")]
-    prompt_model = PromptModel(loaded, Method(None, loaded, None), verbalizer)
+    prompt_model = PromptModel(loaded, Method(None, loaded, None, None), verbalizer)
     rows = toy_rows(256, seed + 100)
     items = []
     for flip, enc in enumerate(encoders):

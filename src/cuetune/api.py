@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from cuetune import artifacts, atomic
+from cuetune import artifacts, atomic, methods
 from cuetune.config import RunConfig
 from cuetune.config import load as load_config
 from cuetune.config import validate as validate_config
@@ -56,6 +56,7 @@ def train(config=None, progress=None) -> dict:
     """Train (or, for baselines, just evaluate) as the config says; return the manifest."""
     cfg = _as_config(config)
     splits = load_splits(cfg.data)
+    cfg = cfg.model_copy(update={"method": methods.get(cfg.method.name).prepare_config(cfg, splits)})
     run_dir = prepare_run_dir(cfg.output_dir)
     pipe = build(cfg, splits.labels)
     enc = {name: pipe.encode(getattr(splits, name), f"{name} examples")

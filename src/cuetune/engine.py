@@ -2,7 +2,8 @@
 
 `PromptModel.forward` is the one forward pass every method shares:
 token ids -> input embeddings -> method.prepare_inputs -> family.run (hidden state at the
-answer position only) -> logits of the label-word tokens only -> verbalizer -> label scores.
+answer position only) -> method.scores (by default: logits of the label-word tokens only ->
+verbalizer -> label scores).
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ class PromptModel(nn.Module):
         self.method = method
         self.family = loaded.family
         self.verbalizer = verbalizer
-        self.register_buffer("token_ids", verbalizer.token_ids.clone(), persistent=False)
+        ids = verbalizer.token_ids if method.uses_verbalizer else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("token_ids", ids.clone(), persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch tensors [B, T] -> label scores [B, L] (fp32)."""
         embeds = self.base.get_input_embeddings()(batch["input_ids"])  # [B, T, H]
-        inputs = {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"]}
+        inputs = {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"],
+                  "answer_pos": batch["answer_pos"]}
         inputs = self.method.prepare_inputs(inputs, batch)
-        hidden = self.family.run(self.base, inputs["inputs_embeds"], inputs["attention_mask"],
-                                 batch["answer_pos"])  # [B, H]
-        token_logits = self.family.token_logits(self.base, hidden, self.token_ids)  # [B, V']
-        return self.verbalizer.label_logits(token_logits)
+        hidden = self.family.run(self.base, inputs)  # [B, H]
+        return self.method.scores(hidden, self).float()
 
 
 @dataclass
@@ -71,8 +72,9 @@ def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) 
                             instruction=cfg.prompt.instruction, chat=cfg.prompt.chat,
                             max_length=cfg.data.max_length)
     verbalizer = Verbalizer(labels, cfg.prompt.verbalizer, cfg.prompt.multi_token)
-    verbalizer.bind(loaded.tokenizer, encoder.answer_space)
-    method = method_cls(cfg.method, loaded, encoder)
+    if method_cls.uses_verbalizer:
+        verbalizer.bind(loaded.tokenizer, encoder.answer_space)
+    method = method_cls(cfg.method, loaded, encoder, labels)
     device = next(loaded.model.parameters()).device
     model = PromptModel(loaded, method.to(device), verbalizer)
     return Pipeline(cfg, loaded, encoder, verbalizer, model)

@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import DynamicCache, EncoderDecoderCache
 
 from cuetune.errors import ModelError
 
@@ -25,18 +26,43 @@ class Family:
     answer_style: ClassVar[str]
     """'next' (hidden state before the answer predicts it) or 'mask' (a mask token holds it)."""
 
-    def run(self, model: nn.Module, embeds: torch.Tensor, attention_mask: torch.Tensor,
-            answer_pos: torch.Tensor) -> torch.Tensor:
-        """Hidden states at the answer positions. embeds [B, T, H], answer_pos [B] -> [B, H]."""
-        out = model.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                               use_cache=False)
+    def run(self, model: nn.Module, inputs: dict) -> torch.Tensor:
+        """Hidden states at the answer positions [B, H].
+
+        inputs: `inputs_embeds` [B, T, H], `attention_mask` [B, T], `answer_pos` [B], and
+        optionally `prefix`: per layer (keys, values) [B, kv_heads, P, d] every position sees.
+        """
+        mask, extra = inputs["attention_mask"], {}
+        if inputs.get("prefix") is not None:
+            extra["past_key_values"] = _cache(model.config, inputs["prefix"])
+            mask = torch.cat([mask.new_ones(mask.size(0), _prefix_len(inputs)), mask], dim=1)
+        out = model.base_model(inputs_embeds=inputs["inputs_embeds"], attention_mask=mask,
+                               use_cache=False, **extra)
         hidden = out.last_hidden_state  # [B, T, H]
-        return hidden[torch.arange(hidden.size(0), device=hidden.device), answer_pos]
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), inputs["answer_pos"]]
+
+    def kv_layout(self, model: nn.Module) -> tuple[int, int, int]:
+        """(layers, kv heads, head dim) of the attention a prefix is prepended to."""
+        cfg = model.config.get_text_config()
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        return cfg.num_hidden_layers, kv_heads, head_dim
+
+    def capture_kv(self, model: nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The keys and values the model computes for `ids` [1, P], per layer [1, kv_heads, P, d]."""
+        cache = DynamicCache(config=model.config)
+        model.base_model(input_ids=ids, past_key_values=cache, use_cache=True)
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     def token_logits(self, model: nn.Module, hidden: torch.Tensor,
                      token_ids: torch.Tensor) -> torch.Tensor:
         """Logits of `token_ids` [V'] from answer hidden states [B, H] -> [B, V']."""
         raise NotImplementedError
+
+    def output_head(self, model: nn.Module) -> nn.Module:
+        """The module that turns hidden states into vocabulary logits."""
+        return model.get_output_embeddings()
 
     def setup(self, tokenizer) -> None:
         """Read the special tokens the family needs from the tokenizer."""
@@ -68,6 +94,9 @@ class Masked(Family):
         head = self._head(model)
         logits = head(hidden[:, None, :])[:, 0, :]  # [B, V]: one position per row only
         return logits[:, token_ids].float()
+
+    def output_head(self, model):
+        return self._head(model)
 
     @staticmethod
     def _head(model: nn.Module) -> nn.Module:
@@ -122,19 +151,47 @@ class Seq2Seq(Family):
             raise ModelError(f"seq2seq tokenizer has no {self.sentinel} token for the answer")
         self.sentinel_id = ids[0]
 
-    def run(self, model, embeds, attention_mask, answer_pos):
+    def run(self, model, inputs):
+        embeds, mask = inputs["inputs_embeds"], inputs["attention_mask"]
         start = model.config.decoder_start_token_id
         dec = torch.tensor([[start, self.sentinel_id]] * embeds.size(0), device=embeds.device)
-        enc = model.get_encoder()(inputs_embeds=embeds, attention_mask=attention_mask)
+        enc = model.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
+        extra = {}
+        if inputs.get("prefix") is not None:  # T5's encoder reads no cache: the decoder gets it
+            extra["past_key_values"] = EncoderDecoderCache(_cache(model.config, inputs["prefix"]),
+                                                           DynamicCache(config=model.config))
         out = model.get_decoder()(input_ids=dec, encoder_hidden_states=enc.last_hidden_state,
-                                  encoder_attention_mask=attention_mask, use_cache=False)
+                                  encoder_attention_mask=mask, use_cache=False, **extra)
         return out.last_hidden_state[:, -1]  # [B, H]: the step after the sentinel
+
+    def kv_layout(self, model):
+        cfg = model.config
+        return cfg.num_decoder_layers, cfg.num_heads, cfg.d_kv
+
+    def capture_kv(self, model, ids):
+        enc = model.get_encoder()(input_ids=ids)
+        cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+        model.get_decoder()(input_ids=ids, encoder_hidden_states=enc.last_hidden_state,
+                            past_key_values=cache, use_cache=True)
+        return [(layer.keys, layer.values) for layer in cache.self_attention_cache.layers]
 
     def token_logits(self, model, hidden, token_ids):
         if getattr(model.config, "tie_word_embeddings", False):
             hidden = hidden * model.config.d_model ** -0.5  # T5 rescales before a tied head
         weight = model.get_output_embeddings().weight[token_ids]
         return F.linear(hidden.to(weight.dtype), weight).float()
+
+
+def _prefix_len(inputs: dict) -> int:
+    return inputs["prefix"][0][0].size(2)
+
+
+def _cache(config, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A fresh cache pre-filled with the prefix (the forward pass appends to it in place)."""
+    cache = DynamicCache(config=config)
+    for layer, (keys, values) in enumerate(prefix):
+        cache.update(keys, values, layer)
+    return cache
 
 
 def family_for(config, hint: str | None = None) -> Family:

@@ -75,70 +75,97 @@ def _batches(loader: DataLoader):
         yield from loader
 
 
+@dataclass
+class _Best:
+    score: float = -1.0
+    step: int | None = None
+    dev: dict | None = None
+    state: dict | None = None
+
+
+def _phase_steps(phases, steps: int) -> list[int]:
+    """Split the step budget by each phase's fraction; the last phase takes the remainder."""
+    counts = [max(1, round(p.fraction * steps)) for p in phases[:-1]]
+    return counts + [max(1, steps - sum(counts))]
+
+
 def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLog,
         progress=None) -> TrainResult:
-    """Train the pipeline's method in place; the best adapter state is loaded at the end."""
+    """Train the pipeline's method in place, phase by phase; the best adapter state (by the dev
+    metric) is loaded at the end of each phase, so a later phase starts from it."""
     cfg = pipe.config.train
     method = pipe.method
     set_seed(cfg.seed)
-    params = method.trainable_parameters()
-    if not params:
+    phases = method.phases()
+    if not any(p.params for p in phases):
         raise CuetuneError(f"method.name={pipe.config.method.name}: no trainable parameters")
-    lr = cfg.lr or method.default_lr
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    steps = total_steps(cfg, len(train))
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * steps),
-                              num_training_steps=steps)
     pad_id = pipe.loaded.tokenizer.pad_token_id
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
                         generator=torch.Generator().manual_seed(cfg.seed),
                         collate_fn=lambda items: collate(items, pad_id))
     accelerator = Accelerator(cpu=pipe.model.token_ids.device.type == "cpu",
                               gradient_accumulation_steps=cfg.grad_accum)
-    model, optimizer, loader, scheduler = accelerator.prepare(pipe.model, optimizer, loader, scheduler)
+    model, loader = accelerator.prepare(pipe.model, loader)
     batches = _batches(loader)
-    best_score, best_step, best_dev, best_state, bad = -1.0, None, None, None, 0
-    start, seen, stopped = time.perf_counter(), 0, False
+    all_params = method.trainable_parameters()
+    best, step, stopped, seen, start = _Best(), 0, False, 0, time.perf_counter()
+    counts = _phase_steps(phases, total_steps(cfg, len(train)))
     model.train()
-    step = 0
-    for step in range(1, steps + 1):
-        loss_sum = 0.0
-        for _ in range(cfg.grad_accum):
-            batch = next(batches)
-            with accelerator.accumulate(model):
-                scores = model(batch)  # [B, L]
-                loss = F.cross_entropy(scores, batch["labels"], label_smoothing=cfg.label_smoothing)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            loss_sum += loss.item() / cfg.grad_accum
-            seen += batch["labels"].size(0)
-        if not finite(loss_sum):
-            raise CuetuneError(f"training: loss became {loss_sum} at step {step}; lower train.lr "
-                               "(the last good adapter is in the run directory)")
-        elapsed = time.perf_counter() - start
-        row = {"step": step, "loss": round(loss_sum, 6), "lr": scheduler.get_last_lr()[0],
-               "examples_per_s": round(seen / elapsed, 2), "elapsed_s": round(elapsed, 2)}
-        if dev and (step % cfg.eval_every == 0 or step == steps):
-            metrics = evaluate(pipe, dev, cfg.eval_batch_size)
-            row.update({"dev_accuracy": metrics["accuracy"], "dev_macro_f1": metrics["macro_f1"],
-                        "dev_nll": metrics["nll"]})
-            score = metrics[cfg.metric]
-            if score > best_score:
-                best_score, best_step, best_dev, bad = score, step, metrics, 0
-                best_state = method.adapter_state()
-            else:
-                bad += 1
-            stopped = cfg.patience is not None and bad >= cfg.patience and step < steps
-        log.write(row)
-        if progress:
-            progress(step, steps, row, best_score if best_step else None)
-        if stopped:
-            break
-    if best_state is not None:
-        method.load_adapter_state(best_state)
+    for phase, count in zip(phases, counts, strict=True):
+        active = {id(p) for p in phase.params}
+        for p in all_params:
+            p.requires_grad_(id(p) in active)
+        optimizer = torch.optim.AdamW(phase.params, lr=phase.lr or cfg.lr or method.default_lr,
+                                      weight_decay=cfg.weight_decay)
+        scheduler = get_scheduler(cfg.scheduler, optimizer, num_training_steps=count,
+                                  num_warmup_steps=int(cfg.warmup_ratio * count))
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+        end, bad, stopped = step + count, 0, False
+        while step < end and not stopped:
+            step += 1
+            loss, n = _train_step(model, batches, optimizer, scheduler, accelerator, phase.params, cfg)
+            seen += n
+            if not finite(loss):
+                raise CuetuneError(f"training: loss became {loss} at step {step}; lower train.lr "
+                                   "(the last good adapter is in the run directory)")
+            elapsed = time.perf_counter() - start
+            row = {"step": step, "phase": phase.name, "loss": round(loss, 6),
+                   "lr": scheduler.get_last_lr()[0], "examples_per_s": round(seen / elapsed, 2),
+                   "elapsed_s": round(elapsed, 2)}
+            if dev and (step % cfg.eval_every == 0 or step == end):
+                metrics = evaluate(pipe, dev, cfg.eval_batch_size)
+                row.update({"dev_accuracy": metrics["accuracy"], "dev_macro_f1": metrics["macro_f1"],
+                            "dev_nll": metrics["nll"]})
+                if metrics[cfg.metric] > best.score:
+                    best, bad = _Best(metrics[cfg.metric], step, metrics, method.adapter_state()), 0
+                else:
+                    bad += 1
+                stopped = cfg.patience is not None and bad >= cfg.patience and step < end
+            log.write(row)
+            if progress:
+                progress(step, sum(counts), row, best.score if best.step else None)
+        if best.state is not None:
+            method.load_adapter_state(best.state)
+    for p in all_params:
+        p.requires_grad_(True)
     model.eval()
-    return TrainResult(step, best_step, best_dev, stopped, time.perf_counter() - start, log.rows)
+    return TrainResult(step, best.step, best.dev, stopped, time.perf_counter() - start, log.rows)
+
+
+def _train_step(model, batches, optimizer, scheduler, accelerator, params, cfg) -> tuple[float, int]:
+    """One optimizer step over `grad_accum` batches; returns (mean loss, examples seen)."""
+    loss_sum, seen = 0.0, 0
+    for _ in range(cfg.grad_accum):
+        batch = next(batches)
+        with accelerator.accumulate(model):
+            scores = model(batch)  # [B, L]
+            loss = F.cross_entropy(scores, batch["labels"], label_smoothing=cfg.label_smoothing)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        loss_sum += loss.item() / cfg.grad_accum
+        seen += batch["labels"].size(0)
+    return loss_sum, seen

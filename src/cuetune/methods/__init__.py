@@ -25,10 +25,17 @@ def config_class(name: str) -> type:
 
 
 def _register_builtin() -> None:
+    from cuetune.methods.full import Full, Head, PromptFinetune
+    from cuetune.methods.in_context import InContext
+    from cuetune.methods.lora import Lora
+    from cuetune.methods.prefix import Prefix
+    from cuetune.methods.ptuning import PTuning
     from cuetune.methods.soft import SoftPrompt
+    from cuetune.methods.two_stage import TwoStage
     from cuetune.methods.zero_shot import ZeroShot
 
-    for cls in (SoftPrompt, ZeroShot):
+    for cls in (SoftPrompt, Prefix, PTuning, Lora, PromptFinetune, Full, Head, TwoStage,
+                ZeroShot, InContext):
         register(cls)
 
 

@@ -2,35 +2,60 @@
 
 The trainer, evaluator and artifact code talk to every method through these hooks only:
 
-- `adapt_template(config, template)`: the template this method runs with (e.g. zero-shot
-  drops soft slots; soft prompting adds a block when the template has none);
-- `prepare_inputs(inputs, batch)`: change the model inputs (inputs_embeds, attention_mask, ...);
-- `trainable_parameters()`, `adapter_state()`, `load_adapter_state()`: what is trained and
-  what the adapter file holds.
+- `prepare_config(run_config, splits)`: fill data-derived settings into the method config
+  before anything is built (in-context samples its demonstrations here, so they are saved
+  with the run and a reload sees the same prompt);
+- `adapt_template(config, template)`: the template this method runs with (zero-shot drops
+  soft slots; soft prompting adds a block when the template has none);
+- `prepare_inputs(inputs, batch)`: change the model inputs (`inputs_embeds`,
+  `attention_mask`, `answer_pos`, and `prefix`: per-layer keys and values);
+- `scores(hidden, model)`: label scores from the answer-position hidden state (the default
+  reads label-word logits through the verbalizer; a classification head replaces it);
+- `adapter_tensors()`: the parameters this method trains, by the name the adapter file uses;
+  `trainable_parameters`, `adapter_state` and `load_adapter_state` follow from it;
+- `phases()`: what is trained in which order (two-stage training has two phases).
 
 A new method is one module with a config subclass and a `register(...)` call.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from cuetune.config import MethodConfig
-from cuetune.templates import Template
+from cuetune.templates import Literal, Slot, Template
+
+
+@dataclass
+class Phase:
+    """One stretch of training: these parameters, this learning rate, this share of the steps.
+
+    `lr=None` takes `train.lr`, or the method's default when that is unset too.
+    """
+
+    name: str
+    params: list[nn.Parameter]
+    lr: float | None = None
+    fraction: float = 1.0
 
 
 class Method(nn.Module):
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     trains: ClassVar[bool] = True
-    """False for baselines that only evaluate (zero-shot)."""
+    """False for baselines that only evaluate (zero-shot, in-context)."""
+    freezes_base: ClassVar[bool] = True
+    """False when the base model's own weights are trained (full and prompt-based fine-tuning)."""
+    uses_verbalizer: ClassVar[bool] = True
     default_lr: ClassVar[float] = 1e-3
 
-    def __init__(self, config: MethodConfig, loaded, encoder):
+    def __init__(self, config: MethodConfig, loaded, encoder, labels: list[str] | None = None):
         super().__init__()
         self.config = config
+        self.labels = labels
         # The base model is not a submodule: its weights are not part of this method's state.
         self._loaded = (loaded,)
 
@@ -39,25 +64,56 @@ class Method(nn.Module):
         return self._loaded[0]
 
     @classmethod
+    def prepare_config(cls, run_config, splits) -> MethodConfig:
+        return run_config.method
+
+    @classmethod
     def adapt_template(cls, config: MethodConfig, template: Template) -> Template:
         return template
 
     def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
         return inputs
 
+    def scores(self, hidden: torch.Tensor, model) -> torch.Tensor:
+        """Answer hidden states [B, H] -> label scores [B, L]: label-word logits only."""
+        token_logits = model.family.token_logits(model.base, hidden, model.token_ids)  # [B, V']
+        return model.verbalizer.label_logits(token_logits)
+
+    def adapter_tensors(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def phases(self) -> list[Phase]:
+        return [Phase("train", self.trainable_parameters())]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        return list(self.adapter_tensors().values())
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+        return {n: p.detach().clone() for n, p in self.adapter_tensors().items()}
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
-        own = dict(self.named_parameters())
-        if set(state) != {n for n, p in own.items() if p.requires_grad}:
-            raise KeyError(f"adapter tensors {sorted(state)} do not match {sorted(own)}")
+        own = self.adapter_tensors()
+        if set(state) != set(own):
+            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            raise KeyError(f"adapter tensors do not match this method: missing {missing[:5]}, "
+                           f"unexpected {extra[:5]}")
         with torch.no_grad():
             for name, tensor in state.items():
                 if own[name].shape != tensor.shape:
                     raise ValueError(f"adapter tensor {name}: shape {tuple(tensor.shape)}, "
                                      f"expected {tuple(own[name].shape)}")
                 own[name].copy_(tensor)
+
+
+def plain_template(template: Template) -> Template:
+    """The inputs and the answer with no prompt words: `{text} {text_pair} {answer}`."""
+    segs: list = []
+    for name in ("text", "text_pair", "answer"):
+        if template.has(name):
+            segs += [Literal(" "), Slot(name)] if segs else [Slot(name)]
+    return Template(template.source, tuple(segs))
+
+
+def base_parameters(loaded) -> dict[str, nn.Parameter]:
+    """Every base weight once (tied embeddings appear once), under `base.` in the adapter."""
+    return {f"base.{n}": p for n, p in loaded.model.named_parameters()}

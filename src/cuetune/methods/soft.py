@@ -5,6 +5,8 @@ Initialisation default is `vocab`: embeddings of tokens sampled from the most fr
 the vocabulary (BPE and WordPiece vocabularies list frequent pieces first). PEFT's `RANDOM`
 default draws N(0, 1), far off the scale of real embeddings, and training often collapses; our
 `random` option draws at the embedding matrix's own scale instead.
+
+`SoftBlock` is the reusable part (LoRA with a soft template and two-stage training use it too).
 """
 
 from __future__ import annotations
@@ -32,46 +34,73 @@ class SoftConfig(MethodConfig):
     seed: int = 0
 
 
+def init_rows(count: int, cfg, embedding: nn.Module, tokenizer, gen, init_ids=None) -> torch.Tensor:
+    """`count` embedding rows [count, H] (fp32) as `cfg.init` says; see the module docstring."""
+    device = embedding.weight.device
+    with torch.no_grad():
+        if init_ids is not None:
+            ids = torch.tensor(init_ids)
+        elif cfg.init == "words":
+            if not cfg.init_words:
+                raise ConfigError("method.init_words: needed when method.init is 'words'")
+            words = tokenizer(cfg.init_words, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor(words * (count // max(len(words), 1) + 1))[:count]
+        elif cfg.init == "vocab":
+            ids = vocab_sample(count, cfg.vocab_top, embedding.weight.size(0), tokenizer, gen)
+        else:
+            std = embedding.weight.float().std().item()
+            return torch.randn(count, embedding.weight.size(1), generator=gen) * std
+        return embedding(ids.to(device)).float().cpu()  # through the layer: keeps Gemma's scaling
+
+
+def vocab_sample(count: int, top: int, vocab: int, tokenizer, gen) -> torch.Tensor:
+    """`count` token ids drawn from the first `top` non-special ids."""
+    special = set(tokenizer.all_special_ids)
+    pool = [i for i in range(min(top, vocab)) if i not in special]
+    return torch.tensor(pool)[torch.randint(len(pool), (count,), generator=gen)]
+
+
+class SoftBlock(nn.Module):
+    """The virtual-token embeddings of a template's `{soft}` blocks, and filling them in."""
+
+    def __init__(self, cfg, loaded, encoder):
+        super().__init__()
+        embedding = loaded.model.get_input_embeddings()
+        gen = torch.Generator().manual_seed(cfg.seed)
+        blocks = [init_rows(spec.count, cfg, embedding, loaded.tokenizer, gen, spec.init_ids)
+                  for spec in encoder.soft_specs]
+        self.prompt = nn.Parameter(torch.cat(blocks))  # [P, H], fp32 for AdamW
+
+    def fill(self, inputs: dict, batch: dict, prompt: torch.Tensor | None = None) -> dict:
+        """Put `prompt` [P, H] (default: the trained one) where `batch["soft_index"]` says."""
+        prompt = self.prompt if prompt is None else prompt
+        soft_index = batch["soft_index"]  # [B, T], -1 where no soft token
+        embeds = inputs["inputs_embeds"]  # [B, T, H]
+        rows = prompt.to(embeds.dtype)[soft_index.clamp(min=0)]  # [B, T, H]
+        inputs["inputs_embeds"] = torch.where((soft_index >= 0)[..., None], rows, embeds)
+        return inputs
+
+
+def with_soft(template: Template, num_tokens: int) -> Template:
+    """The template, with a leading soft block of `num_tokens` if it has none."""
+    return template if template.soft_segments else template.with_leading_soft(num_tokens)
+
+
 class SoftPrompt(Method):
     config_class = SoftConfig
     default_lr = 3e-2
 
     @classmethod
     def adapt_template(cls, config: SoftConfig, template: Template) -> Template:
-        return template if template.soft_segments else template.with_leading_soft(config.num_tokens)
+        return with_soft(template, config.num_tokens)
 
-    def __init__(self, config: SoftConfig, loaded, encoder):
-        super().__init__(config, loaded, encoder)
-        embedding = loaded.model.get_input_embeddings()
-        gen = torch.Generator().manual_seed(config.seed)
-        blocks = [self._init_block(spec, embedding, loaded.tokenizer, gen)
-                  for spec in encoder.soft_specs]
-        self.prompt = nn.Parameter(torch.cat(blocks).float())  # [P, H], kept fp32 for AdamW
+    def __init__(self, config: SoftConfig, loaded, encoder, labels=None):
+        super().__init__(config, loaded, encoder, labels)
+        self.soft = SoftBlock(config, loaded, encoder)
 
-    @torch.no_grad()
-    def _init_block(self, spec, embedding: nn.Module, tokenizer, gen) -> torch.Tensor:
-        cfg: SoftConfig = self.config
-        device = embedding.weight.device
-        if spec.init_ids is not None:
-            ids = torch.tensor(spec.init_ids)
-        elif cfg.init == "words":
-            if not cfg.init_words:
-                raise ConfigError("method.init_words: needed when method.init is 'words'")
-            words = tokenizer(cfg.init_words, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor(words * (spec.count // max(len(words), 1) + 1))[: spec.count]
-        elif cfg.init == "vocab":
-            special = set(tokenizer.all_special_ids)
-            pool = [i for i in range(min(cfg.vocab_top, embedding.weight.size(0)))
-                    if i not in special]
-            ids = torch.tensor(pool)[torch.randint(len(pool), (spec.count,), generator=gen)]
-        else:
-            std = embedding.weight.float().std().item()
-            return torch.randn(spec.count, embedding.weight.size(1), generator=gen) * std
-        return embedding(ids.to(device)).float().cpu()  # through the layer: keeps Gemma's scaling
+    def prompt_embeddings(self) -> torch.Tensor:
+        """The virtual-token embeddings the model sees [P, H]."""
+        return self.soft.prompt
 
     def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
-        soft_index = batch["soft_index"]  # [B, T], -1 where no soft token
-        embeds = inputs["inputs_embeds"]  # [B, T, H]
-        prompt = self.prompt.to(embeds.dtype)[soft_index.clamp(min=0)]  # [B, T, H]
-        inputs["inputs_embeds"] = torch.where((soft_index >= 0)[..., None], prompt, embeds)
-        return inputs
+        return self.soft.fill(inputs, batch, self.prompt_embeddings())

@@ -1,0 +1,105 @@
+"""Methods that train the base model's own weights.
+
+- `prompt-ft`: prompt-based fine-tuning (LM-BFF, PET): the hard template and verbalizer, every
+  weight trained; the label words' output rows are the classifier, so nothing starts random.
+- `full`: every weight trained with a plain template (`{text} {answer}`): the same objective
+  without prompt words, to measure what the prompt adds.
+- `head`: standard fine-tuning, the baseline of the literature (`AutoModelFor
+  SequenceClassification`): no prompt, a new randomly initialised linear head on the last
+  token (decoders), the first token ([CLS], encoders) or the decoder's first step (T5).
+
+Their adapter file holds every base weight (prefixed `base.`), so it is as large as the model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from cuetune.config import MethodConfig
+from cuetune.methods.base import Method, base_parameters, plain_template
+from cuetune.templates import Template
+
+
+class PromptFTConfig(MethodConfig):
+    name: Literal["prompt-ft"] = "prompt-ft"
+
+
+class FullConfig(MethodConfig):
+    name: Literal["full"] = "full"
+
+
+class HeadConfig(MethodConfig):
+    name: Literal["head"] = "head"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+
+
+class PromptFinetune(Method):
+    config_class = PromptFTConfig
+    freezes_base = False
+    default_lr = 2e-5
+
+    @classmethod
+    def adapt_template(cls, config, template: Template) -> Template:
+        return template.without_soft()
+
+    def __init__(self, config, loaded, encoder, labels=None):
+        super().__init__(config, loaded, encoder, labels)
+        loaded.model.requires_grad_(True)
+
+    def adapter_tensors(self) -> dict[str, nn.Parameter]:
+        own = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        return {**base_parameters(self.loaded), **own}
+
+
+class Full(PromptFinetune):
+    config_class = FullConfig
+
+    @classmethod
+    def adapt_template(cls, config, template: Template) -> Template:
+        return plain_template(template)
+
+
+class Head(PromptFinetune):
+    config_class = HeadConfig
+    uses_verbalizer = False
+
+    @classmethod
+    def adapt_template(cls, config, template: Template) -> Template:
+        return plain_template(template)
+
+    def __init__(self, config: HeadConfig, loaded, encoder, labels=None):
+        super().__init__(config, loaded, encoder, labels)
+        hidden = loaded.model.get_input_embeddings().weight.size(1)
+        gen = torch.Generator().manual_seed(config.seed)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(hidden, len(labels))
+        with torch.no_grad():
+            self.classifier.weight.copy_(torch.randn(len(labels), hidden, generator=gen) * 0.02)
+            self.classifier.bias.zero_()
+        self.first_token = loaded.family.answer_style == "mask"
+        kept = {id(p) for p in self.adapter_tensors().values()}
+        for p in loaded.model.parameters():
+            p.requires_grad_(id(p) in kept)
+
+    def adapter_tensors(self) -> dict[str, nn.Parameter]:
+        """The backbone and the new head; the unused LM head is left out (tied input
+        embeddings stay in: they are the backbone's)."""
+        model = self.loaded.model
+        unused = {id(p) for p in self.loaded.family.output_head(model).parameters()}
+        unused.discard(id(model.get_input_embeddings().weight))
+        backbone = {n: p for n, p in base_parameters(self.loaded).items() if id(p) not in unused}
+        return {**backbone, "classifier.weight": self.classifier.weight,
+                "classifier.bias": self.classifier.bias}
+
+    def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
+        if self.first_token:  # encoders pool at [CLS], as their sequence classifiers do
+            inputs["answer_pos"] = torch.zeros_like(inputs["answer_pos"])
+        return inputs
+
+    def scores(self, hidden: torch.Tensor, model) -> torch.Tensor:
+        return self.classifier(self.dropout(hidden.float()))  # [B, L]

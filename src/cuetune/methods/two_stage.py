@@ -1,0 +1,70 @@
+"""Two-stage training: first a soft prompt on the frozen model, then LoRA or full fine-tuning
+with that prompt kept in place (frozen), so the model learns to use the prompt it was given.
+
+`train.max_steps` (or epochs) is split between the stages by `soft_fraction`; each stage has its
+own learning rate here because one rate cannot suit both (`train.lr` is not used).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from torch import nn
+
+from cuetune.config import MethodConfig
+from cuetune.methods.base import Method, Phase, base_parameters
+from cuetune.methods.lora import inject_lora, lora_parameters
+from cuetune.methods.soft import SoftBlock, with_soft
+from cuetune.templates import Template
+
+
+class TwoStageConfig(MethodConfig):
+    name: Literal["two-stage"] = "two-stage"
+    second: Literal["lora", "full"] = "lora"
+    soft_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    soft_lr: float = Field(3e-2, gt=0)
+    tune_lr: float | None = Field(None, gt=0)
+    """Second-stage rate; default 5e-4 for LoRA, 2e-5 for full fine-tuning."""
+    num_tokens: int = Field(20, ge=1, le=1000)
+    init: Literal["vocab", "words", "random"] = "vocab"
+    init_words: str | None = None
+    vocab_top: int = Field(5000, ge=10)
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None
+    seed: int = 0
+
+
+class TwoStage(Method):
+    config_class = TwoStageConfig
+
+    @classmethod
+    def adapt_template(cls, config: TwoStageConfig, template: Template) -> Template:
+        return with_soft(template, config.num_tokens)
+
+    def __init__(self, config: TwoStageConfig, loaded, encoder, labels=None):
+        super().__init__(config, loaded, encoder, labels)
+        self.soft = SoftBlock(config, loaded, encoder)
+        self.freezes_base = config.second == "lora"  # the instance knows; the class cannot
+        if config.second == "lora":
+            inject_lora(loaded.model, config)
+        else:
+            loaded.model.requires_grad_(True)
+
+    def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
+        return self.soft.fill(inputs, batch)
+
+    def _tuned(self) -> dict[str, nn.Parameter]:
+        model = self.loaded.model
+        return lora_parameters(model) if self.config.second == "lora" else base_parameters(self.loaded)
+
+    def adapter_tensors(self) -> dict[str, nn.Parameter]:
+        return {"soft.prompt": self.soft.prompt, **self._tuned()}
+
+    def phases(self) -> list[Phase]:
+        cfg: TwoStageConfig = self.config
+        tune_lr = cfg.tune_lr or (5e-4 if cfg.second == "lora" else 2e-5)
+        return [Phase("soft", [self.soft.prompt], cfg.soft_lr, cfg.soft_fraction),
+                Phase(cfg.second, list(self._tuned().values()), tune_lr, 1.0 - cfg.soft_fraction)]
