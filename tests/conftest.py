@@ -17,6 +17,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     BertConfig,
     BertForMaskedLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -41,7 +45,7 @@ def toy_vocab() -> dict[str, int]:
     return {w: i for i, w in enumerate(dict.fromkeys(words))}
 
 
-def toy_tokenizer(kind: str) -> PreTrainedTokenizerFast:
+def toy_tokenizer(kind: str, bos: bool = True) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(toy_vocab(), unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     if kind == "masked":
@@ -56,14 +60,33 @@ def toy_tokenizer(kind: str) -> PreTrainedTokenizerFast:
         return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
                                        eos_token="</s>",
                                        additional_special_tokens=["<extra_id_0>", "<extra_id_1>"])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 5)])
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 5)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
                                    bos_token="<s>", eos_token="</s>")
+
+
+KINDS = ("causal", "masked", "seq2seq", "gpt2", "gemma3")
+"""Tiny models the suites run on; gpt2 and gemma3 are further causal architectures."""
+
+
+def family_of(kind: str) -> str:
+    return {"gpt2": "causal", "gemma3": "causal"}.get(kind, kind)
 
 
 def tiny_model(kind: str, seed: int = 0):
     torch.manual_seed(seed)
     v = len(toy_vocab())
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=v, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                          bos_token_id=5, eos_token_id=6, pad_token_id=0,
+                                          initializer_range=0.1))
+    if kind == "gemma3":  # one sliding-window layer (window 8, shorter than the inputs), one global
+        return Gemma3ForCausalLM(Gemma3TextConfig(
+            vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128,
+            pad_token_id=0, bos_token_id=5, eos_token_id=6, initializer_range=0.1))
     if kind == "causal":
         cfg = LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -82,7 +105,7 @@ def tiny_model(kind: str, seed: int = 0):
 
 
 def save_tiny(path: Path, kind: str, seed: int = 0, pretrain_steps: int = 0) -> Path:
-    model, tok = tiny_model(kind, seed), toy_tokenizer(kind)
+    model, tok = tiny_model(kind, seed), toy_tokenizer(family_of(kind))
     if pretrain_steps:
         pretrain(model, tok, kind, pretrain_steps, seed)
     model.save_pretrained(path)
@@ -106,7 +129,7 @@ def pretrain(model, tok, kind: str, steps: int, seed: int) -> float:
     from cuetune.templates import parse
     from cuetune.verbalizers import Verbalizer
 
-    family = family_for(model.config, kind)
+    family = family_for(model.config, family_of(kind))
     family.setup(tok)
     loaded = LoadedModel("tiny", model, tok, family, "")
     verbalizer = Verbalizer(["negative", "positive"]).bind(tok, True)
@@ -152,7 +175,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     return {kind: save_tiny(root / kind, kind, pretrain_steps=600)
-            for kind in ("causal", "masked", "seq2seq")}
+            for kind in KINDS}
 
 
 @pytest.fixture(scope="session")

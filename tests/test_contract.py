@@ -13,7 +13,7 @@ import json
 
 import pytest
 import torch
-from conftest import toy_config
+from conftest import KINDS, toy_config
 
 import cuetune
 from cuetune import methods
@@ -22,14 +22,14 @@ from cuetune.data import load_splits
 from cuetune.encoding import collate
 from cuetune.engine import build
 
-FAMILIES = ["causal", "masked", "seq2seq"]
+FAMILIES = list(KINDS)
 # One row per method: its settings for the toy task (learning rates suit 32-wide tiny models;
-# a dict gives one per family).
+# a dict gives one per family, None for the rest).
 ROWS = {
     "soft": ({"name": "soft"}, 0.1),
     # T5's encoder reads no cache, so the prefix acts in the decoder only and needs a larger step
     # to overturn the tiny T5's confidently wrong zero-shot answer (loss 5.8 at the start).
-    "prefix": ({"name": "prefix", "num_tokens": 4}, {"causal": 0.05, "masked": 0.05, "seq2seq": 0.5}),
+    "prefix": ({"name": "prefix", "num_tokens": 4}, {"seq2seq": 0.5, None: 0.05}),
     "ptuning": ({"name": "ptuning", "hidden_size": 16}, 0.05),
     "lora": ({"name": "lora", "r": 4}, 0.02),
     "prompt-ft": ({"name": "prompt-ft"}, 3e-3),
@@ -54,7 +54,7 @@ def _raw(tiny_dirs, toy_data, out, family, method):
     settings, lr, *prompt = ROWS[method]
     raw = toy_config(tiny_dirs[family], toy_data, out, method=dict(settings))
     raw["prompt"].update(*prompt)
-    raw["train"]["lr"] = lr[family] if isinstance(lr, dict) else lr
+    raw["train"]["lr"] = lr.get(family, lr[None]) if isinstance(lr, dict) else lr
     return raw
 
 

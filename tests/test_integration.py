@@ -61,3 +61,30 @@ def test_sst2_kshot_example_config_reads(tmp_path):
     cfg = config.load(Path(__file__).resolve().parents[1] / "examples" / "sst2-16shot.yaml")
     splits = load_splits(cfg.data)
     assert splits.report["sizes"] == {"train": 32, "dev": 32, "test": 872}
+
+
+SMOKE = {  # method settings for a few steps on the real model (defaults otherwise)
+    "soft": {}, "prefix": {}, "ptuning": {}, "lora": {}, "prompt-ft": {}, "full": {},
+    "head": {}, "two-stage": {}, "zero-shot": {}, "in-context": {},
+}
+
+
+@pytest.mark.parametrize("method", sorted(SMOKE))
+def test_every_method_on_the_real_model(tmp_path, method):
+    """Each method trains 3 steps, saves, loads and predicts on SmolLM2-135M."""
+    from cuetune import methods
+
+    assert set(SMOKE) == set(methods.REGISTRY), "a new method adds a smoke row"
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(_pkg("test").read_text().splitlines(keepends=True)[:12]))
+    manifest = cuetune.train({
+        "data": {"train": str(_pkg("train")), "test": str(test), "labels": ["negative", "positive"],
+                 "k_shot": 4, "k_shot_dev": 2},
+        "method": {"name": method, **SMOKE[method]},
+        "train": {"max_steps": 3, "eval_every": 3, "batch_size": 4, "progress": False,
+                  "zero_shot_baseline": False, "warmup_ratio": 0.0},
+        "output_dir": str(tmp_path / "run"),
+    })
+    assert manifest["metrics"]["test"]["accuracy"] >= 0.5
+    preds = cuetune.load(tmp_path / "run").predict(["An absolute delight.", "Cold food."])
+    assert all(set(p["probs"]) == {"negative", "positive"} for p in preds)

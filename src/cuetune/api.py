@@ -78,13 +78,19 @@ def train(config=None, progress=None) -> dict:
             metrics["dev_best"] = result.best_dev
     finally:
         mlog.close()
+    return finish_run(run_dir, cfg, pipe, splits, enc, metrics, training, mlog.rows)
+
+
+def finish_run(run_dir: Path, cfg: RunConfig, pipe: Pipeline, splits, enc: dict, metrics: dict,
+               training: dict | None, rows: list[dict], extra: dict | None = None) -> dict:
+    """Evaluate, write adapter, plots, eval.json and (last) the manifest; return the manifest."""
     for name in ("dev", "test"):
         if enc[name]:
             metrics[name] = evaluate(pipe, enc[name], cfg.train.eval_batch_size)
     state = pipe.method.adapter_state()
     sha = artifacts.save_adapter(run_dir, state)
-    if mlog.rows:
-        plot_curves(mlog.rows, run_dir / "training_curves.png", cfg.train.metric)
+    if rows:
+        plot_curves(rows, run_dir / "training_curves.png", cfg.train.metric)
     if "test" in metrics:
         plot_confusion(metrics["test"], run_dir / "confusion_matrix.png")
     manifest = {
@@ -101,6 +107,7 @@ def train(config=None, progress=None) -> dict:
         "training": training,
         "metrics": metrics,
         "config": cfg.model_dump(mode="json"),
+        **(extra or {}),
     }
     atomic.write_json(run_dir / "eval.json", metrics)
     artifacts.write_manifest(run_dir, manifest)

@@ -150,6 +150,35 @@ def _lines_to_examples(text: str, source: str):
     return [Example(ln.strip()) for ln in lines]
 
 
+@app.command("export")
+def export(run_dir: Path = typer.Argument(..., help="A finished run directory"),
+           out_dir: Path = typer.Argument(..., help="New folder for the PEFT adapter")) -> None:
+    """Write a run's adapter in PEFT's format (soft, ptuning, prefix, lora)."""
+    from cuetune import interop
+
+    path = interop.export_peft(run_dir, out_dir)
+    out.print_json(json.dumps({"peft_dir": str(path)}))
+
+
+@app.command("import-peft")
+def import_peft(
+    peft_dir: Path = typer.Argument(..., help="A PEFT adapter folder (adapter_config.json + safetensors)"),
+    config: Path | None = typer.Argument(None, help="YAML config: model, data, template, labels"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: key=value"),
+    out_dir: str | None = typer.Option(None, "--out", help="Run directory to create"),
+) -> None:
+    """Turn a PEFT adapter into a cuetune run (evaluated on the config's dev/test data)."""
+    from cuetune import config as cfgmod
+    from cuetune import interop
+
+    overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
+    manifest = interop.import_peft(peft_dir, cfgmod.load(config, overrides))
+    summary = {"run_dir": manifest["run_dir"], "method": manifest["method"]["name"]}
+    if manifest["metrics"].get("test"):
+        summary["test_accuracy"] = round(manifest["metrics"]["test"]["accuracy"], 4)
+    out.print_json(json.dumps(summary))
+
+
 @app.command()
 def models() -> None:
     """List model aliases: family, parameters, installed and converted."""

@@ -13,7 +13,9 @@ The trainer, evaluator and artifact code talk to every method through these hook
   reads label-word logits through the verbalizer; a classification head replaces it);
 - `adapter_tensors()`: the parameters this method trains, by the name the adapter file uses;
   `trainable_parameters`, `adapter_state` and `load_adapter_state` follow from it;
-- `phases()`: what is trained in which order (two-stage training has two phases).
+- `phases()`: what is trained in which order (two-stage training has two phases);
+- `peft_imports`, `peft_export()`, `peft_import(...)`: the PEFT adapter kinds a method writes
+  and reads (`interop` does the files; the method knows its tensor layout).
 
 A new method is one module with a config subclass and a `register(...)` call.
 """
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from cuetune.config import MethodConfig
+from cuetune.errors import ArtifactError
 from cuetune.templates import Literal, Slot, Template
 
 
@@ -51,11 +54,14 @@ class Method(nn.Module):
     """False when the base model's own weights are trained (full and prompt-based fine-tuning)."""
     uses_verbalizer: ClassVar[bool] = True
     default_lr: ClassVar[float] = 1e-3
+    peft_imports: ClassVar[tuple[str, ...]] = ()
+    """PEFT `peft_type`s this method can load (PROMPT_TUNING, PREFIX_TUNING, LORA, ...)."""
 
     def __init__(self, config: MethodConfig, loaded, encoder, labels: list[str] | None = None):
         super().__init__()
         self.config = config
         self.labels = labels
+        self.encoder = encoder
         # The base model is not a submodule: its weights are not part of this method's state.
         self._loaded = (loaded,)
 
@@ -84,6 +90,16 @@ class Method(nn.Module):
 
     def phases(self) -> list[Phase]:
         return [Phase("train", self.trainable_parameters())]
+
+    def peft_export(self) -> tuple:
+        """(peft config object, tensors in PEFT's names) for PEFT's `save_pretrained` layout."""
+        raise ArtifactError(f"method {self.config.name!r}: PEFT has no adapter type for it; "
+                            "PEFT export covers soft, ptuning, prefix and lora")
+
+    @classmethod
+    def peft_import(cls, peft_config: dict, tensors: dict) -> tuple[dict, dict]:
+        """(method config fields, adapter state in our names) from a PEFT adapter."""
+        raise NotImplementedError
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.adapter_tensors().values())

@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from cuetune.config import MethodConfig
-from cuetune.errors import ConfigError, ModelError
+from cuetune.errors import ArtifactError, ConfigError, ModelError
 from cuetune.methods.base import Method
 from cuetune.methods.soft import SoftBlock
 
@@ -76,3 +76,43 @@ class Lora(Method):
     def adapter_tensors(self) -> dict[str, nn.Parameter]:
         own = {n: p for n, p in self.named_parameters() if p.requires_grad}
         return {**own, **lora_parameters(self.loaded.model)}
+
+    peft_imports = ("LORA",)
+
+    def peft_export(self):
+        if self.soft is not None:
+            raise ArtifactError("PEFT export: PEFT's LoRA adapters hold no soft prompt; export a "
+                                "LoRA run whose template has no {soft} block")
+        model = self.loaded.model
+        targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                          if isinstance(m, BaseTunerLayer)})
+        task = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}.get(self.loaded.family.name)
+        cfg = PeftLoraConfig(r=self.config.r, lora_alpha=self.config.alpha, task_type=task,
+                             lora_dropout=self.config.dropout, target_modules=targets, bias="none")
+        tensors = {"base_model.model." + n[len("base."):].replace(".default.", "."): p.detach().float()
+                   for n, p in lora_parameters(model).items()}
+        return cfg, tensors
+
+    @classmethod
+    def peft_import(cls, peft_config, tensors):
+        unsupported = [k for k in ("use_dora", "use_rslora", "modules_to_save", "rank_pattern",
+                                   "alpha_pattern", "layers_to_transform")
+                       if peft_config.get(k) not in (None, False, {}, [])]
+        if peft_config.get("bias", "none") != "none":
+            unsupported.append("bias")
+        targets = peft_config.get("target_modules")
+        if isinstance(targets, str):
+            unsupported.append("target_modules (a regex)")
+        if unsupported:
+            raise ArtifactError(f"PEFT adapter: LoRA options {unsupported} are not supported here")
+        fields = {"name": "lora", "r": int(peft_config["r"]),
+                  "alpha": float(peft_config.get("lora_alpha", 8)),
+                  "dropout": float(peft_config.get("lora_dropout", 0.0)),
+                  "target_modules": sorted(targets) if targets else None}
+        state = {}
+        for key, t in tensors.items():
+            if not key.startswith("base_model.model.") or ".lora_" not in key:
+                raise ArtifactError(f"PEFT adapter: unexpected tensor {key!r} in a LoRA adapter")
+            name, _, leaf = key[len("base_model.model."):].rpartition(".")
+            state[f"base.{name}.default.{leaf}"] = t.float()
+        return fields, state

@@ -22,7 +22,8 @@ from torch import nn
 
 from cuetune.config import MethodConfig
 from cuetune.methods.base import Method
-from cuetune.methods.soft import vocab_sample
+from cuetune.errors import ArtifactError
+from cuetune.methods.soft import peft_prompt_state, vocab_sample
 from cuetune.templates import Template
 
 
@@ -86,3 +87,24 @@ class Prefix(Method):
         inputs["prefix"] = [(kv[2 * i].expand(batch_size, -1, -1, -1),
                              kv[2 * i + 1].expand(batch_size, -1, -1, -1)) for i in range(self.layers)]
         return inputs
+
+    peft_imports = ("PREFIX_TUNING",)
+
+    def peft_export(self):
+        from peft import PrefixTuningConfig
+
+        family = self.loaded.family.name
+        if family != "causal":
+            raise ArtifactError(f"PEFT export: prefix adapters are supported for causal models here; "
+                                f"this is a {family} model")
+        flat = self.flat_prefix().detach().float()
+        cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=flat.size(0),
+                                 token_dim=self.kv_heads * self.head_dim, num_layers=self.layers,
+                                 num_attention_heads=self.kv_heads, num_transformer_submodules=1)
+        return cfg, {"prompt_embeddings": flat}
+
+    @classmethod
+    def peft_import(cls, peft_config, tensors):
+        fields, flat = peft_prompt_state(peft_config, tensors, "prefix")
+        # PEFT saves the projected prefix, so it loads without the projection MLP
+        return {**fields, "init": "random"}, {"prefix": flat}

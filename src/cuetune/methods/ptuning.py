@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from cuetune.methods.soft import SoftConfig, SoftPrompt
+from cuetune.methods.soft import SoftConfig, SoftPrompt, check_peft_prompt_layout
 
 
 class PTuningConfig(SoftConfig):
@@ -54,3 +54,15 @@ class PTuning(SoftPrompt):
         h = self.lstm(x[None])[0][0] if self.lstm is not None else x  # [P, 2*hid] or [P, H]
         out = self.head(h)  # [P, H]
         return x + out if self.config.residual else out
+
+    peft_imports = ()  # PEFT saves P-tuning as fixed embeddings; `soft` imports them
+
+    def peft_export(self):
+        from peft import PromptEncoderConfig
+
+        check_peft_prompt_layout(self, "PEFT export")
+        prompt = self.prompt_embeddings().detach().float()
+        cfg = PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt.size(0),
+                                  token_dim=prompt.size(1), num_transformer_submodules=1,
+                                  encoder_hidden_size=self.config.hidden_size or prompt.size(1))
+        return cfg, {"prompt_embeddings": prompt}

@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import nn
 
 from cuetune.config import MethodConfig
-from cuetune.errors import ConfigError
+from cuetune.errors import ArtifactError, ConfigError
 from cuetune.methods.base import Method
 from cuetune.templates import Template
 
@@ -104,3 +104,42 @@ class SoftPrompt(Method):
 
     def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
         return self.soft.fill(inputs, batch, self.prompt_embeddings())
+
+    peft_imports = ("PROMPT_TUNING", "P_TUNING")
+
+    def peft_export(self):
+        from peft import PromptTuningConfig
+
+        check_peft_prompt_layout(self, "PEFT export")
+        prompt = self.prompt_embeddings().detach().float()
+        cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt.size(0),
+                                 token_dim=prompt.size(1), num_transformer_submodules=1)
+        return cfg, {"prompt_embeddings": prompt}
+
+    @classmethod
+    def peft_import(cls, peft_config, tensors):
+        # P-tuning adapters are saved as the encoder's output: a plain soft prompt.
+        fields, emb = peft_prompt_state(peft_config, tensors, "soft")
+        return fields, {"soft.prompt": emb}
+
+
+def check_peft_prompt_layout(method, what: str) -> None:
+    """PEFT puts virtual tokens before everything else on a causal LM; refuse layouts where
+    PEFT would compute other logits than we do."""
+    enc = method.encoder
+    leading = bool(enc.segments) and enc.segments[0].__class__.__name__ == "Soft"
+    if method.loaded.family.name != "causal":
+        raise ArtifactError(f"{what}: PEFT prompt adapters are supported for causal models here; "
+                            f"this is a {method.loaded.family.name} model")
+    if len(enc.soft_specs) != 1 or not leading or enc.prefix:
+        raise ArtifactError(
+            f"{what}: PEFT prepends its virtual tokens before all other tokens, so the template "
+            f"{enc.template.source!r} must start with its only {{soft}} block, with no special "
+            "tokens before it (no BOS, no chat template)")
+
+
+def peft_prompt_state(peft_config: dict, tensors: dict, name: str) -> tuple[dict, dict]:
+    if "prompt_embeddings" not in tensors:
+        raise ArtifactError(f"PEFT adapter: no 'prompt_embeddings' tensor (found {sorted(tensors)[:5]})")
+    emb = tensors["prompt_embeddings"].float()
+    return {"name": name, "num_tokens": int(emb.size(0))}, emb

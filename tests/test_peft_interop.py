@@ -1,0 +1,161 @@
+"""PEFT round trips: our adapters load in PEFT with the same logits, and PEFT's load in cuetune.
+
+The causal model here has no BOS token, because PEFT puts virtual tokens before everything and
+our soft block must be first for the two to compute the same thing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import pretrain, tiny_model, toy_config, toy_tokenizer
+from peft import (
+    LoraConfig,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+
+import cuetune
+from cuetune import interop
+from cuetune.data import Example
+from cuetune.encoding import collate
+from cuetune.errors import ArtifactError
+
+TEXTS = ["the movie was great", "the food was awful and dull", "a very poor day", "lovely phone"]
+SOFT_TEMPLATE = "{soft:4} {text} sentiment : {answer}"
+HARD_TEMPLATE = "{text} sentiment : {answer}"
+EXPORTS = {  # method settings, template, lr
+    "soft": ({"name": "soft"}, SOFT_TEMPLATE, 0.1),
+    "ptuning": ({"name": "ptuning", "hidden_size": 16}, SOFT_TEMPLATE, 0.05),
+    "prefix": ({"name": "prefix", "num_tokens": 4}, HARD_TEMPLATE, 0.05),
+    "prefix-mlp": ({"name": "prefix", "num_tokens": 4, "projection": True, "projection_hidden": 16},
+                   HARD_TEMPLATE, 0.05),
+    "lora": ({"name": "lora", "r": 4}, HARD_TEMPLATE, 0.02),
+}
+
+
+@pytest.fixture(scope="module")
+def nobos_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("nobos")
+    model, tok = tiny_model("causal"), toy_tokenizer("causal", bos=False)
+    pretrain(model, tok, "causal", 200, 0)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _batch(pipe):
+    items = pipe.encode([Example(t) for t in TEXTS])
+    return collate(items, pipe.loaded.tokenizer.pad_token_id)
+
+
+def _peft_scores(peft_model, pipe, batch, strip: int) -> torch.Tensor:
+    """Label scores from PEFT's full forward: PEFT gets our tokens without the soft placeholders."""
+    ids, mask = batch["input_ids"][:, strip:], batch["attention_mask"][:, strip:]
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids, attention_mask=mask).logits  # [B, (P +) T, V]
+    rows = logits[torch.arange(len(ids)), batch["answer_pos"]]  # [B, V]
+    return pipe.verbalizer.label_logits(rows[:, pipe.model.token_ids].float())
+
+
+def _cuetune_scores(pipe, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return pipe.model(batch)
+
+
+@pytest.mark.parametrize("kind", sorted(EXPORTS))
+def test_export_loads_in_peft_with_the_same_logits(nobos_dir, toy_data, tmp_path, kind):
+    settings, template, lr = EXPORTS[kind]
+    raw = toy_config(nobos_dir, toy_data, tmp_path / "run", method=dict(settings))
+    raw["prompt"]["template"] = template
+    raw["train"].update(lr=lr, max_steps=10)
+    cuetune.train(raw)
+    peft_dir = interop.export_peft(tmp_path / "run", tmp_path / "peft")
+    tuned = cuetune.load(tmp_path / "run")
+    tuned.pipe.model.eval()
+    batch = _batch(tuned.pipe)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(nobos_dir), peft_dir).eval()
+    strip = tuned.pipe.encoder.num_soft
+    ours, theirs = _cuetune_scores(tuned.pipe, batch), _peft_scores(peft_model, tuned.pipe, batch, strip)
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+    zero = tuned.pipe.verbalizer.label_logits(
+        AutoModelForCausalLM.from_pretrained(nobos_dir)(input_ids=batch["input_ids"][:, strip:],
+                                                        attention_mask=batch["attention_mask"][:, strip:])
+        .logits[torch.arange(len(TEXTS)), batch["answer_pos"] - strip][:, tuned.pipe.model.token_ids])
+    assert not torch.allclose(ours, zero, atol=1e-3), "the adapter must change the logits"
+
+
+IMPORTS = {  # PEFT config, template cuetune runs it with
+    "PROMPT_TUNING": (PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"), SOFT_TEMPLATE),
+    "P_TUNING": (PromptEncoderConfig(num_virtual_tokens=4, task_type="CAUSAL_LM",
+                                     encoder_hidden_size=16), SOFT_TEMPLATE),
+    "PREFIX_TUNING": (PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"), HARD_TEMPLATE),
+    "LORA": (LoraConfig(r=4, task_type="CAUSAL_LM", init_lora_weights=False), HARD_TEMPLATE),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(IMPORTS))
+def test_peft_adapter_imports_with_the_same_logits(nobos_dir, toy_data, tmp_path, kind):
+    peft_config, template = IMPORTS[kind]
+    torch.manual_seed(1)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(nobos_dir), peft_config)
+    with torch.no_grad():  # a trained-looking adapter, not PEFT's neutral init
+        for name, p in peft_model.named_parameters():
+            if p.requires_grad and "embedding" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(tmp_path / "peft")
+    raw = toy_config(nobos_dir, toy_data, tmp_path / "run")
+    raw["prompt"]["template"] = template
+    manifest = interop.import_peft(tmp_path / "peft", raw)
+    assert manifest["imported_from"]["peft_type"] == kind
+    tuned = cuetune.load(tmp_path / "run")
+    batch = _batch(tuned.pipe)
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(nobos_dir), tmp_path / "peft").eval()
+    ours = _cuetune_scores(tuned.pipe, batch)
+    theirs = _peft_scores(loaded, tuned.pipe, batch, tuned.pipe.encoder.num_soft)
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+
+
+@pytest.mark.parametrize("family,auto", [("masked", AutoModelForMaskedLM), ("seq2seq", AutoModelForSeq2SeqLM)])
+def test_lora_export_on_other_families(tiny_dirs, toy_data, tmp_path, family, auto):
+    raw = toy_config(tiny_dirs[family], toy_data, tmp_path / "run", method={"name": "lora", "r": 4})
+    raw["prompt"]["template"] = HARD_TEMPLATE
+    raw["train"].update(lr=0.02, max_steps=10)
+    cuetune.train(raw)
+    peft_dir = interop.export_peft(tmp_path / "run", tmp_path / "peft")
+    tuned = cuetune.load(tmp_path / "run")
+    peft_model = PeftModel.from_pretrained(auto.from_pretrained(tiny_dirs[family]), peft_dir).eval()
+    ids = torch.tensor([[2, 9, 10, 11, 3]])
+    extra = {"decoder_input_ids": torch.tensor([[0, 7]])} if family == "seq2seq" else {}
+    tuned.pipe.loaded.model.eval()
+    with torch.no_grad():
+        ours = tuned.pipe.loaded.model(input_ids=ids, **extra).logits
+        theirs = peft_model(input_ids=ids, **extra).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_export_refuses_what_peft_cannot_hold(tiny_dirs, nobos_dir, toy_data, tmp_path):
+    raw = toy_config(tiny_dirs["causal"], toy_data, tmp_path / "bos")  # BOS before the soft block
+    raw["train"]["max_steps"] = 2
+    cuetune.train(raw)
+    with pytest.raises(ArtifactError, match="no special tokens before it"):
+        interop.export_peft(tmp_path / "bos", tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
+    raw = toy_config(nobos_dir, toy_data, tmp_path / "full", method={"name": "head"})
+    raw["train"].update(max_steps=2, lr=1e-3)
+    cuetune.train(raw)
+    with pytest.raises(ArtifactError, match="PEFT has no adapter type"):
+        interop.export_peft(tmp_path / "full", tmp_path / "peft")
+
+
+def test_import_refuses_pickle_and_unknown_types(tmp_path):
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (tmp_path / "adapter_model.bin").write_bytes(b"not read")
+    with pytest.raises(ArtifactError, match="pickle"):
+        interop.read_peft(tmp_path)
+    with pytest.raises(ArtifactError, match="cannot be imported"):
+        interop.importer_for("IA3")
