@@ -117,3 +117,29 @@ def test_baselines_run_through_eval_and_artifacts(tiny_dirs, toy_data, tmp_path,
     assert 0.0 <= manifest["metrics"]["test"]["accuracy"] <= 1.0
     preds = cuetune.load(run_dir).predict(["the movie was great"])
     assert set(preds[0]["probs"]) == {"negative", "positive"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sentence_pairs_reach_the_model(tiny_dirs, tmp_path, family):
+    """The pair carries the trigger: "question" flips the label. If {text_pair} were dropped, half
+    the test set would be answered wrongly; with it, the pretrained skill answers both halves."""
+    from conftest import toy_rows, write_jsonl
+
+    def rows(n, seed):
+        out = []
+        for i, r in enumerate(toy_rows(n, seed)):
+            flip = i % 4 >= 2
+            label = r["label"] if not flip else {"positive": "negative", "negative": "positive"}[r["label"]]
+            out.append({"text": r["text"], "pair": "question" if flip else "review", "label": label})
+        return out
+
+    data = {s: write_jsonl(tmp_path / f"{s}.jsonl", rows(n, seed))
+            for s, n, seed in (("train", 32, 1), ("dev", 16, 2), ("test", 40, 3))}
+    raw = _raw(tiny_dirs, data, tmp_path / "run", family, "zero-shot")
+    raw["data"]["text_pair_column"] = "pair"
+    raw["prompt"]["template"] = "{text_pair} : {text} sentiment : {answer}"
+    manifest = cuetune.train(raw)
+    assert manifest["metrics"]["test"]["accuracy"] >= 0.85
+    model = cuetune.load(tmp_path / "run")
+    review, question = model.predict(["the food was superb"] * 2, ["review", "question"])
+    assert review["label"] != question["label"]

@@ -114,13 +114,15 @@ def test_peft_adapter_imports_with_the_same_logits(nobos_dir, toy_data, tmp_path
     assert manifest["imported_from"]["peft_type"] == kind
     tuned = cuetune.load(tmp_path / "run")
     batch = _batch(tuned.pipe)
-    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(nobos_dir), tmp_path / "peft").eval()
+    base = AutoModelForCausalLM.from_pretrained(nobos_dir)
+    loaded = PeftModel.from_pretrained(base, tmp_path / "peft").eval()
     ours = _cuetune_scores(tuned.pipe, batch)
     theirs = _peft_scores(loaded, tuned.pipe, batch, tuned.pipe.encoder.num_soft)
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
 
 
-@pytest.mark.parametrize("family,auto", [("masked", AutoModelForMaskedLM), ("seq2seq", AutoModelForSeq2SeqLM)])
+@pytest.mark.parametrize("family,auto", [("masked", AutoModelForMaskedLM),
+                                         ("seq2seq", AutoModelForSeq2SeqLM)])
 def test_lora_export_on_other_families(tiny_dirs, toy_data, tmp_path, family, auto):
     raw = toy_config(tiny_dirs[family], toy_data, tmp_path / "run", method={"name": "lora", "r": 4})
     raw["prompt"]["template"] = HARD_TEMPLATE

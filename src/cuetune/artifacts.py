@@ -26,8 +26,10 @@ FORMAT_VERSION = 1
 
 def save_adapter(run_dir: Path, state: dict[str, torch.Tensor]) -> str:
     """Write the adapter atomically; return its SHA-256."""
+    # One metadata key only: safetensors writes metadata in hash-map order, so two keys would
+    # make identical adapters differ byte for byte (the version is in the manifest).
     data = save({k: v.detach().contiguous().cpu() for k, v in state.items()},
-                metadata={"format": "cuetune", "version": __version__})
+                metadata={"format": "cuetune"})
     atomic.write_bytes(run_dir / ADAPTER, data)
     return hashlib.sha256(data).hexdigest()
 

@@ -21,8 +21,8 @@ from pydantic import Field
 from torch import nn
 
 from cuetune.config import MethodConfig
-from cuetune.methods.base import Method
 from cuetune.errors import ArtifactError
+from cuetune.methods.base import Method
 from cuetune.methods.soft import peft_prompt_state, vocab_sample
 from cuetune.templates import Template
 
