@@ -33,10 +33,9 @@ ROWS = {
     "ptuning": ({"name": "ptuning", "hidden_size": 16}, 0.05),
     "lora": ({"name": "lora", "r": 4}, 0.02),
     "prompt-ft": ({"name": "prompt-ft"}, 3e-3),
-    # Without prompt words the tiny masked model already answers the toy task (loss 0.003), so
-    # `full` gets swapped label words: it has to learn something new.
-    "full": ({"name": "full"}, 3e-3,
-             {"verbalizer": {"positive": "negative", "negative": "positive"}}),
+    # Without prompt words the tiny models already answer the toy task one way or the other
+    # (BERT right, T5 inverted), so `full` gets label words never used as answers in pretraining.
+    "full": ({"name": "full"}, 3e-3, {"verbalizer": {"positive": "yes", "negative": "no"}}),
     "head": ({"name": "head"}, 3e-3),
     "two-stage": ({"name": "two-stage", "soft_lr": 0.1, "tune_lr": 0.02}, None),
     "zero-shot": ({"name": "zero-shot"}, None),

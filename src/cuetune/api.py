@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import yaml
 
 from cuetune import artifacts, atomic, methods
+from cuetune.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint
 from cuetune.config import RunConfig
 from cuetune.config import load as load_config
 from cuetune.config import validate as validate_config
@@ -52,13 +54,16 @@ def prepare_run_dir(path: str | Path) -> Path:
     return run_dir
 
 
-def train(config=None, progress=None) -> dict:
-    """Train (or, for baselines, just evaluate) as the config says; return the manifest."""
+def train(config=None, progress=None, resume: Checkpoint | None = None) -> dict:
+    """Train (or, for baselines, just evaluate) as the config says; return the manifest.
+
+    `resume`: a checkpoint of this same run to continue from (see `resume_run`)."""
     cfg = _as_config(config)
     splits = load_splits(cfg.data)
     cfg = cfg.model_copy(update={"method": methods.get(cfg.method.name).prepare_config(cfg, splits)})
     run_dir = prepare_run_dir(cfg.output_dir)
     pipe = build(cfg, splits.labels)
+    _check_space(run_dir, pipe, cfg)
     enc = {name: pipe.encode(getattr(splits, name), f"{name} examples")
            for name in ("train", "dev", "test")}
     metrics: dict = {}
@@ -68,13 +73,17 @@ def train(config=None, progress=None) -> dict:
         metrics["zero_shot_test"] = evaluate(zero, zero.encode(splits.test), cfg.train.eval_batch_size)
     atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"),
                                                                sort_keys=False))
+    if resume is None:
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a stale one must not be resumed later
     training = None
-    mlog = MetricsLog(run_dir / "metrics.jsonl")
+    mlog = MetricsLog(run_dir / "metrics.jsonl", resume.state["step"] if resume else None)
     try:
         if pipe.method.trains:
-            result = fit(pipe, enc["train"], enc["dev"], mlog, progress)
+            result = fit(pipe, enc["train"], enc["dev"], mlog, progress, run_dir, resume)
             training = {"steps": result.steps, "best_step": result.best_step,
-                        "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)}
+                        "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2),
+                        "skipped_steps": result.skipped,
+                        "resumed_from": resume.state["step"] if resume else None}
             metrics["dev_best"] = result.best_dev
     finally:
         mlog.close()
@@ -111,8 +120,42 @@ def finish_run(run_dir: Path, cfg: RunConfig, pipe: Pipeline, splits, enc: dict,
     }
     atomic.write_json(run_dir / "eval.json", metrics)
     artifacts.write_manifest(run_dir, manifest)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: nothing to resume
     manifest["run_dir"] = str(run_dir)
     return manifest
+
+
+def resume_run(run_dir: str | Path, progress=None) -> dict:
+    """Continue an interrupted run from its last checkpoint, with the config it was started
+    with; the result equals the uninterrupted run's (on CPU, bit for bit)."""
+    run_dir = Path(run_dir)
+    if (run_dir / artifacts.MANIFEST).exists():
+        raise CuetuneError(f"{run_dir}: this run finished; there is nothing to resume")
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise CuetuneError(f"{saved}: missing; {run_dir} is not a cuetune run directory")
+    try:  # saved paths are as the run resolved them: no re-resolving against run_dir
+        cfg = validate_config(yaml.safe_load(saved.read_text(encoding="utf-8")), str(saved))
+    except yaml.YAMLError as exc:
+        raise CuetuneError(f"{saved}: invalid YAML ({exc}); the run directory is damaged") from None
+    if Path(cfg.output_dir).resolve() != run_dir.resolve():
+        cfg = cfg.model_copy(update={"output_dir": str(run_dir)})
+    ckpt = load_checkpoint(run_dir)
+    if ckpt is None:
+        log.warning("%s: no checkpoint yet; training starts from the beginning", run_dir)
+    return train(cfg, progress, resume=ckpt)
+
+
+def _check_space(run_dir: Path, pipe: Pipeline, cfg: RunConfig) -> None:
+    """Refuse to start when the disk cannot hold the adapter and a checkpoint (about five times
+    the adapter: weights, best weights, two AdamW moments, the final file)."""
+    adapter = sum(p.numel() * 4 for p in pipe.method.trainable_parameters())
+    need = adapter * (5 if cfg.train.checkpoint_every else 2) + (1 << 20)
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise CuetuneError(f"output_dir {run_dir}: {free / 1e6:.0f} MB free, the run needs about "
+                           f"{need / 1e6:.0f} MB (adapter and checkpoints); free space or choose "
+                           "another output_dir")
 
 
 class TunedModel:

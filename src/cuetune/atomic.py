@@ -12,12 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cuetune.errors import CuetuneError
+
 
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call `writer(tmp_path)` and move the result onto `path` in one rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CuetuneError(f"{path}: cannot write ({exc.strerror}); check the folder's permissions "
+                           "and free space") from None
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -28,6 +34,10 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise CuetuneError(f"{path}: cannot write ({exc.strerror}); the previous version, if any, "
+                           "is unchanged; free space or choose another output_dir") from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

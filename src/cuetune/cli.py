@@ -67,18 +67,31 @@ def train(
     config: Path | None = typer.Argument(None, help="YAML config; none = the packaged default job"),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: key=value"),
     out_dir: str | None = typer.Option(None, "--out", help="Run directory (same as --set output_dir=)"),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue this interrupted run directory"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Allow a hub model's own Python code to run"),
 ) -> None:
     """Train a prompt; prints zero-shot vs tuned test metrics."""
     from cuetune import api
     from cuetune import config as cfgmod
 
-    overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
-    cfg = cfgmod.load(config, overrides)
-    update, stop = _progress() if cfg.train.progress else (None, lambda: None)
-    try:
-        manifest = api.train(cfg, progress=update)
-    finally:
-        stop()
+    if resume is not None:
+        if config is not None or set_ or out_dir:
+            raise typer.BadParameter("--resume takes the run's saved config; drop CONFIG/--set/--out")
+        update, stop = _progress()
+        try:
+            manifest = api.resume_run(resume, progress=update)
+        finally:
+            stop()
+    else:
+        overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
+        overrides += ["model.trust_remote_code=true"] if trust_remote_code else []
+        cfg = cfgmod.load(config, overrides)
+        update, stop = _progress() if cfg.train.progress else (None, lambda: None)
+        try:
+            manifest = api.train(cfg, progress=update)
+        finally:
+            stop()
     metrics = manifest["metrics"]
     summary = {"run_dir": manifest["run_dir"], "method": manifest["method"]["name"],
                "trainable_parameters": manifest["trainable_parameters"],

@@ -95,6 +95,11 @@ class TrainConfig(Strict):
     patience: int | None = Field(5, ge=1)
     """Stop after this many evaluations without improvement; None disables."""
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    checkpoint_every: int | None = Field(50, ge=1)
+    """Write a resumable checkpoint every N steps (`cuetune train --resume RUN_DIR`); None: never."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss or gradient: stop with an error (the last checkpoint is kept) or skip that
+    update and count it (`training.skipped_steps` in the manifest)."""
     zero_shot_baseline: bool = True
     """Also evaluate the hard prompt alone (no trained parameters) on test."""
     progress: bool = True

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
+from cuetune import atomic
+from cuetune.checkpoint import CHECKPOINT, BatchOrder, Checkpoint, rng_state, save_checkpoint, set_rng_state
 from cuetune.encoding import Encoded, collate
 from cuetune.engine import Pipeline, predict_probs
 from cuetune.errors import CuetuneError
@@ -37,15 +38,29 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     log: list[dict] = field(default_factory=list)
+    skipped: int = 0
 
 
 class MetricsLog:
-    """Per-step metrics as JSONL, appended and flushed as training goes."""
+    """Per-step metrics as JSONL, appended and flushed as training goes.
 
-    def __init__(self, path: Path):
+    `resume_at=step` keeps the rows up to that step (a checkpoint's) and drops the rest,
+    including a last line a kill cut in half, then appends from there."""
+
+    def __init__(self, path: Path, resume_at: int | None = None):
         self.path = path
         self.rows: list[dict] = []
-        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if resume_at is not None and path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                if row.get("step", 0) > resume_at:
+                    break
+                self.rows.append(row)
+        atomic.write_jsonl(path, self.rows)
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
@@ -70,11 +85,6 @@ def total_steps(cfg, n_train: int) -> int:
     return max(1, math.ceil(per_epoch * cfg.epochs))
 
 
-def _batches(loader: DataLoader):
-    while True:  # epochs run into each other; the seeded generator reshuffles each pass
-        yield from loader
-
-
 @dataclass
 class _Best:
     score: float = -1.0
@@ -90,9 +100,13 @@ def _phase_steps(phases, steps: int) -> list[int]:
 
 
 def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLog,
-        progress=None) -> TrainResult:
+        progress=None, run_dir: Path | None = None, resume: Checkpoint | None = None) -> TrainResult:
     """Train the pipeline's method in place, phase by phase; the best adapter state (by the dev
-    metric) is loaded at the end of each phase, so a later phase starts from it."""
+    metric) is loaded at the end of each phase, so a later phase starts from it.
+
+    With `run_dir`, a checkpoint is written every `train.checkpoint_every` steps; `resume`
+    continues from one and gives the same result as a run that was never interrupted.
+    """
     cfg = pipe.config.train
     method = pipe.method
     set_seed(cfg.seed)
@@ -100,72 +114,116 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
     if not any(p.params for p in phases):
         raise CuetuneError(f"method.name={pipe.config.method.name}: no trainable parameters")
     pad_id = pipe.loaded.tokenizer.pad_token_id
-    loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-                        generator=torch.Generator().manual_seed(cfg.seed),
-                        collate_fn=lambda items: collate(items, pad_id))
     accelerator = Accelerator(cpu=pipe.model.token_ids.device.type == "cpu",
                               gradient_accumulation_steps=cfg.grad_accum)
-    model, loader = accelerator.prepare(pipe.model, loader)
-    batches = _batches(loader)
+    model = accelerator.prepare(pipe.model)
+    device = pipe.model.token_ids.device
+    state = {"step": 0, "phase": 0, "order": [0, 0], "bad": 0, "seen": 0, "skipped": 0}
+    best = _Best()
+    if resume is not None:
+        state = dict(resume.state)
+        method.load_adapter_state(resume.adapter)
+        best = _Best(state["best_score"], state["best_step"], state["best_dev"], resume.best)
+    order = BatchOrder(len(train), cfg.batch_size, cfg.seed, *state["order"])
     all_params = method.trainable_parameters()
-    best, step, stopped, seen, start = _Best(), 0, False, 0, time.perf_counter()
     counts = _phase_steps(phases, total_steps(cfg, len(train)))
+    stopped, start, ran = False, time.perf_counter(), state["step"]
     model.train()
-    for phase, count in zip(phases, counts, strict=True):
+    for index, (phase, count) in enumerate(zip(phases, counts, strict=True)):
+        if index < state["phase"]:
+            continue
         active = {id(p) for p in phase.params}
         for p in all_params:
             p.requires_grad_(id(p) in active)
         optimizer = torch.optim.AdamW(phase.params, lr=phase.lr or cfg.lr or method.default_lr,
                                       weight_decay=cfg.weight_decay)
+        end = sum(counts[:index + 1])
         scheduler = get_scheduler(cfg.scheduler, optimizer, num_training_steps=count,
                                   num_warmup_steps=int(cfg.warmup_ratio * count))
+        if resume is not None and index == resume.state["phase"]:
+            optimizer.load_state_dict(resume.optimizer)
+            scheduler.load_state_dict(resume.scheduler)
+            set_rng_state(resume.rng)
+        else:
+            state["bad"] = 0
         optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
-        end, bad, stopped = step + count, 0, False
-        while step < end and not stopped:
-            step += 1
-            loss, n = _train_step(model, batches, optimizer, scheduler, accelerator, phase.params, cfg)
-            seen += n
-            if not finite(loss):
-                raise CuetuneError(f"training: loss became {loss} at step {step}; lower train.lr "
-                                   "(the last good adapter is in the run directory)")
+        stopped = False
+        while state["step"] < end and not stopped:
+            state["step"] += 1
+            step = state["step"]
+
+            def next_batch():
+                items = [train[i] for i in order.next()]
+                return {k: v.to(device) for k, v in collate(items, pad_id).items()}
+
+            loss, n, ok = _train_step(model, next_batch, optimizer, scheduler, accelerator,
+                                      phase.params, cfg)
+            state["seen"] += n
+            if not ok and cfg.on_nonfinite == "stop":
+                raise CuetuneError(
+                    f"training: non-finite loss or gradient at step {step}; stopped. Lower "
+                    "train.lr, or set train.on_nonfinite=skip to skip such updates; "
+                    + (f"the last good checkpoint is in {run_dir} (resume with --resume)"
+                       if run_dir and (run_dir / CHECKPOINT).exists() else "no checkpoint was written yet"))
+            state["skipped"] += not ok
             elapsed = time.perf_counter() - start
-            row = {"step": step, "phase": phase.name, "loss": round(loss, 6),
-                   "lr": scheduler.get_last_lr()[0], "examples_per_s": round(seen / elapsed, 2),
+            row = {"step": step, "phase": phase.name, "loss": round(loss, 6) if ok else None,
+                   "lr": scheduler.get_last_lr()[0], "examples_per_s": round(state["seen"] / elapsed, 2),
                    "elapsed_s": round(elapsed, 2)}
+            if not ok:
+                row["skipped"] = True
             if dev and (step % cfg.eval_every == 0 or step == end):
                 metrics = evaluate(pipe, dev, cfg.eval_batch_size)
                 row.update({"dev_accuracy": metrics["accuracy"], "dev_macro_f1": metrics["macro_f1"],
                             "dev_nll": metrics["nll"]})
                 if metrics[cfg.metric] > best.score:
-                    best, bad = _Best(metrics[cfg.metric], step, metrics, method.adapter_state()), 0
+                    best, state["bad"] = _Best(metrics[cfg.metric], step, metrics, method.adapter_state()), 0
                 else:
-                    bad += 1
-                stopped = cfg.patience is not None and bad >= cfg.patience and step < end
+                    state["bad"] += 1
+                stopped = cfg.patience is not None and state["bad"] >= cfg.patience and step < end
             log.write(row)
             if progress:
                 progress(step, sum(counts), row, best.score if best.step else None)
+            ran = step
+            if stopped:
+                state["step"] = end  # the rest of this phase is skipped, also after a resume
+            if run_dir is not None and cfg.checkpoint_every and (
+                    step % cfg.checkpoint_every == 0 or stopped):
+                state.update(order=order.position, best_score=best.score, best_step=best.step,
+                             best_dev=best.dev)
+                save_checkpoint(run_dir, Checkpoint(dict(state), method.adapter_state(), best.state,
+                                                    optimizer.state_dict(), scheduler.state_dict(),
+                                                    rng_state()))
         if best.state is not None:
             method.load_adapter_state(best.state)
+        state["phase"] = index + 1
     for p in all_params:
         p.requires_grad_(True)
     model.eval()
-    return TrainResult(step, best.step, best.dev, stopped, time.perf_counter() - start, log.rows)
+    return TrainResult(ran, best.step, best.dev, stopped, time.perf_counter() - start,
+                       log.rows, state["skipped"])
 
 
-def _train_step(model, batches, optimizer, scheduler, accelerator, params, cfg) -> tuple[float, int]:
-    """One optimizer step over `grad_accum` batches; returns (mean loss, examples seen)."""
-    loss_sum, seen = 0.0, 0
+def _train_step(model, next_batch, optimizer, scheduler, accelerator, params,
+                cfg) -> tuple[float, int, bool]:
+    """One optimizer step over `grad_accum` batches -> (mean loss, examples, finite?).
+
+    A non-finite loss or gradient norm means no update: gradients are dropped, the optimizer
+    and the schedule do not move."""
+    loss_sum, seen, ok = 0.0, 0, True
     for _ in range(cfg.grad_accum):
-        batch = next(batches)
+        batch = next_batch()
         with accelerator.accumulate(model):
             scores = model(batch)  # [B, L]
             loss = F.cross_entropy(scores, batch["labels"], label_smoothing=cfg.label_smoothing)
             accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        loss_sum += loss.item() / cfg.grad_accum
-        seen += batch["labels"].size(0)
-    return loss_sum, seen
+            loss_sum += loss.item() / cfg.grad_accum
+            seen += batch["labels"].size(0)
+            if accelerator.sync_gradients:
+                norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                ok = finite(loss_sum) and finite(float(norm))
+                if ok:
+                    optimizer.step()
+                    scheduler.step()
+                optimizer.zero_grad()
+    return loss_sum, seen, ok
