@@ -169,3 +169,33 @@ def test_disk_full_mid_write_leaves_no_finished_run(tiny_dirs, toy_data, tmp_pat
     run_dir = tmp_path / "run"
     assert not (run_dir / "cuetune.json").exists()
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_only_safetensors_and_json_are_written_or_read(tiny_dirs, toy_data, tmp_path):
+    raw = _config(tiny_dirs, toy_data, tmp_path / "run", max_steps=10, checkpoint_every=3)
+    cuetune.train(raw)
+    allowed = {".safetensors", ".json", ".jsonl", ".yaml", ".png"}
+    assert {p.suffix for p in (tmp_path / "run").iterdir()} <= allowed
+    src = Path(cuetune.__file__).parent
+    for path in src.rglob("*.py"):
+        text = path.read_text()
+        assert "torch.load(" not in text and "import pickle" not in text, path
+
+
+def test_remote_code_is_off_unless_asked(monkeypatch):
+    from typer.testing import CliRunner
+
+    from cuetune import cli, config
+
+    seen = []
+
+    def fake_train(cfg, progress=None):
+        seen.append(cfg.model.trust_remote_code)
+        raise CuetuneError("stop here")
+
+    monkeypatch.setattr(api, "train", fake_train)
+    assert config.load(None).model.trust_remote_code is False
+    runner = CliRunner()
+    runner.invoke(cli.app, ["train", "--set", "train.progress=false"])
+    runner.invoke(cli.app, ["train", "--trust-remote-code", "--set", "train.progress=false"])
+    assert seen == [False, True]

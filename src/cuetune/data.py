@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -44,7 +45,8 @@ def _decode(path: Path) -> str:
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        text = raw.decode("utf-8-sig")
+        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")  # a BOM: Excel's "Unicode text"
+        text = raw.decode("utf-16" if utf16 else "utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
@@ -81,6 +83,8 @@ def parse_jsonl(path: Path, text: str) -> list[tuple[str, dict]]:
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{n}: malformed JSON ({exc.msg} at column {exc.colno}); "
                             "each line must be one JSON object") from None
+        except RecursionError:
+            raise DataError(f"{path}:{n}: JSON nested too deeply; rows must be flat objects") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
         rows.append((f"{path}:{n}", row))
@@ -92,6 +96,8 @@ def _json(path: Path, text: str) -> list[tuple[str, dict]]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply; expected a list of flat objects") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -207,7 +213,14 @@ def infer_labels(rows: list[tuple[str, dict]], label_col: str, source: str) -> l
         value = row[label_col]
         if value is None or (isinstance(value, str) and not value.strip()):
             raise DataError(f"{where}: empty label in column '{label_col}'")
-        values.add(str(value).strip() if not isinstance(value, float) else str(int(value)))
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise DataError(f"{where}: label {value} in column '{label_col}' is not a number")
+            value = int(value) if value.is_integer() else value
+        if not isinstance(value, str | int | float):
+            raise DataError(f"{where}: label must be a string or an integer, got "
+                            f"{type(value).__name__}")
+        values.add(str(value).strip())
     if len(values) < 2:
         raise DataError(f"{source}: found {len(values)} distinct label(s); need at least 2")
     def order(v: str):
