@@ -74,7 +74,7 @@ def family_of(kind: str) -> str:
     return {"gpt2": "causal", "gemma3": "causal"}.get(kind, kind)
 
 
-def tiny_model(kind: str, seed: int = 0):
+def tiny_model(kind: str, seed: int = 0, window: int = 8):
     torch.manual_seed(seed)
     v = len(toy_vocab())
     if kind == "gpt2":
@@ -84,7 +84,7 @@ def tiny_model(kind: str, seed: int = 0):
     if kind == "gemma3":  # one sliding-window layer (window 8, shorter than the inputs), one global
         return Gemma3ForCausalLM(Gemma3TextConfig(
             vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=window,
             layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128,
             pad_token_id=0, bos_token_id=5, eos_token_id=6, initializer_range=0.1))
     if kind == "causal":
@@ -104,8 +104,8 @@ def tiny_model(kind: str, seed: int = 0):
     return T5ForConditionalGeneration(cfg)
 
 
-def save_tiny(path: Path, kind: str, seed: int = 0, pretrain_steps: int = 0) -> Path:
-    model, tok = tiny_model(kind, seed), toy_tokenizer(family_of(kind))
+def save_tiny(path: Path, kind: str, seed: int = 0, pretrain_steps: int = 0, **options) -> Path:
+    model, tok = tiny_model(kind, seed, **options), toy_tokenizer(family_of(kind))
     if pretrain_steps:
         pretrain(model, tok, kind, pretrain_steps, seed)
     model.save_pretrained(path)

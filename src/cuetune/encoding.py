@@ -89,6 +89,21 @@ class PromptEncoder:
             self.suffix = []
         self._literal_ids = {id(s): self._ids(s.text) for s in self.segments
                              if isinstance(s, Literal)}
+        self.shared_len = self._shared_len()
+
+    def _shared_len(self) -> int:
+        """How many leading tokens are the same for every example (special tokens, instruction,
+        soft blocks and template words before the first input slot). A causal model's states
+        there do not depend on the input, so the engine computes them once per batch."""
+        n, soft = len(self.prefix), iter(self.soft_specs)
+        for seg in self.segments:
+            if isinstance(seg, Soft):
+                n += next(soft).count
+            elif isinstance(seg, Literal):
+                n += len(self._literal_ids[id(seg)])
+            else:
+                break
+        return n
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
@@ -218,19 +233,25 @@ def _truncate(texts: dict[str, list[int]], budget: int) -> int:
     return 1
 
 
-def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch. Returns input_ids/attention_mask/soft_index [B, T], answer_pos [B]."""
+def collate(items: list[Encoded], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad a batch on the right (classification) or the left (generation appends on the right).
+
+    Returns input_ids/attention_mask/soft_index [B, T] and answer_pos [B] (column in the
+    padded row)."""
     width = max(len(e.input_ids) for e in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
     soft = torch.full((len(items), width), -1, dtype=torch.long)
+    answer = []
     for row, e in enumerate(items):
         n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        mask[row, :n] = 1
-        soft[row, :n] = torch.tensor(e.soft_index)
+        cols = slice(0, n) if side == "right" else slice(width - n, width)
+        ids[row, cols] = torch.tensor(e.input_ids)
+        mask[row, cols] = 1
+        soft[row, cols] = torch.tensor(e.soft_index)
+        answer.append(e.answer_pos + cols.start)
     batch = {"input_ids": ids, "attention_mask": mask, "soft_index": soft,
-             "answer_pos": torch.tensor([e.answer_pos for e in items])}
+             "answer_pos": torch.tensor(answer)}
     if all(e.label is not None for e in items):
         batch["labels"] = torch.tensor([e.label for e in items])
     return batch

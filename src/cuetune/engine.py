@@ -8,6 +8,7 @@ verbalizer -> label scores).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from cuetune.verbalizers import Verbalizer
 
 
 class PromptModel(nn.Module):
-    def __init__(self, loaded: LoadedModel, method, verbalizer: Verbalizer):
+    def __init__(self, loaded: LoadedModel, method, verbalizer: Verbalizer, shared_len: int = 0):
         super().__init__()
         self.base = loaded.model
         self.method = method
@@ -30,15 +31,42 @@ class PromptModel(nn.Module):
         self.verbalizer = verbalizer
         ids = verbalizer.token_ids if method.uses_verbalizer else torch.zeros(0, dtype=torch.long)
         self.register_buffer("token_ids", ids.clone(), persistent=False)
+        self.shared_len = shared_len if self.family.shares_prefix else 0
+        self.memo: dict | None = None
+        """Set by `reuse_shared`: the shared prompt's keys and values, kept across batches."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch tensors [B, T] -> label scores [B, L] (fp32)."""
         embeds = self.base.get_input_embeddings()(batch["input_ids"])  # [B, T, H]
         inputs = {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"],
-                  "answer_pos": batch["answer_pos"]}
+                  "answer_pos": batch["answer_pos"], "input_ids": batch["input_ids"],
+                  "shared_len": self._shared_len(), "memo": self.memo}
         inputs = self.method.prepare_inputs(inputs, batch)
         hidden = self.family.run(self.base, inputs)  # [B, H]
         return self.method.scores(hidden, self).float()
+
+    def _shared_len(self) -> int:
+        """Rows share their first tokens' states only if no dropout makes them differ."""
+        if self.training and _has_dropout(self.base):
+            return 0
+        return self.shared_len
+
+    @contextmanager
+    def reuse_shared(self):
+        """Inference over many batches: the prompt's shared keys and values are computed once."""
+        self.memo = {}
+        try:
+            yield self
+        finally:
+            self.memo = None
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    cfg = model.config.get_text_config()
+    rates = [getattr(cfg, k, 0.0) or 0.0 for k in ("attention_dropout", "attn_pdrop",
+                                                   "hidden_dropout", "dropout")]
+    return any(float(r) > 0 for r in rates) or any(
+        isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
 
 
 @dataclass
@@ -76,7 +104,7 @@ def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) 
         verbalizer.bind(loaded.tokenizer, encoder.answer_space)
     method = method_cls(cfg.method, loaded, encoder, labels)
     device = next(loaded.model.parameters()).device
-    model = PromptModel(loaded, method.to(device), verbalizer)
+    model = PromptModel(loaded, method.to(device), verbalizer, encoder.shared_len)
     return Pipeline(cfg, loaded, encoder, verbalizer, model)
 
 
@@ -96,8 +124,9 @@ def predict_probs(model: PromptModel, items: list[Encoded], pad_id: int,
     model.eval()
     device = model.token_ids.device
     out = torch.empty(len(items), len(model.verbalizer.labels))
-    for idx, chunk in batches_by_length(items, batch_size):
-        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-        out[idx] = model(batch).softmax(-1).float().cpu()
+    with model.reuse_shared():
+        for idx, chunk in batches_by_length(items, batch_size):
+            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+            out[idx] = model(batch).softmax(-1).float().cpu()
     model.train(was_training)
     return out

@@ -26,18 +26,23 @@ class Family:
     answer_style: ClassVar[str]
     """'next' (hidden state before the answer predicts it) or 'mask' (a mask token holds it)."""
 
+    shares_prefix: ClassVar[bool] = False
+    """True when states at a position never depend on later positions (causal attention), so
+    an input-independent start of the prompt can be computed once per batch."""
+
     def run(self, model: nn.Module, inputs: dict) -> torch.Tensor:
         """Hidden states at the answer positions [B, H].
 
         inputs: `inputs_embeds` [B, T, H], `attention_mask` [B, T], `answer_pos` [B], and
-        optionally `prefix`: per layer (keys, values) [B, kv_heads, P, d] every position sees.
+        optionally `prefix`: per layer (keys, values) [1 or B, kv_heads, P, d] every position
+        sees.
         """
-        mask, extra = inputs["attention_mask"], {}
+        embeds, mask = inputs["inputs_embeds"], inputs["attention_mask"]
+        extra = {}
         if inputs.get("prefix") is not None:
-            extra["past_key_values"] = _cache(model.config, inputs["prefix"])
-            mask = torch.cat([mask.new_ones(mask.size(0), _prefix_len(inputs)), mask], dim=1)
-        out = model.base_model(inputs_embeds=inputs["inputs_embeds"], attention_mask=mask,
-                               use_cache=False, **extra)
+            extra["past_key_values"] = _cache(model.config, inputs["prefix"], embeds.size(0))
+            mask = torch.cat([mask.new_ones(mask.size(0), _prefix_len(inputs["prefix"])), mask], 1)
+        out = model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra)
         hidden = out.last_hidden_state  # [B, T, H]
         return hidden[torch.arange(hidden.size(0), device=hidden.device), inputs["answer_pos"]]
 
@@ -74,6 +79,53 @@ class Family:
 class Causal(Family):
     name = "causal"
     answer_style = "next"
+    shares_prefix = True
+
+    def run(self, model, inputs):
+        """As `Family.run`; with `shared_len` S > 0, the first S real tokens of every row (the
+        same in all rows) run once with batch size 1 and their keys and values are broadcast to
+        the batch, which is exact because causal attention never looks ahead. Gradients reach
+        the shared tokens through the broadcast. `memo` (a dict, inference only) keeps those keys
+        and values across batches. Positions come from the mask, so left padding is exact too.
+        """
+        embeds, mask, answer = inputs["inputs_embeds"], inputs["attention_mask"], inputs["answer_pos"]
+        prefix = inputs.get("prefix")  # per layer (k, v) [1 or B, kv, P, d]
+        past = 0 if prefix is None else _prefix_len(prefix)
+        start = (mask.cumsum(1) == 0).sum(1)  # [B]: left padding before the first real token
+        shared = min(inputs.get("shared_len", 0), int((answer - start).min()))
+        if shared > 0 and _window_allows(model.config, past + embeds.size(1)):
+            prefix = self._shared_kv(model, inputs, prefix, past, int(start[0]), shared)
+            embeds, mask = _drop_columns(embeds, start, shared), _drop_columns(mask, start, shared)
+            answer, past = answer - shared, past + shared
+        batch = embeds.size(0)
+        extra = {}
+        if prefix is not None:
+            extra["past_key_values"] = _cache(model.config, prefix, batch)
+            mask = torch.cat([mask.new_ones(batch, past), mask], dim=1)
+        positions = past + (mask[:, past:].cumsum(1) - 1).clamp(min=0)  # [B, T']
+        out = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                               use_cache=False, **extra)
+        hidden = out.last_hidden_state  # [B, T', H]
+        return hidden[torch.arange(batch, device=hidden.device), answer]
+
+    def _shared_kv(self, model, inputs, prefix, past: int, start: int, shared: int):
+        """Keys and values [1, kv, past + shared, d] per layer after the shared tokens."""
+        memo = inputs.get("memo")
+        key = None
+        if memo is not None:
+            key = (shared, tuple(inputs["input_ids"][0, start:start + shared].tolist()))
+            if key in memo:
+                return memo[key]
+        embeds = inputs["inputs_embeds"][:1, start:start + shared]  # [1, S, H]
+        cache = _cache(model.config, prefix, 1) if prefix is not None else DynamicCache(config=model.config)
+        mask = torch.ones(1, past + shared, dtype=torch.long, device=embeds.device)
+        positions = torch.arange(past, past + shared, device=embeds.device)[None]
+        model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        if key is not None:
+            memo[key] = kv
+        return kv
 
     def token_logits(self, model, hidden, token_ids):
         head = model.get_output_embeddings()
@@ -158,8 +210,8 @@ class Seq2Seq(Family):
         enc = model.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         extra = {}
         if inputs.get("prefix") is not None:  # T5's encoder reads no cache: the decoder gets it
-            extra["past_key_values"] = EncoderDecoderCache(_cache(model.config, inputs["prefix"]),
-                                                           DynamicCache(config=model.config))
+            own = _cache(model.config, inputs["prefix"], embeds.size(0))
+            extra["past_key_values"] = EncoderDecoderCache(own, DynamicCache(config=model.config))
         out = model.get_decoder()(input_ids=dec, encoder_hidden_states=enc.last_hidden_state,
                                   encoder_attention_mask=mask, use_cache=False, **extra)
         return out.last_hidden_state[:, -1]  # [B, H]: the step after the sentinel
@@ -182,16 +234,36 @@ class Seq2Seq(Family):
         return F.linear(hidden.to(weight.dtype), weight).float()
 
 
-def _prefix_len(inputs: dict) -> int:
-    return inputs["prefix"][0][0].size(2)
+def _prefix_len(prefix: list) -> int:
+    return prefix[0][0].size(2)
 
 
-def _cache(config, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    """A fresh cache pre-filled with the prefix (the forward pass appends to it in place)."""
+def _cache(config, prefix: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> DynamicCache:
+    """A fresh cache pre-filled with the prefix, broadcast to `batch` rows (the forward pass
+    appends to it in place; the expand is a view, so the gradient sums over rows)."""
     cache = DynamicCache(config=config)
     for layer, (keys, values) in enumerate(prefix):
-        cache.update(keys, values, layer)
+        cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), layer)
     return cache
+
+
+def _drop_columns(x: torch.Tensor, start: torch.Tensor, count: int) -> torch.Tensor:
+    """Remove `count` columns beginning at `start[b]` from each row of x [B, T, ...]."""
+    if not bool(start.any()):
+        return x[:, count:]  # right padding: the shared block is the first columns
+    cols = torch.arange(x.size(1) - count, device=x.device)[None]  # [1, T - count]
+    idx = cols + count * (cols >= start[:, None])  # [B, T - count]
+    if x.dim() == 3:
+        idx = idx[..., None].expand(-1, -1, x.size(2))
+    return x.gather(1, idx)
+
+
+def _window_allows(config, length: int) -> bool:
+    """Sliding-window caches keep only the window; share only when everything fits in it."""
+    cfg = config.get_text_config()
+    window = getattr(cfg, "sliding_window", None)
+    sliding = "sliding_attention" in (getattr(cfg, "layer_types", None) or [])
+    return not (window and sliding) or length <= window
 
 
 def family_for(config, hint: str | None = None) -> Family:

@@ -78,14 +78,12 @@ class Prefix(Method):
         return self.mlp(self.embedding) if self.config.projection else self.prefix
 
     def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
-        batch_size = inputs["inputs_embeds"].size(0)
         dtype = inputs["inputs_embeds"].dtype
         p = self.config.num_tokens
         kv = self.flat_prefix().to(dtype).view(p, self.layers * 2, self.kv_heads, self.head_dim)
         kv = kv.permute(1, 2, 0, 3)  # [2L, kv_heads, P, d]
-        # one copy per row: the cache concatenates along the sequence, per row
-        inputs["prefix"] = [(kv[2 * i].expand(batch_size, -1, -1, -1),
-                             kv[2 * i + 1].expand(batch_size, -1, -1, -1)) for i in range(self.layers)]
+        # one row [1, kv_heads, P, d] per layer; the family broadcasts it to the batch
+        inputs["prefix"] = [(kv[2 * i][None], kv[2 * i + 1][None]) for i in range(self.layers)]
         return inputs
 
     peft_imports = ("PREFIX_TUNING",)

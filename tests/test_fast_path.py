@@ -1,0 +1,124 @@
+"""The shared-prompt fast path is exact: loss, gradients and predictions equal the plain path.
+
+On a causal model the tokens before the first input slot (BOS, instruction, soft blocks,
+template words) are the same in every row, so the engine runs them once with batch size 1 and
+broadcasts their keys and values. These tests switch the fast path off (`shared_len = 0`) for
+the reference and compare, for every causal architecture, prompt and weight methods, right and
+left padding, single sentences and pairs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import save_tiny, toy_config, toy_rows
+
+from cuetune.config import validate
+from cuetune.data import Example
+from cuetune.encoding import collate
+from cuetune.engine import build, predict_probs
+from cuetune.families import Causal
+
+METHODS = {
+    "soft": {"name": "soft"},
+    "prefix": {"name": "prefix", "num_tokens": 3},
+    "ptuning": {"name": "ptuning", "hidden_size": 16},
+    "lora": {"name": "lora", "r": 4},
+    "prompt-ft": {"name": "prompt-ft"},
+}
+TEMPLATES = {
+    False: "{soft:4} review : {text} sentiment : {answer}",
+    True: "{soft:4} review : {text} question : {text_pair} sentiment : {answer}",
+}
+
+
+@pytest.fixture(scope="module")
+def models(tiny_dirs, tmp_path_factory):
+    """The causal tiny models; gemma3 with a window wide enough for the shared path."""
+    wide = save_tiny(tmp_path_factory.mktemp("g") / "gemma3", "gemma3", pretrain_steps=0, window=64)
+    return {"causal": tiny_dirs["causal"], "gpt2": tiny_dirs["gpt2"], "gemma3": wide}
+
+
+def _pipeline(model_dir, toy_data, method, pair):
+    raw = toy_config(model_dir, toy_data, "unused", method=dict(METHODS[method]))
+    raw["prompt"]["template"] = TEMPLATES[pair]
+    pipe = build(validate(raw), ["negative", "positive"])
+    with torch.no_grad():  # move zero-initialised factors (LoRA B) off zero so all paths matter
+        for p in pipe.method.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return pipe
+
+
+def _examples(pair: bool, n: int = 10) -> list[Example]:
+    rows = toy_rows(n, 7)
+    words = [r["text"].split() for r in rows]
+    return [Example(" ".join(w[:2 + i % 4]), " ".join(w[:1 + i % 3]) if pair else None,
+                    int(r["label"] == "positive")) for i, (w, r) in enumerate(zip(words, rows, strict=True))]
+
+
+def _loss_and_grads(pipe, batch):
+    params = pipe.method.trainable_parameters()
+    for p in params:
+        p.grad = None
+    loss = F.cross_entropy(pipe.model(batch), batch["labels"])
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("pair", [False, True], ids=["single", "pair"])
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("kind", ["causal", "gpt2", "gemma3"])
+def test_shared_prompt_path_equals_plain_path(models, toy_data, monkeypatch, kind, method, side, pair):
+    pipe = _pipeline(models[kind], toy_data, method, pair)
+    assert pipe.model.shared_len >= 3  # BOS, "review :" (and 4 soft tokens where kept)
+    items = pipe.encode(_examples(pair))
+    assert len({len(e.input_ids) for e in items}) > 1, "rows must differ in length to test padding"
+    batch = collate(items, pipe.loaded.tokenizer.pad_token_id, side)
+    pipe.model.eval()  # GPT-2's dropout would otherwise switch the shared path off
+
+    calls = []
+    original = Causal._shared_kv
+    monkeypatch.setattr(Causal, "_shared_kv", lambda *a: calls.append(1) or original(*a))
+    fast_loss, fast_grads = _loss_and_grads(pipe, batch)
+    assert calls, "the shared path was not taken"
+    shared, pipe.model.shared_len = pipe.model.shared_len, 0
+    plain_loss, plain_grads = _loss_and_grads(pipe, batch)
+    assert len(calls) == 1
+
+    torch.testing.assert_close(fast_loss, plain_loss, atol=1e-5, rtol=1e-5)
+    for fast, plain in zip(fast_grads, plain_grads, strict=True):
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in fast_grads)
+
+    plain_probs = predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, 4)
+    pipe.model.shared_len = shared
+    fast_probs = predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, 4)
+    torch.testing.assert_close(fast_probs, plain_probs, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast_probs.argmax(-1), plain_probs.argmax(-1))
+
+
+def test_inference_computes_the_shared_prompt_once(models, toy_data, monkeypatch):
+    pipe = _pipeline(models["causal"], toy_data, "soft", False)
+    calls = []
+    original = Causal._shared_kv
+    monkeypatch.setattr(Causal, "_shared_kv", lambda self, model, inputs, *a: calls.append(
+        inputs["memo"] is not None and len(inputs["memo"])) or original(self, model, inputs, *a))
+    items = pipe.encode(_examples(False, 24))
+    predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, 4)
+    assert calls == [0, 1, 1, 1, 1, 1]  # 6 batches; computed in the first, reused after
+
+
+def test_sliding_window_shorter_than_the_input_takes_the_plain_path(tiny_dirs, toy_data, monkeypatch):
+    pipe = _pipeline(tiny_dirs["gemma3"], toy_data, "soft", False)  # window 8
+    monkeypatch.setattr(Causal, "_shared_kv", lambda *a: pytest.fail("a window of 8 cannot share"))
+    items = pipe.encode(_examples(False))
+    pipe.model(collate(items, pipe.loaded.tokenizer.pad_token_id))
+
+
+def test_dropout_in_training_turns_the_shared_path_off(tiny_dirs, toy_data, monkeypatch):
+    pipe = _pipeline(tiny_dirs["gpt2"], toy_data, "soft", False)
+    pipe.model.train()
+    monkeypatch.setattr(Causal, "_shared_kv", lambda *a: pytest.fail("dropout differs per row"))
+    pipe.model(collate(pipe.encode(_examples(False)), pipe.loaded.tokenizer.pad_token_id))
