@@ -1,10 +1,11 @@
-"""The shared-prompt fast path is exact: loss, gradients and predictions equal the plain path.
+"""The fast path is exact: loss, gradients and predictions equal the plain path.
 
 On a causal model the tokens before the first input slot (BOS, instruction, soft blocks,
 template words) are the same in every row, so the engine runs them once with batch size 1 and
-broadcasts their keys and values. These tests switch the fast path off (`shared_len = 0`) for
-the reference and compare, for every causal architecture, prompt and weight methods, right and
-left padding, single sentences and pairs.
+broadcasts their keys and values; a batch of mixed lengths is packed into one unpadded
+sequence, or (sliding-window models) split into groups of similar length. The reference is
+one padded pass without the shared block. Compared for every causal architecture, prompt and
+weight methods, right and left padding, single sentences and pairs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import save_tiny, toy_config, toy_rows
 
+from cuetune import families
 from cuetune.config import validate
 from cuetune.data import Example
 from cuetune.encoding import collate
@@ -66,11 +68,12 @@ def _loss_and_grads(pipe, batch):
     return loss.detach(), [p.grad.clone() for p in params]
 
 
+@pytest.mark.parametrize("mode", ["pack", "groups"])
 @pytest.mark.parametrize("pair", [False, True], ids=["single", "pair"])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("kind", ["causal", "gpt2", "gemma3"])
-def test_shared_prompt_path_equals_plain_path(models, toy_data, monkeypatch, kind, method, side, pair):
+def test_fast_path_equals_plain_path(models, toy_data, monkeypatch, kind, method, side, pair, mode):
     pipe = _pipeline(models[kind], toy_data, method, pair)
     assert pipe.model.shared_len >= 3  # BOS, "review :" (and 4 soft tokens where kept)
     items = pipe.encode(_examples(pair))
@@ -78,22 +81,41 @@ def test_shared_prompt_path_equals_plain_path(models, toy_data, monkeypatch, kin
     batch = collate(items, pipe.loaded.tokenizer.pad_token_id, side)
     pipe.model.eval()  # GPT-2's dropout would otherwise switch the shared path off
 
-    calls = []
+    calls, passes = [], []
     original = Causal._shared_kv
     monkeypatch.setattr(Causal, "_shared_kv", lambda *a: calls.append(1) or original(*a))
+    for name in ("_packed", "_rows"):
+        real = getattr(Causal, name)
+        monkeypatch.setattr(Causal, name, lambda *a, real=real, name=name: passes.append(name) or real(*a))
+
+    def fast():  # packed into one unpadded sequence, or split into groups of similar length
+        monkeypatch.setattr(families, "PACK_WASTE", 0.0 if mode == "pack" else float("inf"))
+        monkeypatch.setattr(families, "GROUP_OVERHEAD_TOKENS", 0)
+
+    def plain():  # one padded pass over the batch as it is
+        monkeypatch.setattr(families, "PACK_WASTE", float("inf"))
+        monkeypatch.setattr(families, "GROUP_OVERHEAD_TOKENS", 10**9)
+
+    fast()
     fast_loss, fast_grads = _loss_and_grads(pipe, batch)
     assert calls, "the shared path was not taken"
+    packs = kind != "gemma3"  # a sliding-window layer is never packed
+    assert passes == (["_packed"] if mode == "pack" and packs else ["_rows"] * len(passes))
+    assert mode == "pack" or len(passes) > 1, "the batch was not split by length"
     shared, pipe.model.shared_len = pipe.model.shared_len, 0
+    plain()
+    passes.clear()
     plain_loss, plain_grads = _loss_and_grads(pipe, batch)
-    assert len(calls) == 1
+    assert len(calls) == 1 and passes == ["_rows"]
 
     torch.testing.assert_close(fast_loss, plain_loss, atol=1e-5, rtol=1e-5)
-    for fast, plain in zip(fast_grads, plain_grads, strict=True):
-        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
+    for got, want in zip(fast_grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in fast_grads)
 
     plain_probs = predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, 4)
     pipe.model.shared_len = shared
+    fast()
     fast_probs = predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, 4)
     torch.testing.assert_close(fast_probs, plain_probs, atol=1e-5, rtol=1e-5)
     assert torch.equal(fast_probs.argmax(-1), plain_probs.argmax(-1))
@@ -122,3 +144,16 @@ def test_dropout_in_training_turns_the_shared_path_off(tiny_dirs, toy_data, monk
     pipe.model.train()
     monkeypatch.setattr(Causal, "_shared_kv", lambda *a: pytest.fail("dropout differs per row"))
     pipe.model(collate(pipe.encode(_examples(False)), pipe.loaded.tokenizer.pad_token_id))
+
+
+@pytest.mark.parametrize("kind,rate,shares", [("causal", 0.2, False), ("gpt2", 0.0, True)])
+def test_model_dropout_sets_every_rate_and_the_fast_path_follows(tiny_dirs, toy_data, kind, rate, shares):
+    raw = toy_config(tiny_dirs[kind], toy_data, "unused")
+    raw["model"]["dropout"] = rate
+    pipe = build(validate(raw), ["negative", "positive"])
+    rates = [m.p for m in pipe.loaded.model.modules() if isinstance(m, torch.nn.Dropout)]
+    rates += [m.attention_dropout for m in pipe.loaded.model.modules()
+              if isinstance(getattr(m, "attention_dropout", None), float)]
+    assert rates and set(rates) == {rate}
+    pipe.model.train()
+    assert (pipe.model._shared_len() > 0) is shares

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from cuetune import artifacts, atomic, methods
+from cuetune.augment import augment
 from cuetune.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint
 from cuetune.config import RunConfig
 from cuetune.config import load as load_config
@@ -66,6 +67,9 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> dict:
     _check_space(run_dir, pipe, cfg)
     enc = {name: pipe.encode(getattr(splits, name), f"{name} examples")
            for name in ("train", "dev", "test")}
+    if cfg.train.augment.kind != "none":
+        enc["train"] = pipe.encode(augment(splits.train, cfg.train.augment, cfg.train.seed),
+                                   "augmented train examples")
     metrics: dict = {}
     if cfg.train.zero_shot_baseline and pipe.method.trains and enc["test"]:
         zero_cfg = RunConfig.model_validate({**cfg.model_dump(), "method": {"name": "zero-shot"}})

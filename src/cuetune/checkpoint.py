@@ -89,16 +89,34 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 class BatchOrder:
     """Seeded shuffling with a position: epoch e is permutation(seed + e), read in slices, so a
-    resumed run continues with exactly the batches the uninterrupted run would have seen."""
+    resumed run continues with exactly the batches the uninterrupted run would have seen.
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, index: int = 0):
+    With `lengths`, each window of 8 batches is sorted by length before it is cut into batches,
+    and the full batches are then shuffled: batches pad little, and their order stays random.
+    """
+
+    WINDOW = 8
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, index: int = 0,
+                 lengths: list[int] | None = None):
         self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.lengths = lengths
         self.epoch, self.index = epoch, index
         self._perm = self._permutation()
 
     def _permutation(self) -> list[int]:
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.n, generator=gen).tolist()
+        perm = torch.randperm(self.n, generator=gen).tolist()
+        if self.lengths is None:
+            return perm
+        size, window = self.batch_size, self.batch_size * self.WINDOW
+        batches = []
+        for w in range(0, self.n, window):
+            chunk = sorted(perm[w:w + window], key=lambda i: self.lengths[i])
+            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        full = [b for b in batches if len(b) == size]
+        tail = [i for b in batches if len(b) < size for i in b]  # the last, short batch stays last
+        return [i for k in torch.randperm(len(full), generator=gen).tolist() for i in full[k]] + tail
 
     def next(self) -> list[int]:
         if self.index >= self.n:

@@ -193,6 +193,35 @@ def import_peft(
 
 
 @app.command()
+def bench(
+    config: Path = typer.Argument(..., help="Bench YAML: tasks, methods (with grids), k, seeds"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a bench key: key=value"),
+    out_dir: Path | None = typer.Option(None, "--out", help="Output folder (same as --set output_dir=)"),
+) -> None:
+    """Run a tasks x methods x K x seeds grid (LM-BFF protocol); resumable; writes reports."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cuetune import bench as benchmod
+
+    overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
+    cfg, root = benchmod.load_bench(config, overrides)
+    out_path = Path(cfg.output_dir)
+    bar = Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[cell]}"), TimeElapsedColumn(),
+                   TextColumn("{task.fields[eta]}"), console=err)
+    task = bar.add_task("bench", total=None, cell="", eta="")
+
+    def update(done, total, cell, eta):
+        eta_text = f"ETA {eta / 60:.0f} min" if eta else ""
+        bar.update(task, completed=done, total=total, cell=cell.key if cell else "done", eta=eta_text)
+
+    with bar:
+        rows = benchmod.run_bench(cfg, root, out_path, progress=update)
+    out.print(f"{len(rows)} cells; reports in {out_path}: results.md, results.csv, "
+              "results.json, report.html, bars_k*.png")
+
+
+@app.command()
 def models() -> None:
     """List model aliases: family, parameters, installed and converted."""
     from cuetune.models import describe_aliases

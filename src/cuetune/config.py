@@ -29,6 +29,9 @@ class ModelConfig(Strict):
     """auto: float32 on CPU (bf16 is slow on most CPUs), bfloat16 on CUDA."""
     device: str = "auto"
     trust_remote_code: bool = False
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """Set every dropout rate in the base model (None: as the checkpoint says). Dropout in
+    training turns off the shared-prompt fast path, whose rows must see identical states."""
 
 
 class CleanConfig(Strict):
@@ -77,6 +80,15 @@ class PromptConfig(Strict):
     multi_token: Literal["first", "mean", "max"] = "mean"
 
 
+class AugmentConfig(Strict):
+    """Noisy copies of the training examples (see augment.py)."""
+
+    kind: Literal["none", "token_dropout", "swap"] = "none"
+    p: float = Field(0.1, gt=0.0, lt=1.0)
+    copies: int = Field(1, ge=1, le=16)
+    """Noisy copies per training example (the originals are kept)."""
+
+
 class TrainConfig(Strict):
     seed: int = 42
     lr: float | None = Field(None, gt=0)
@@ -84,6 +96,10 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(32, ge=1)
+    group_by_length: bool = False
+    """Batch examples of similar length together (sorted within windows of 8 batches, batch
+    order shuffled). Off by default: decoders pack each batch without padding anyway, and
+    length-homogeneous batches trained a 100-token soft prompt worse (docs/PERFORMANCE.md)."""
     grad_accum: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
     epochs: float = Field(3.0, gt=0)
@@ -91,6 +107,7 @@ class TrainConfig(Strict):
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     max_grad_norm: float | None = 1.0
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: AugmentConfig = AugmentConfig()
     eval_every: int = Field(20, ge=1)
     patience: int | None = Field(5, ge=1)
     """Stop after this many evaluations without improvement; None disables."""

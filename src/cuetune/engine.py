@@ -17,7 +17,7 @@ from torch import nn
 from cuetune import methods
 from cuetune.config import RunConfig
 from cuetune.encoding import Encoded, PromptEncoder, collate
-from cuetune.models import LoadedModel, load_model
+from cuetune.models import LoadedModel, load_model, set_dropout
 from cuetune.templates import parse
 from cuetune.verbalizers import Verbalizer
 
@@ -62,11 +62,11 @@ class PromptModel(nn.Module):
 
 
 def _has_dropout(model: nn.Module) -> bool:
-    cfg = model.config.get_text_config()
-    rates = [getattr(cfg, k, 0.0) or 0.0 for k in ("attention_dropout", "attn_pdrop",
-                                                   "hidden_dropout", "dropout")]
-    return any(float(r) > 0 for r in rates) or any(
-        isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+    """Any dropout active in training: nn.Dropout modules, or the float rate HF attention
+    modules hand to their kernels."""
+    return any((isinstance(m, nn.Dropout) and m.p > 0)
+               or (isinstance(getattr(m, "attention_dropout", None), float) and m.attention_dropout > 0)
+               for m in model.modules())
 
 
 @dataclass
@@ -94,6 +94,8 @@ def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) 
     if loaded is None:
         loaded = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device,
                             cfg.model.trust_remote_code)
+    if cfg.model.dropout is not None:
+        set_dropout(loaded.model, cfg.model.dropout)
     method_cls = methods.get(cfg.method.name)
     template = method_cls.adapt_template(cfg.method, parse(cfg.prompt.template))
     encoder = PromptEncoder(template, loaded.tokenizer, loaded.family.answer_style,

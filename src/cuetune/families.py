@@ -97,16 +97,56 @@ class Causal(Family):
             prefix = self._shared_kv(model, inputs, prefix, past, int(start[0]), shared)
             embeds, mask = _drop_columns(embeds, start, shared), _drop_columns(mask, start, shared)
             answer, past = answer - shared, past + shared
+        if _should_pack(mask, model.config, past):
+            return self._packed(model, embeds, mask, answer, prefix, past)
+        right = not bool(start.any())
+        groups = _length_groups(mask.sum(1).tolist())
+        hidden = [self._rows(model, embeds, mask, answer, prefix, past, idx, right) for idx in groups]
+        if len(groups) == 1:
+            return hidden[0]
+        order = torch.cat(groups).to(embeds.device)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(hidden)[inverse]  # [B, H] in the batch's row order
+
+    def _rows(self, model, embeds, mask, answer, prefix, past: int, idx, right: bool):
+        """Hidden states at the answer [R, H] for rows `idx` (None: all), padded only to the
+        longest of these rows."""
+        if idx is not None:
+            embeds, mask, answer = embeds[idx], mask[idx], answer[idx]
+            width = int(mask.sum(1).max())
+            cut = 0 if right else mask.size(1) - width
+            embeds, mask, answer = embeds[:, cut:cut + width], mask[:, cut:cut + width], answer - cut
+            if prefix is not None and prefix[0][0].size(0) > 1:
+                prefix = [(k[idx], v[idx]) for k, v in prefix]
         batch = embeds.size(0)
         extra = {}
         if prefix is not None:
             extra["past_key_values"] = _cache(model.config, prefix, batch)
             mask = torch.cat([mask.new_ones(batch, past), mask], dim=1)
-        positions = past + (mask[:, past:].cumsum(1) - 1).clamp(min=0)  # [B, T']
+        positions = past + (mask[:, past:].cumsum(1) - 1).clamp(min=0)  # [R, T']
         out = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                                use_cache=False, **extra)
-        hidden = out.last_hidden_state  # [B, T', H]
+        hidden = out.last_hidden_state  # [R, T', H]
         return hidden[torch.arange(batch, device=hidden.device), answer]
+
+    def _packed(self, model, embeds, mask, answer, prefix, past: int):
+        """All rows' real tokens as one sequence [1, N, H], no padding: a block-diagonal causal
+        mask keeps each row to itself, every token sees the `past` keys (prefix and shared
+        prompt) and positions restart per row, so each row computes what it would alone."""
+        real = mask.bool()  # [B, T]
+        where = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+        where[real] = torch.arange(int(real.sum()), device=mask.device)  # packed index per cell
+        row = torch.arange(mask.size(0), device=mask.device)[:, None].expand_as(mask)[real]  # [N]
+        pos = (mask.cumsum(1) - 1)[real]  # [N]: position within its row
+        same = (row[:, None] == row[None, :]) & (pos[None, :] <= pos[:, None])  # [N, N]
+        keys = torch.cat([same.new_ones(same.size(0), past), same], dim=1)  # [N, past + N]
+        extra = {}
+        if prefix is not None:
+            extra["past_key_values"] = _cache(model.config, prefix, 1)
+        out = model.base_model(inputs_embeds=embeds[real][None], attention_mask=keys[None, None],
+                               position_ids=(past + pos)[None], use_cache=False, **extra)
+        return out.last_hidden_state[0, where[torch.arange(mask.size(0)), answer]]  # [B, H]
 
     def _shared_kv(self, model, inputs, prefix, past: int, start: int, shared: int):
         """Keys and values [1, kv, past + shared, d] per layer after the shared tokens."""
@@ -256,6 +296,47 @@ def _drop_columns(x: torch.Tensor, start: torch.Tensor, count: int) -> torch.Ten
     if x.dim() == 3:
         idx = idx[..., None].expand(-1, -1, x.size(2))
     return x.gather(1, idx)
+
+
+PACK_WASTE = 0.15
+"""Pack a batch into one unpadded sequence when padding would be more than this share."""
+
+
+def _should_pack(mask: torch.Tensor, config, past: int) -> bool:
+    """Worth it (enough padding), and exact (no sliding-window layer, whose window the
+    block-diagonal mask would not apply)."""
+    if mask.size(0) < 2 or not _window_allows(config, 1 << 30):
+        return False
+    return mask.numel() > (1 + PACK_WASTE) * int(mask.sum())
+
+
+GROUP_OVERHEAD_TOKENS = 16
+"""What one more forward pass costs, in padded tokens (kernel launches, small matmuls)."""
+
+
+def _length_groups(lengths: list[int]) -> list[torch.Tensor | None]:
+    """Split a batch into groups of similar length when that saves more padding than the extra
+    passes cost: the optimal partition of the length-sorted rows (a small dynamic program).
+    Gradients are unchanged (the loss still averages the whole batch); only padding goes.
+    [None] means one pass over the batch as it is."""
+    n = len(lengths)
+    if n < 2:
+        return [None]
+    order = sorted(range(n), key=lengths.__getitem__)
+    size = [lengths[i] for i in order]
+    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * size[j - 1] + GROUP_OVERHEAD_TOKENS
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], n
+    while j > 0:
+        bounds.append((cut[j], j))
+        j = cut[j]
+    if len(bounds) == 1:
+        return [None]
+    return [torch.tensor(order[i:j]) for i, j in reversed(bounds)]
 
 
 def _window_allows(config, length: int) -> bool:

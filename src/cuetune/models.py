@@ -258,6 +258,16 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto",
     return LoadedModel(name, model, tok, family, fingerprint(model))
 
 
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every dropout rate in the model: nn.Dropout modules and the float rates HF attention
+    modules pass to their attention kernels (`attention_dropout`)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+
+
 def fingerprint(model: torch.nn.Module) -> str:
     """A short hash of the weights, the same in fp32 and bf16, that changes when weights do.
 

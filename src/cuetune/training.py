@@ -124,7 +124,8 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
         state = dict(resume.state)
         method.load_adapter_state(resume.adapter)
         best = _Best(state["best_score"], state["best_step"], state["best_dev"], resume.best)
-    order = BatchOrder(len(train), cfg.batch_size, cfg.seed, *state["order"])
+    lengths = [len(e.input_ids) for e in train] if cfg.group_by_length else None
+    order = BatchOrder(len(train), cfg.batch_size, cfg.seed, *state["order"], lengths=lengths)
     all_params = method.trainable_parameters()
     counts = _phase_steps(phases, total_steps(cfg, len(train)))
     stopped, start, ran = False, time.perf_counter(), state["step"]

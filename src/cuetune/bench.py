@@ -1,0 +1,191 @@
+"""`cuetune bench`: a tasks x methods x K x seeds grid under the LM-BFF few-shot protocol.
+
+Protocol (Gao et al. 2021): K examples per class for training and K per class for dev, seeds
+13, 21, 42, 87, 100, the full test set. Hyperparameters listed in a method's `grid` are each
+trained, and the one with the best dev score is reported; test scores never choose anything.
+
+Every grid point is an ordinary cuetune run directory under `output_dir/runs/`, so the grid is
+resumable: a run with a manifest is done and is read back; a run with a checkpoint continues
+from it; any other leftover folder is started again. Results are rewritten after every cell.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from cuetune import api, artifacts, atomic, tasks
+from cuetune.checkpoint import CHECKPOINT
+from cuetune.config import Strict, apply_overrides
+from cuetune.errors import ConfigError
+
+FULL_WEIGHTS_MB = 50
+
+
+class MethodEntry(Strict):
+    """One row of the table: a method section plus its own settings and hyperparameter grid."""
+
+    method: dict
+    model: dict = Field(default_factory=dict)
+    train: dict = Field(default_factory=dict)
+    prompt: dict = Field(default_factory=dict)
+    grid: dict[str, list] = Field(default_factory=dict)
+    """Dotted keys (`train.lr`) -> values; every combination runs and the best dev wins."""
+
+
+class BenchConfig(Strict):
+    name: str = "bench"
+    model: dict = Field(default_factory=lambda: {"name": "smollm2-135m"})
+    data_root: str = "../shared/data"
+    """Folder holding the task data (relative to the bench config file, else to the cwd)."""
+    tasks: list[str]
+    methods: dict[str, MethodEntry]
+    k: list[int] = Field(default_factory=lambda: [16])
+    seeds: list[int] = Field(default_factory=lambda: list(tasks.LMBFF_SEEDS))
+    train: dict = Field(default_factory=dict)
+    """Train settings for every cell (a method entry's `train` overrides them)."""
+    data: dict = Field(default_factory=dict)
+    output_dir: str = "bench-out"
+    keep_full_weights: bool = False
+    """Full-weight adapters (hundreds of MB per run) are deleted once scored unless true."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    method: str
+    k: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.method}/k{self.k}-s{self.seed}"
+
+
+def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[BenchConfig, Path]:
+    """The bench config and its resolved data root."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: bench config not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    try:
+        cfg = BenchConfig.model_validate(apply_overrides(raw, overrides or []))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{p}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+    for name in cfg.tasks:
+        tasks.get(name)
+    root = Path(cfg.data_root)
+    if not root.is_absolute() and (p.parent / root).is_dir():
+        root = p.parent / root
+    return cfg, root
+
+
+def cells(cfg: BenchConfig) -> list[Cell]:
+    return [Cell(t, m, k, s) for t in cfg.tasks for k in cfg.k for m in cfg.methods for s in cfg.seeds]
+
+
+def grid_points(entry: MethodEntry) -> list[dict[str, object]]:
+    keys = list(entry.grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*entry.grid.values())]
+
+
+def _point_name(point: dict) -> str:
+    return "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items()) or "default"
+
+
+def run_config(cfg: BenchConfig, root: Path, cell: Cell, point: dict, run_dir: Path) -> dict:
+    """The raw run config of one grid point of one cell."""
+    entry = cfg.methods[cell.method]
+    raw = {"model": {**cfg.model, **entry.model}, **tasks.get(cell.task).sections(root, cell.k, cell.seed)}
+    raw["data"].update(cfg.data)
+    raw["prompt"].update(entry.prompt)
+    raw["method"] = dict(entry.method)
+    raw["train"] = {**cfg.train, **entry.train, "seed": cell.seed, "progress": False,
+                    "zero_shot_baseline": False}
+    raw["output_dir"] = str(run_dir)
+    return apply_overrides(raw, [f"{k}={v}" for k, v in point.items()])
+
+
+def run_point(raw: dict, run_dir: Path, keep_full: bool) -> dict:
+    """Finish one run (resuming or restarting a leftover) and return its manifest."""
+    manifest_path = run_dir / artifacts.MANIFEST
+    if manifest_path.exists():
+        return artifacts.read_manifest(run_dir)
+    start = time.perf_counter()
+    if (run_dir / CHECKPOINT).exists():
+        manifest = api.resume_run(run_dir)
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        manifest = api.train(raw)
+    manifest["wall_seconds"] = round(time.perf_counter() - start, 1)
+    adapter = run_dir / artifacts.ADAPTER
+    if not keep_full and adapter.exists() and adapter.stat().st_size > FULL_WEIGHTS_MB * 2**20:
+        adapter.unlink()
+        manifest["adapter_removed"] = "full weights deleted after scoring (keep_full_weights: false)"
+    artifacts.write_manifest(run_dir, {k: v for k, v in manifest.items() if k != "run_dir"})
+    return manifest
+
+
+def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
+    """Train every grid point of a cell; report the one with the best dev score."""
+    entry = cfg.methods[cell.method]
+    results = []
+    for point in grid_points(entry):
+        run_dir = out / "runs" / cell.task / cell.method / f"k{cell.k}-s{cell.seed}" / _point_name(point)
+        manifest = run_point(run_config(cfg, root, cell, point, run_dir), run_dir, cfg.keep_full_weights)
+        results.append((point, run_dir, manifest))
+    metric = (results[0][2]["config"]["train"] or {}).get("metric", "accuracy")
+
+    def dev_score(item):
+        m = item[2]["metrics"]
+        return (m.get("dev_best") or m.get("dev") or {}).get(metric, float("-inf"))
+
+    point, run_dir, best = max(results, key=dev_score)
+    test = best["metrics"].get("test") or {}
+    dev = best["metrics"].get("dev_best") or best["metrics"].get("dev") or {}
+    return {**asdict(cell), "hyperparameters": point, "run_dir": str(run_dir),
+            "dev_accuracy": dev.get("accuracy"), "test_accuracy": test.get("accuracy"),
+            "test_macro_f1": test.get("macro_f1"), "test_size": test.get("n"),
+            "trainable_parameters": best.get("trainable_parameters"),
+            "train_examples": best.get("data", {}).get("sizes", {}).get("train"),
+            "grid_size": len(results),
+            "wall_seconds": round(sum(r[2].get("wall_seconds", 0.0) for r in results), 1)}
+
+
+def run_bench(cfg: BenchConfig, root: Path, out: Path,
+              progress: Callable[[int, int, Cell | None, float | None], None] | None = None) -> list[dict]:
+    """Run (or resume) the whole grid; write the reports after every cell; return the rows.
+
+    `progress(done, total, current cell, eta seconds)`: the ETA averages the cells that ran in
+    this session (cells read back from an earlier session take no time)."""
+    from cuetune import report
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / "bench.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    todo, rows, ran = cells(cfg), [], []
+    for done, cell in enumerate(todo):
+        if progress:
+            eta = (len(todo) - done) * sum(ran) / len(ran) if ran else None
+            progress(done, len(todo), cell, eta)
+        start = time.perf_counter()
+        rows.append(run_cell(cfg, root, cell, out))
+        if time.perf_counter() - start > 1.0:
+            ran.append(time.perf_counter() - start)
+        report.write_all(cfg, rows, out)
+    if progress:
+        progress(len(todo), len(todo), None, 0.0)
+    return rows

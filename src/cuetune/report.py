@@ -1,0 +1,161 @@
+"""Bench reports: results.csv/json, a markdown table of mean (std), PNG plots and one
+self-contained HTML page (plots inlined), all rewritten atomically after every cell."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import statistics
+from pathlib import Path
+
+from cuetune import atomic
+from cuetune.evaluation import _save_png
+
+COLUMNS = ["task", "method", "k", "seed", "dev_accuracy", "test_accuracy", "test_macro_f1",
+           "test_size", "train_examples", "trainable_parameters", "grid_size", "hyperparameters",
+           "wall_seconds", "run_dir"]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """{(task, method, k): {mean, std, n, macro_f1, wall_s}} over seeds, in first-seen order."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"], r["k"]), []).append(r)
+    out = {}
+    for key, group in groups.items():
+        acc = [r["test_accuracy"] for r in group if r["test_accuracy"] is not None]
+        f1 = [r["test_macro_f1"] for r in group if r["test_macro_f1"] is not None]
+        out[key] = {"mean": statistics.fmean(acc) if acc else None,
+                    "std": statistics.pstdev(acc) if len(acc) > 1 else 0.0, "n": len(acc),
+                    "macro_f1": statistics.fmean(f1) if f1 else None,
+                    "wall_s": statistics.fmean(r["wall_seconds"] for r in group)}
+    return out
+
+
+def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
+    """One table per K: methods x tasks, test accuracy mean (std) in %, wall time per cell."""
+    summary = summarize(rows)
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    parts = []
+    for k in dict.fromkeys(r["k"] for r in rows):
+        parts.append(f"### K = {k} (test accuracy %, mean (std) over seeds; wall s per cell)\n")
+        parts.append("| method | " + " | ".join(tasks) + " | mean wall s |")
+        parts.append("|---|" + "---:|" * (len(tasks) + 1))
+        for m in methods:
+            cells, walls = [], []
+            for t in tasks:
+                s = summary.get((t, m, k))
+                if not s or s["mean"] is None:
+                    cells.append("–")
+                    continue
+                short = f" [{s['n']}]" if seeds_expected and s["n"] < seeds_expected else ""
+                cells.append(f"{100 * s['mean']:.1f} ({100 * s['std']:.1f}){short}")
+                walls.append(s["wall_s"])
+            wall = f"{statistics.fmean(walls):.0f}" if walls else "–"
+            parts.append(f"| {m} | " + " | ".join(cells) + f" | {wall} |")
+        parts.append("")
+    if seeds_expected:
+        parts.append(f"[n]: only n of {seeds_expected} seeds finished for that cell.\n")
+    return "\n".join(parts)
+
+
+def plot_bars(rows: list[dict], k: int):
+    """Per task, one bar per method (mean test accuracy) with std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize([r for r in rows if r["k"] == k])
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.0, 3.2 * len(tasks)), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        means = [100 * (summary.get((task, m, k)) or {}).get("mean", 0.0) or 0.0 for m in methods]
+        stds = [100 * (summary.get((task, m, k)) or {}).get("std", 0.0) for m in methods]
+        ax.bar(range(len(methods)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.8)
+        ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
+        ax.set_title(f"{task} (K={k})", fontsize=10)
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy %")
+    return fig
+
+
+def plot_vs_k(rows: list[dict]):
+    """Mean test accuracy against K, one line per method, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(rows)
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    ks = sorted({r["k"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.0, 3.6 * len(tasks)), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for m in methods:
+            pts = [(k, summary[(task, m, k)]) for k in ks if (task, m, k) in summary]
+            pts = [(k, s) for k, s in pts if s["mean"] is not None]
+            if pts:
+                ax.errorbar([k for k, _ in pts], [100 * s["mean"] for _, s in pts],
+                            yerr=[100 * s["std"] for _, s in pts], marker="o", capsize=2, label=m)
+        ax.set_xscale("log", base=2)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("K per class")
+    axes[0][0].set_ylabel("test accuracy %")
+    axes[0][-1].legend(fontsize=7)
+    return fig
+
+
+def write_all(cfg, rows: list[dict], out: Path) -> None:
+    atomic.write_json(out / "results.json", {"bench": cfg.model_dump(mode="json"), "cells": rows,
+                                             "summary": [{"task": t, "method": m, "k": k, **s} for
+                                                         (t, m, k), s in summarize(rows).items()]})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "hyperparameters": json.dumps(r["hyperparameters"])})
+    atomic.write_text(out / "results.csv", buf.getvalue())
+    table = markdown(rows, len(cfg.seeds))
+    atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{table}")
+    images = {}
+    for k in dict.fromkeys(r["k"] for r in rows):
+        images[f"bars_k{k}.png"] = plot_bars(rows, k)
+    if len({r["k"] for r in rows}) > 1:
+        images["accuracy_vs_k.png"] = plot_vs_k(rows)
+    inline = {}
+    for name, fig in images.items():
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
+        inline[name] = base64.b64encode(png.getvalue()).decode()
+        _save_png(fig, out / name)
+    atomic.write_text(out / "report.html", _html(cfg, table, inline, rows))
+
+
+def _html(cfg, table_md: str, images: dict[str, str], rows: list[dict]) -> str:
+    lines = [line for line in table_md.splitlines() if line.startswith("|") and "---" not in line]
+    body = ["<table>"]
+    for i, line in enumerate(lines):
+        tag = "th" if line.startswith("| method") else "td"
+        cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+        body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+        if i + 1 < len(lines) and lines[i + 1].startswith("| method"):
+            body.append("</table><table>")
+    body.append("</table>")
+    imgs = "".join(f'<h3>{html.escape(n)}</h3><img alt="{html.escape(n)}" src="data:image/png;base64,{b}">'
+                   for n, b in images.items())
+    config = html.escape(json.dumps(cfg.model_dump(mode="json"), indent=1))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(cfg.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;
+margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#eee}}
+img{{max-width:100%}}</style></head><body><h1>{html.escape(cfg.name)}</h1>
+<p>{len(rows)} cells. Test accuracy %, mean (std) over seeds; hyperparameters chosen on dev.</p>
+{''.join(body)}{imgs}<h3>bench config</h3><pre>{config}</pre></body></html>
+"""

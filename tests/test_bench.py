@@ -1,0 +1,145 @@
+"""`cuetune bench`: the grid runs, picks hyperparameters on dev, resumes, and reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import toy_rows
+
+from cuetune import api, bench, tasks
+from cuetune.augment import augment
+from cuetune.config import AugmentConfig
+from cuetune.data import Example
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+class Interrupted(Exception):
+    """Stands in for a crash or Ctrl-C in the middle of the grid."""
+
+
+def _toy_kshot(root: Path, seeds) -> Path:
+    """The LM-BFF SST-2 layout (kshot/SST-2/16-<seed>/{train,dev,test}.tsv) with toy rows."""
+    for seed in seeds:
+        folder = root / "kshot" / "SST-2" / f"16-{seed}"
+        folder.mkdir(parents=True)
+        for split, n in (("train", 32), ("dev", 16), ("test", 24)):
+            rows = toy_rows(n, seed * 7 + len(split))
+            body = "".join(f"{r['text']}\t{int(r['label'] == 'positive')}\n" for r in rows)
+            (folder / f"{split}.tsv").write_text("sentence\tlabel\n" + body)
+    return root
+
+
+def _bench_file(tmp_path, model_dir, out) -> Path:
+    words = {"0": "negative", "1": "positive"}  # the toy vocabulary has no "terrible"/"great"
+    cfg = {
+        "name": "toy bench", "model": {"name": str(model_dir)}, "data_root": str(tmp_path / "data"),
+        "tasks": ["sst-2"], "k": [16], "seeds": [13, 21], "output_dir": str(out),
+        "train": {"batch_size": 8, "max_steps": 12, "eval_every": 6, "patience": None,
+                  "warmup_ratio": 0.0},
+        "methods": {
+            "zero-shot": {"method": {"name": "zero-shot"}, "prompt": {"verbalizer": words}},
+            "soft": {"method": {"name": "soft", "num_tokens": 4},
+                     "prompt": {"template": "{soft:4} {text} sentiment : {answer}", "verbalizer": words},
+                     "grid": {"train.lr": [0.1, 1e-5]}},
+        },
+    }
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
+    _toy_kshot(tmp_path / "data", [13, 21])
+    out = tmp_path / "out"
+    path = _bench_file(tmp_path, tiny_dirs["causal"], out)
+    cfg, root = bench.load_bench(path)
+    assert len(bench.cells(cfg)) == 4
+
+    calls, crashed = [], []
+    real_train = api.train
+
+    def crashing_train(raw, *a, **k):
+        calls.append(raw["output_dir"])
+        if len(calls) == 3 and not crashed:
+            crashed.append(True)
+            raise Interrupted  # the grid is interrupted during its third run
+        return real_train(raw, *a, **k)
+
+    monkeypatch.setattr(api, "train", crashing_train)
+    with pytest.raises(Interrupted):
+        bench.run_bench(cfg, root, out)
+    first = list(calls)
+    calls.clear()
+    rows = bench.run_bench(cfg, root, out)
+    assert not set(calls) & set(first[:2]), "finished runs were trained again"
+    assert len(calls) == 6 - 2  # 1 zero-shot + 2 soft grid points per seed, two already done
+
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("zero-shot", 13), ("zero-shot", 21), ("soft", 13), ("soft", 21)]
+    for r in rows:
+        assert r["test_size"] == 24 and r["train_examples"] == 32
+        if r["method"] == "soft":
+            assert r["grid_size"] == 2
+            assert r["hyperparameters"] == {"train.lr": 0.1}, "dev must prefer the lr that learns"
+    for name in ("results.csv", "results.json", "results.md", "report.html", "bars_k16.png"):
+        assert (out / name).stat().st_size > 100, name
+    md = (out / "results.md").read_text()
+    assert "| soft |" in md and "| zero-shot |" in md
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert {s["method"] for s in summary} == {"zero-shot", "soft"}
+    assert all(s["n"] == 2 for s in summary)
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_bench_config_errors_name_the_field(tmp_path):
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump({"tasks": ["sst2"], "methods": {"soft": {"method": {"name": "soft"}}}}))
+    with pytest.raises(Exception, match="did you mean 'sst-2'|sst-2"):
+        bench.load_bench(path)
+    path.write_text(yaml.safe_dump({"tasks": ["sst-2"], "methods": {"soft": {"methd": {}}}}))
+    with pytest.raises(Exception, match="methods.soft"):
+        bench.load_bench(path)
+
+
+def test_task_for_other_k_samples_from_the_split(tmp_path):
+    _toy_kshot(tmp_path, [13])
+    data = tasks.get("sst-2").sections(tmp_path, 4, 13)["data"]
+    assert data["k_shot"] == 4 and data["k_shot_seed"] == 13
+    with pytest.raises(Exception, match="larger than"):
+        tasks.get("sst-2").sections(tmp_path, 32, 13)
+
+
+def test_augment_is_seeded_and_keeps_labels():
+    exs = [Example("the movie was really very good", None, 1), Example("bad", "a pair here", 0)]
+    cfg = AugmentConfig(kind="token_dropout", p=0.5, copies=2)
+    once, again = augment(exs, cfg, 3), augment(exs, cfg, 3)
+    assert once == again and len(once) == 6 and once[:2] == exs
+    assert [e.label for e in once] == [1, 0, 1, 0, 1, 0]
+    assert all(e.text.split() for e in once)
+    swapped = augment(exs, AugmentConfig(kind="swap", p=0.3), 0)[2]
+    assert sorted(swapped.text.split()) == sorted(exs[0].text.split())
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", ["sst-2", "sst-5", "mr", "trec", "rte", "qnli", "boolq", "cb",
+                                  "sst-2-glue"])
+def test_every_task_reads_its_shared_files(name):
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is absent")
+    from cuetune.config import DataConfig
+    from cuetune.data import load_splits
+
+    task = tasks.get(name)
+    data = task.sections(SHARED, 16, 13)["data"]
+    splits = load_splits(DataConfig(**data))
+    assert len(splits.labels) == len(task.verbalizer)
+    assert len(splits.test) > 50 and splits.train and splits.dev
+    if not task.fixed:
+        counts = [sum(e.label == i for e in splits.train) for i in range(len(splits.labels))]
+        assert counts == [16] * len(splits.labels), counts
+    if task.data.get("text_pair_column"):
+        assert all(e.text_pair for e in splits.train)
