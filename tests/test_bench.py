@@ -143,3 +143,16 @@ def test_every_task_reads_its_shared_files(name):
         assert counts == [16] * len(splits.labels), counts
     if task.data.get("text_pair_column"):
         assert all(e.text_pair for e in splits.train)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_bench_config_validates_every_run(path, tmp_path):
+    from cuetune.config import validate
+
+    cfg, root = bench.load_bench(path)
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent")
+    for cell in bench.cells(cfg):
+        for point in bench.grid_points(cfg.methods[cell.method]):
+            validate(bench.run_config(cfg, root, cell, point, tmp_path / "run"))
