@@ -15,10 +15,11 @@ from cuetune.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint
 from cuetune.config import RunConfig
 from cuetune.config import load as load_config
 from cuetune.config import validate as validate_config
-from cuetune.data import Example, clean, load_splits, read_rows, to_examples
+from cuetune.data import Example, clean, group_refs, load_splits, read_rows, to_examples
 from cuetune.engine import Pipeline, build, predict_probs
 from cuetune.errors import ArtifactError, CuetuneError
 from cuetune.evaluation import plot_confusion, plot_curves
+from cuetune.generation import generate
 from cuetune.models import load_model
 from cuetune.training import MetricsLog, evaluate, fit
 
@@ -103,15 +104,18 @@ def finish_run(run_dir: Path, cfg: RunConfig, pipe: Pipeline, splits, enc: dict,
     state = pipe.method.adapter_state()
     sha = artifacts.save_adapter(run_dir, state)
     if rows:
-        plot_curves(rows, run_dir / "training_curves.png", cfg.train.metric)
-    if "test" in metrics:
+        keys = pipe.objective.dev_keys
+        plot_curves(rows, run_dir / "training_curves.png",
+                    cfg.train.metric if cfg.train.metric in keys else keys[0])
+    if "confusion_matrix" in metrics.get("test", {}):
         plot_confusion(metrics["test"], run_dir / "confusion_matrix.png")
     manifest = {
         "base_model": {"name": cfg.model.name, "fingerprint": pipe.loaded.fingerprint,
                        "family": pipe.loaded.family.name},
         "method": cfg.method.model_dump(mode="json"),
         "template": pipe.encoder.template.source,
-        "verbalizer": pipe.verbalizer.to_json(),
+        "task": cfg.data.task,
+        "verbalizer": pipe.verbalizer.to_json() if pipe.verbalizer is not None else None,
         "labels": pipe.labels,
         "trainable_parameters": int(sum(t.numel() for t in state.values())),
         "adapter_sha256": sha,
@@ -174,37 +178,60 @@ class TunedModel:
     def labels(self) -> list[str]:
         return self.pipe.labels
 
+    @property
+    def task(self) -> str:
+        return self.pipe.config.data.task
+
     def predict(self, texts, text_pairs=None, batch_size: int = 32) -> list[dict]:
         """Label and per-label probabilities for each text (and optional second text)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        pairs = text_pairs or [None] * len(texts)
-        examples = [t if isinstance(t, Example) else Example(str(t), p)
-                    for t, p in zip(texts, pairs, strict=True)]
-        items = self.pipe.encode(examples, "inputs")
+        if self.task != "classification":
+            raise CuetuneError(f"{self.run_dir}: this run writes text; use generate(), not predict()")
+        items = self.pipe.encode(_examples(texts, text_pairs), "inputs")
         probs = predict_probs(self.pipe.model, items, self.pipe.loaded.tokenizer.pad_token_id,
                               batch_size)
         return [{"label": self.labels[int(row.argmax())],
                  "probs": {lab: round(float(p), 6) for lab, p in zip(self.labels, row, strict=True)}}
                 for row in probs]
 
+    def generate(self, texts, text_pairs=None, **overrides) -> list[str]:
+        """The text the tuned prompt writes for each input. `overrides` change the run's
+        `generate` settings for this call (strategy, max_new_tokens, num_beams, stop, ...)."""
+        if self.task != "generation":
+            raise CuetuneError(f"{self.run_dir}: this run classifies; use predict(), not generate()")
+        cfg = self.pipe.config.generate.model_validate(
+            {**self.pipe.config.generate.model_dump(), **overrides})
+        items = self.pipe.encode(_examples(texts, text_pairs), "inputs", with_target=False)
+        return generate(self.pipe, items, cfg)
+
     def read(self, path: str | Path) -> list[Example]:
-        """Read a data file with the run's column mapping and labels."""
+        """Read a data file with the run's column mapping and labels (or answer texts)."""
         data = self.pipe.config.data
         rows = read_rows(path, "auto" if data.format == "auto" else data.format, data.columns)
         label_col = data.label_column if all(data.label_column in r for _, r in rows) else None
-        examples = to_examples(rows, data.text_column, data.text_pair_column, label_col,
-                               self.labels, str(path))
+        target_col = data.target_column if all(data.target_column in r for _, r in rows) else None
+        generation = self.task == "generation"
+        examples = to_examples(rows, data.text_column, data.text_pair_column,
+                               None if generation else label_col, self.labels, str(path),
+                               target_col if generation else None)
         cleaned, _ = clean(examples, data.clean.model_copy(update={"drop_duplicates": False}),
                            str(path))
-        return cleaned
+        return group_refs(cleaned) if generation else cleaned
 
     def evaluate(self, path: str | Path) -> dict:
         examples = self.read(path)
-        if any(e.label is None for e in examples):
-            raise CuetuneError(f"{path}: no '{self.pipe.config.data.label_column}' column; "
-                               "evaluation needs labels")
+        if any(e.label is None and not e.refs for e in examples):
+            data = self.pipe.config.data
+            column = data.target_column if self.task == "generation" else data.label_column
+            raise CuetuneError(f"{path}: no '{column}' column; evaluation needs it")
         return evaluate(self.pipe, self.pipe.encode(examples), self.pipe.config.train.eval_batch_size)
+
+
+def _examples(texts, text_pairs) -> list[Example]:
+    if isinstance(texts, str):
+        texts = [texts]
+    pairs = text_pairs or [None] * len(texts)
+    return [t if isinstance(t, Example) else Example(str(t), p)
+            for t, p in zip(texts, pairs, strict=True)]
 
 
 def load(run_dir: str | Path, device: str | None = None) -> TunedModel:

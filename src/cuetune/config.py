@@ -44,6 +44,9 @@ class CleanConfig(Strict):
 
 
 class DataConfig(Strict):
+    task: Literal["classification", "generation"] = "classification"
+    """classification: the answer is one of `labels`; generation: the answer is text (the
+    `target_column`), trained by token cross-entropy and decoded by `generate`."""
     train: str | None = None
     dev: str | None = None
     test: str | None = None
@@ -57,6 +60,8 @@ class DataConfig(Strict):
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    target_column: str = "target"
+    """Generation: the answer text; a list of strings (JSON) gives several references."""
     labels: list[str] | None = None
     """The label list; integer labels in the data index into it."""
     dev_fraction: float = Field(0.0, ge=0.0, lt=1.0)
@@ -68,6 +73,8 @@ class DataConfig(Strict):
     k_shot_seed: int = 13
     clean: CleanConfig = CleanConfig()
     max_length: int = Field(256, ge=8)
+    max_target_length: int = Field(64, ge=1)
+    """Generation: answer tokens kept for training (the end-of-text token is added)."""
 
 
 class PromptConfig(Strict):
@@ -122,6 +129,24 @@ class TrainConfig(Strict):
     progress: bool = True
 
 
+class GenerateConfig(Strict):
+    """How `generate` decodes (generation tasks; eval and the `generate` command)."""
+
+    strategy: Literal["greedy", "beam", "sample"] = "greedy"
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    num_beams: int = Field(4, ge=1, le=64)
+    length_penalty: float = 1.0
+    """Beam search ranks finished texts by log-probability / length ** length_penalty."""
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = []
+    """Strings that end a text (cut before them), besides the end-of-text token."""
+    seed: int = 0
+    """Sampling: row i of the input uses seed + i, so batching never changes the output."""
+    batch_size: int = Field(16, ge=1)
+
+
 class MethodConfig(Strict):
     """Base of every method's config; each method registers a subclass."""
 
@@ -136,6 +161,7 @@ class RunConfig(Strict):
         default_factory=lambda: {"name": "soft"}, validate_default=True
     )
     train: TrainConfig = TrainConfig()
+    generate: GenerateConfig = GenerateConfig()
     output_dir: str = "runs/default"
 
     @field_validator("method", mode="before")

@@ -12,7 +12,7 @@ import json
 import math
 import random
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cuetune.errors import DataError, did_you_mean
@@ -28,6 +28,10 @@ class Example:
     """Index into the label list; None for unlabelled input (predict)."""
     where: str = ""
     """file:line, for error messages."""
+    target: str | None = None
+    """Generation: the answer text trained on (the first reference)."""
+    refs: tuple[str, ...] = ()
+    """Generation: every reference answer, for metrics (E2E has several per input)."""
 
 
 @dataclass
@@ -154,21 +158,47 @@ def read_hf(source: str, config: str | None, split: str) -> list[tuple[str, dict
 
 def to_examples(rows: list[tuple[str, dict]], text_col: str, pair_col: str | None,
                 label_col: str | None, labels: list[str] | None,
-                source: str) -> list[Example]:
-    """Map rows to Examples; labels may be names or integer indices into `labels`."""
+                source: str, target_col: str | None = None) -> list[Example]:
+    """Map rows to Examples; labels may be names or integer indices into `labels`; with
+    `target_col` (generation) the answer text, or a list of reference texts."""
     if not rows:
         raise DataError(f"{source}: no rows; the file has a header but no data")
     out = []
     for where, row in rows:
-        for col in (text_col, pair_col, label_col):
+        for col in (text_col, pair_col, label_col, target_col):
             if col is not None and col not in row:
                 raise DataError(f"{where}: missing column '{col}';{did_you_mean(col, row) or ''} "
                                 f"columns are {sorted(map(str, row))}; set data.text_column etc.")
         text = _as_text(row[text_col], where, text_col)
         pair = _as_text(row[pair_col], where, pair_col) if pair_col else None
         label = _label_index(row[label_col], labels, where) if label_col and labels else None
-        out.append(Example(text, pair, label, where))
+        refs = _refs(row[target_col], where, target_col) if target_col else ()
+        out.append(Example(text, pair, label, where, refs[0] if refs else None, refs))
     return out
+
+
+def _refs(value, where: str, col: str) -> tuple[str, ...]:
+    """One reference text, or a JSON list of them; every one must be non-empty text."""
+    values = value if isinstance(value, list) else [value]
+    refs = tuple(" ".join(_as_text(v, where, col).split()) for v in values)
+    if not refs or not all(refs):
+        raise DataError(f"{where}: column '{col}' is empty; a generation example needs an "
+                        "answer text (or a list of them)")
+    return refs
+
+
+def group_refs(examples: list[Example]) -> list[Example]:
+    """One example per distinct input, holding every reference its rows give (E2E lists each
+    reference of a meaning representation as its own row). First-seen order is kept."""
+    merged: dict[tuple, Example] = {}
+    for ex in examples:
+        key = (ex.text, ex.text_pair)
+        if key in merged:
+            old = merged[key]
+            merged[key] = replace(old, refs=old.refs + tuple(r for r in ex.refs if r not in old.refs))
+        else:
+            merged[key] = ex
+    return list(merged.values())
 
 
 def _as_text(value, where: str, col: str) -> str:
@@ -246,15 +276,15 @@ def clean(examples: list[Example], cfg, what: str, exclude: set | None = None) -
         if cfg.drop_empty and not text.strip():
             counts["empty"] += 1
             continue
-        key = (text, pair)
+        key = (text, pair, ex.refs)
         if cfg.drop_duplicates and key in seen:
             counts["duplicate"] += 1
             continue
-        if exclude is not None and key in exclude:
+        if exclude is not None and key[:2] in exclude:
             counts["in_test"] += 1
             continue
         seen.add(key)
-        out.append(Example(text, pair, ex.label, ex.where))
+        out.append(replace(ex, text=text, text_pair=pair))
     report = {"rows": len(examples), "kept": len(out), **{f"dropped_{k}": v for k, v in counts.items()}}
     if not out:
         raise DataError(f"{what}: no rows left after cleaning ({report})")
@@ -278,8 +308,13 @@ def split_off(examples: list[Example], fraction: float, seed: int) -> tuple[list
 
 
 def k_shot(examples: list[Example], k: int, seed: int, what: str, labels: list[str]) -> list[Example]:
-    """K examples per class, seeded; errors name the class that has too few."""
+    """K examples per class, seeded; errors name the class that has too few. Without labels
+    (generation), K examples in all."""
     rng = random.Random(seed)
+    if not labels:
+        if len(examples) < k:
+            raise DataError(f"{what}: {len(examples)} examples, fewer than k_shot={k}; lower data.k_shot")
+        return rng.sample(examples, k)
     by_label: dict = defaultdict(list)
     for ex in examples:
         by_label[ex.label].append(ex)
@@ -310,18 +345,25 @@ def load_splits(cfg) -> Splits:
         raise DataError("data.train: no training data given; set data.train to a file")
     if cfg.labels is not None and len(set(cfg.labels)) != len(cfg.labels):
         raise DataError(f"data.labels: labels must be distinct, got {cfg.labels}")
-    labels = [str(x) for x in cfg.labels] if cfg.labels else infer_labels(
-        train_rows, cfg.label_column, train_src)
+    generation = cfg.task == "generation"
+    if generation:
+        labels = []
+    else:
+        labels = [str(x) for x in cfg.labels] if cfg.labels else infer_labels(
+            train_rows, cfg.label_column, train_src)
 
     def examples(rows, src):
-        return to_examples(rows, cfg.text_column, cfg.text_pair_column, cfg.label_column,
-                           labels, src)
+        return to_examples(rows, cfg.text_column, cfg.text_pair_column,
+                           None if generation else cfg.label_column, labels, src,
+                           cfg.target_column if generation else None)
 
     train = examples(train_rows, train_src)
     parts = {}
     for key in ("dev", "test"):
         rows, src = rows_for(key)
         parts[key] = examples(rows, src) if rows is not None else None
+        if generation and parts[key] is not None:  # evaluated once per input, on all references
+            parts[key] = group_refs(parts[key])
     report: dict = {}
     test = dev = None
     if parts["test"] is not None:

@@ -30,6 +30,14 @@ class Encoded:
     answer_pos: int
     label: int | None
     truncated: bool = False
+    target: list[int] | None = None
+    """Generation, teacher-forced: the answer tokens to predict (end-of-text included)."""
+    target_pos: list[int] | None = None
+    """Where the hidden state that predicts each target token is: in `input_ids` for a causal
+    model, in the decoder sequence ([start] + decoder_ids) for seq2seq."""
+    decoder_ids: list[int] | None = None
+    """Seq2seq teacher forcing: the decoder's inputs after its start token."""
+    refs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,12 +61,17 @@ class PromptEncoder:
     """Encodes examples with one template for one tokenizer and family."""
 
     def __init__(self, template: Template, tokenizer, answer_style: str, *,
-                 instruction: str | None = None, chat: bool = False, max_length: int = 256):
+                 instruction: str | None = None, chat: bool = False, max_length: int = 256,
+                 target_length: int | None = None):
         self.template = template.check(need_answer=True)
         self.tok = tokenizer
         self.style = answer_style
         self.chat = chat
         self.max_length = max_length
+        self.target_length = target_length
+        """Generation (answer tokens kept); None for classification."""
+        if target_length is not None and tokenizer.eos_token_id is None:
+            raise TemplateError("generation needs an end-of-text token; this tokenizer has none")
         self.truncated_count = 0
         segs = list(template.segments)
         answer_at = next(i for i, s in enumerate(segs) if isinstance(s, Slot) and s.name == "answer")
@@ -125,7 +138,26 @@ class PromptEncoder:
         head, tail = text.split(CHAT_PLACEHOLDER)
         return self._ids(head), self._ids(tail)
 
-    def encode(self, ex: Example) -> Encoded:
+    def encode(self, ex: Example, with_target: bool = True) -> Encoded:
+        """Token ids for one example. Generation examples with a target (and `with_target`)
+        come teacher-forced: the answer tokens follow the prompt (causal) or feed the decoder
+        (seq2seq); otherwise the prompt alone, as `generate` continues it."""
+        enc = self._encode_prompt(ex)
+        if self.target_length is None or ex.target is None or not with_target:
+            return enc
+        lead = " " if self.answer_space else ""
+        target = self._ids(lead + ex.target)[: self.target_length] + [self.tok.eos_token_id]
+        if self.style == "next":  # the last prompt token predicts the first answer token
+            enc.target_pos = list(range(enc.answer_pos, enc.answer_pos + len(target)))
+            enc.input_ids = enc.input_ids + target[:-1]
+            enc.soft_index = enc.soft_index + [-1] * (len(target) - 1)
+        else:  # the decoder reads [start, sentinel, answer...]; after the sentinel comes the answer
+            enc.decoder_ids = [self._answer_token()] + target[:-1]
+            enc.target_pos = list(range(1, len(target) + 1))
+        enc.target = target
+        return enc
+
+    def _encode_prompt(self, ex: Example) -> Encoded:
         texts = {s.name: self._ids((" " if s.lead_space else "") + (getattr(ex, s.name) or ""))
                  for s in self.segments if isinstance(s, TextSlot)}
         texts.setdefault("text_pair", [])
@@ -164,7 +196,7 @@ class PromptEncoder:
         soft.extend([-1] * len(self.suffix))
         if answer_pos < 0:
             raise TemplateError(f"template {self.template.source!r}: nothing before {{answer}}")
-        return Encoded(ids, soft, answer_pos, ex.label, bool(truncated))
+        return Encoded(ids, soft, answer_pos, ex.label, bool(truncated), refs=ex.refs)
 
     def _answer_token(self) -> int:
         if self.style == "mask":
@@ -173,9 +205,10 @@ class PromptEncoder:
             return self.tok.mask_token_id
         return self.tok.convert_tokens_to_ids("<extra_id_0>")
 
-    def encode_all(self, examples: list[Example], what: str = "examples") -> list[Encoded]:
+    def encode_all(self, examples: list[Example], what: str = "examples",
+                   with_target: bool = True) -> list[Encoded]:
         before = self.truncated_count
-        out = [self.encode(ex) for ex in examples]
+        out = [self.encode(ex, with_target) for ex in examples]
         cut = self.truncated_count - before
         if cut:
             log.warning("%d of %d %s were truncated to data.max_length=%d (inputs cut at the end; "
@@ -237,7 +270,9 @@ def collate(items: list[Encoded], pad_id: int, side: str = "right") -> dict[str,
     """Pad a batch on the right (classification) or the left (generation appends on the right).
 
     Returns input_ids/attention_mask/soft_index [B, T] and answer_pos [B] (column in the
-    padded row)."""
+    padded row). Teacher-forced generation items add target [B, A] (-100 past a row's end),
+    answer_pos becomes [B, A] (where each target token is predicted from) and seq2seq items add
+    decoder_input_ids [B, A]."""
     width = max(len(e.input_ids) for e in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
@@ -254,4 +289,25 @@ def collate(items: list[Encoded], pad_id: int, side: str = "right") -> dict[str,
              "answer_pos": torch.tensor(answer)}
     if all(e.label is not None for e in items):
         batch["labels"] = torch.tensor([e.label for e in items])
+    if items[0].target is not None:
+        batch.update(_targets(items, [0 if e.decoder_ids else width - len(e.input_ids)
+                                      for e in items] if side == "left" else None, pad_id))
     return batch
+
+
+def _targets(items: list[Encoded], shift: list[int] | None, pad_id: int) -> dict[str, torch.Tensor]:
+    """Teacher-forcing tensors: targets [B, A] padded with -100, their positions [B, A]
+    (padding repeats a row's last position; the loss ignores it) and seq2seq decoder inputs."""
+    width = max(len(e.target) for e in items)
+    target = torch.full((len(items), width), -100, dtype=torch.long)
+    pos = torch.zeros((len(items), width), dtype=torch.long)
+    for row, e in enumerate(items):
+        n, at = len(e.target), torch.tensor(e.target_pos) + (shift[row] if shift else 0)
+        target[row, :n], pos[row, :n], pos[row, n:] = torch.tensor(e.target), at, at[-1]
+    out = {"target": target, "answer_pos": pos}
+    if items[0].decoder_ids is not None:
+        dec = torch.full((len(items), width), pad_id, dtype=torch.long)
+        for row, e in enumerate(items):
+            dec[row, :len(e.decoder_ids)] = torch.tensor(e.decoder_ids)
+        out["decoder_input_ids"] = dec
+    return out

@@ -18,32 +18,52 @@ from cuetune import methods
 from cuetune.config import RunConfig
 from cuetune.encoding import Encoded, PromptEncoder, collate
 from cuetune.models import LoadedModel, load_model, set_dropout
+from cuetune.objectives import Objective, objective_for
 from cuetune.templates import parse
 from cuetune.verbalizers import Verbalizer
 
 
 class PromptModel(nn.Module):
-    def __init__(self, loaded: LoadedModel, method, verbalizer: Verbalizer, shared_len: int = 0):
+    def __init__(self, loaded: LoadedModel, method, verbalizer: Verbalizer | None, shared_len: int = 0):
         super().__init__()
         self.base = loaded.model
         self.method = method
         self.family = loaded.family
         self.verbalizer = verbalizer
-        ids = verbalizer.token_ids if method.uses_verbalizer else torch.zeros(0, dtype=torch.long)
+        """None for generation: the answer is text, read from the whole vocabulary."""
+        use = verbalizer is not None and method.uses_verbalizer
+        ids = verbalizer.token_ids if use else torch.zeros(0, dtype=torch.long)
         self.register_buffer("token_ids", ids.clone(), persistent=False)
         self.shared_len = shared_len if self.family.shares_prefix else 0
         self.memo: dict | None = None
         """Set by `reuse_shared`: the shared prompt's keys and values, kept across batches."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """batch tensors [B, T] -> label scores [B, L] (fp32)."""
+        """batch tensors [B, T] -> label scores [B, L] (fp32); a teacher-forced generation
+        batch (with "target") -> `target_logits`. One forward, so a distributed wrapper sees
+        every training call."""
+        if "target" in batch:
+            return self.target_logits(batch)
+        hidden = self.family.run(self.base, self.inputs(batch))  # [B, H]
+        return self.method.scores(hidden, self).float()
+
+    def target_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Teacher-forced generation batch -> full-vocabulary logits [N, V] (fp32) at the N
+        positions that predict a real target token (batch["target"] != -100, row-major)."""
+        hidden = self.family.run(self.base, self.inputs(batch))  # [B, A, H]
+        hidden = hidden[batch["target"] != -100]  # [N, H]: only where an answer token is
+        return self.family.token_logits(self.base, hidden, None)
+
+    def inputs(self, batch: dict[str, torch.Tensor]) -> dict:
+        """The model inputs after the method's `prepare_inputs` hook (also what decoding
+        starts from)."""
         embeds = self.base.get_input_embeddings()(batch["input_ids"])  # [B, T, H]
         inputs = {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"],
                   "answer_pos": batch["answer_pos"], "input_ids": batch["input_ids"],
                   "shared_len": self._shared_len(), "memo": self.memo}
-        inputs = self.method.prepare_inputs(inputs, batch)
-        hidden = self.family.run(self.base, inputs)  # [B, H]
-        return self.method.scores(hidden, self).float()
+        if "decoder_input_ids" in batch:
+            inputs["decoder_input_ids"] = batch["decoder_input_ids"]
+        return self.method.prepare_inputs(inputs, batch)
 
     def _shared_len(self) -> int:
         """Rows share their first tokens' states only if no dropout makes them differ."""
@@ -74,8 +94,9 @@ class Pipeline:
     config: RunConfig
     loaded: LoadedModel
     encoder: PromptEncoder
-    verbalizer: Verbalizer
+    verbalizer: Verbalizer | None
     model: PromptModel
+    objective: Objective
 
     @property
     def method(self):
@@ -83,10 +104,10 @@ class Pipeline:
 
     @property
     def labels(self) -> list[str]:
-        return self.verbalizer.labels
+        return self.verbalizer.labels if self.verbalizer is not None else []
 
-    def encode(self, examples, what: str = "examples") -> list[Encoded]:
-        return self.encoder.encode_all(examples, what)
+    def encode(self, examples, what: str = "examples", with_target: bool = True) -> list[Encoded]:
+        return self.encoder.encode_all(examples, what, with_target)
 
 
 def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) -> Pipeline:
@@ -97,17 +118,23 @@ def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) 
     if cfg.model.dropout is not None:
         set_dropout(loaded.model, cfg.model.dropout)
     method_cls = methods.get(cfg.method.name)
+    objective = objective_for(cfg.data.task)
+    objective.check(cfg, method_cls, loaded.family)
     template = method_cls.adapt_template(cfg.method, parse(cfg.prompt.template))
+    generation = cfg.data.task == "generation"
     encoder = PromptEncoder(template, loaded.tokenizer, loaded.family.answer_style,
                             instruction=cfg.prompt.instruction, chat=cfg.prompt.chat,
-                            max_length=cfg.data.max_length)
-    verbalizer = Verbalizer(labels, cfg.prompt.verbalizer, cfg.prompt.multi_token)
-    if method_cls.uses_verbalizer:
-        verbalizer.bind(loaded.tokenizer, encoder.answer_space)
+                            max_length=cfg.data.max_length,
+                            target_length=cfg.data.max_target_length if generation else None)
+    verbalizer = None
+    if not generation:
+        verbalizer = Verbalizer(labels, cfg.prompt.verbalizer, cfg.prompt.multi_token)
+        if method_cls.uses_verbalizer:
+            verbalizer.bind(loaded.tokenizer, encoder.answer_space)
     method = method_cls(cfg.method, loaded, encoder, labels)
     device = next(loaded.model.parameters()).device
     model = PromptModel(loaded, method.to(device), verbalizer, encoder.shared_len)
-    return Pipeline(cfg, loaded, encoder, verbalizer, model)
+    return Pipeline(cfg, loaded, encoder, verbalizer, model, objective)
 
 
 def batches_by_length(items: list[Encoded], batch_size: int):

@@ -43,8 +43,7 @@ class Family:
             extra["past_key_values"] = _cache(model.config, inputs["prefix"], embeds.size(0))
             mask = torch.cat([mask.new_ones(mask.size(0), _prefix_len(inputs["prefix"])), mask], 1)
         out = model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra)
-        hidden = out.last_hidden_state  # [B, T, H]
-        return hidden[torch.arange(hidden.size(0), device=hidden.device), inputs["answer_pos"]]
+        return _pick(out.last_hidden_state, inputs["answer_pos"])
 
     def kv_layout(self, model: nn.Module) -> tuple[int, int, int]:
         """(layers, kv heads, head dim) of the attention a prefix is prepended to."""
@@ -61,8 +60,9 @@ class Family:
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def token_logits(self, model: nn.Module, hidden: torch.Tensor,
-                     token_ids: torch.Tensor) -> torch.Tensor:
-        """Logits of `token_ids` [V'] from answer hidden states [B, H] -> [B, V']."""
+                     token_ids: torch.Tensor | None) -> torch.Tensor:
+        """Logits of `token_ids` [V'] from answer hidden states [..., H] -> [..., V'];
+        None: the whole vocabulary (generation)."""
         raise NotImplementedError
 
     def output_head(self, model: nn.Module) -> nn.Module:
@@ -92,7 +92,8 @@ class Causal(Family):
         prefix = inputs.get("prefix")  # per layer (k, v) [1 or B, kv, P, d]
         past = 0 if prefix is None else _prefix_len(prefix)
         start = (mask.cumsum(1) == 0).sum(1)  # [B]: left padding before the first real token
-        shared = min(inputs.get("shared_len", 0), int((answer - start).min()))
+        first = answer.reshape(answer.size(0), -1)[:, 0]  # [B]: the (first) answer position
+        shared = min(inputs.get("shared_len", 0), int((first - start).min()))
         if shared > 0 and _window_allows(model.config, past + embeds.size(1)):
             prefix = self._shared_kv(model, inputs, prefix, past, int(start[0]), shared)
             embeds, mask = _drop_columns(embeds, start, shared), _drop_columns(mask, start, shared)
@@ -127,8 +128,7 @@ class Causal(Family):
         positions = past + (mask[:, past:].cumsum(1) - 1).clamp(min=0)  # [R, T']
         out = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                                use_cache=False, **extra)
-        hidden = out.last_hidden_state  # [R, T', H]
-        return hidden[torch.arange(batch, device=hidden.device), answer]
+        return _pick(out.last_hidden_state, answer)  # [R, H] or [R, A, H]
 
     def _packed(self, model, embeds, mask, answer, prefix, past: int):
         """All rows' real tokens as one sequence [1, N, H], no padding: a block-diagonal causal
@@ -146,7 +146,7 @@ class Causal(Family):
             extra["past_key_values"] = _cache(model.config, prefix, 1)
         out = model.base_model(inputs_embeds=embeds[real][None], attention_mask=keys[None, None],
                                position_ids=(past + pos)[None], use_cache=False, **extra)
-        return out.last_hidden_state[0, where[torch.arange(mask.size(0)), answer]]  # [B, H]
+        return out.last_hidden_state[0, _pick(where, answer)]  # [B, H] or [B, A, H]
 
     def _shared_kv(self, model, inputs, prefix, past: int, start: int, shared: int):
         """Keys and values [1, kv, past + shared, d] per layer after the shared tokens."""
@@ -169,8 +169,10 @@ class Causal(Family):
 
     def token_logits(self, model, hidden, token_ids):
         head = model.get_output_embeddings()
-        weight = head.weight[token_ids]  # [V', H]: only the label-word rows
-        bias = head.bias[token_ids] if getattr(head, "bias", None) is not None else None
+        every = token_ids is None
+        weight = head.weight if every else head.weight[token_ids]  # [V', H]: the label-word rows
+        bias = getattr(head, "bias", None)
+        bias = bias if bias is None or every else bias[token_ids]
         logits = F.linear(hidden.to(weight.dtype), weight, bias).float()  # [B, V']
         cap = getattr(model.config, "final_logit_softcapping", None)
         if cap:
@@ -246,7 +248,11 @@ class Seq2Seq(Family):
     def run(self, model, inputs):
         embeds, mask = inputs["inputs_embeds"], inputs["attention_mask"]
         start = model.config.decoder_start_token_id
-        dec = torch.tensor([[start, self.sentinel_id]] * embeds.size(0), device=embeds.device)
+        taught = inputs.get("decoder_input_ids")  # generation: [B, A] teacher-forced answer
+        if taught is None:
+            dec = torch.tensor([[start, self.sentinel_id]] * embeds.size(0), device=embeds.device)
+        else:
+            dec = torch.cat([taught.new_full((taught.size(0), 1), start), taught], 1)
         enc = model.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         extra = {}
         if inputs.get("prefix") is not None:  # T5's encoder reads no cache: the decoder gets it
@@ -254,6 +260,8 @@ class Seq2Seq(Family):
             extra["past_key_values"] = EncoderDecoderCache(own, DynamicCache(config=model.config))
         out = model.get_decoder()(input_ids=dec, encoder_hidden_states=enc.last_hidden_state,
                                   encoder_attention_mask=mask, use_cache=False, **extra)
+        if taught is not None:
+            return _pick(out.last_hidden_state, inputs["answer_pos"])  # [B, A, H]
         return out.last_hidden_state[:, -1]  # [B, H]: the step after the sentinel
 
     def kv_layout(self, model):
@@ -270,8 +278,15 @@ class Seq2Seq(Family):
     def token_logits(self, model, hidden, token_ids):
         if getattr(model.config, "tie_word_embeddings", False):
             hidden = hidden * model.config.d_model ** -0.5  # T5 rescales before a tied head
-        weight = model.get_output_embeddings().weight[token_ids]
+        weight = model.get_output_embeddings().weight
+        weight = weight if token_ids is None else weight[token_ids]
         return F.linear(hidden.to(weight.dtype), weight).float()
+
+
+def _pick(hidden: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+    """hidden [B, T, ...] at answer [B] -> [B, ...], or at answer [B, A] -> [B, A, ...]."""
+    rows = torch.arange(hidden.size(0), device=hidden.device)
+    return hidden[rows[:, None] if answer.dim() == 2 else rows, answer]
 
 
 def _prefix_len(prefix: list) -> int:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
@@ -25,9 +24,9 @@ from transformers import get_scheduler
 from cuetune import atomic
 from cuetune.checkpoint import CHECKPOINT, BatchOrder, Checkpoint, rng_state, save_checkpoint, set_rng_state
 from cuetune.encoding import Encoded, collate
-from cuetune.engine import Pipeline, predict_probs
+from cuetune.engine import Pipeline
 from cuetune.errors import CuetuneError
-from cuetune.evaluation import classification_metrics, finite
+from cuetune.evaluation import finite
 
 
 @dataclass
@@ -73,9 +72,10 @@ class MetricsLog:
         self._file.close()
 
 
-def evaluate(pipe: Pipeline, items: list[Encoded], batch_size: int) -> dict:
-    probs = predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, batch_size)
-    return classification_metrics(pipe.labels, [e.label for e in items], probs)
+def evaluate(pipe: Pipeline, items: list[Encoded], batch_size: int, final: bool = True) -> dict:
+    """The task's metrics on encoded items; `final=False` is the cheaper check run while
+    training (generation: the token loss only, no decoding)."""
+    return pipe.objective.evaluate(pipe, items, batch_size, final)
 
 
 def total_steps(cfg, n_train: int) -> int:
@@ -87,7 +87,7 @@ def total_steps(cfg, n_train: int) -> int:
 
 @dataclass
 class _Best:
-    score: float = -1.0
+    score: float = float("-inf")
     step: int | None = None
     dev: dict | None = None
     state: dict | None = None
@@ -158,7 +158,7 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
                 return {k: v.to(device) for k, v in collate(items, pad_id).items()}
 
             loss, n, ok = _train_step(model, next_batch, optimizer, scheduler, accelerator,
-                                      phase.params, cfg)
+                                      phase.params, cfg, pipe.objective)
             state["seen"] += n
             if not ok and cfg.on_nonfinite == "stop":
                 raise CuetuneError(
@@ -174,11 +174,11 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
             if not ok:
                 row["skipped"] = True
             if dev and (step % cfg.eval_every == 0 or step == end):
-                metrics = evaluate(pipe, dev, cfg.eval_batch_size)
-                row.update({"dev_accuracy": metrics["accuracy"], "dev_macro_f1": metrics["macro_f1"],
-                            "dev_nll": metrics["nll"]})
-                if metrics[cfg.metric] > best.score:
-                    best, state["bad"] = _Best(metrics[cfg.metric], step, metrics, method.adapter_state()), 0
+                metrics = evaluate(pipe, dev, cfg.eval_batch_size, final=False)
+                row.update({f"dev_{k}": metrics[k] for k in pipe.objective.dev_keys})
+                score = pipe.objective.score(metrics, cfg.metric)
+                if score > best.score:
+                    best, state["bad"] = _Best(score, step, metrics, method.adapter_state()), 0
                 else:
                     state["bad"] += 1
                 stopped = cfg.patience is not None and state["bad"] >= cfg.patience and step < end
@@ -206,7 +206,7 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
 
 
 def _train_step(model, next_batch, optimizer, scheduler, accelerator, params,
-                cfg) -> tuple[float, int, bool]:
+                cfg, objective) -> tuple[float, int, bool]:
     """One optimizer step over `grad_accum` batches -> (mean loss, examples, finite?).
 
     A non-finite loss or gradient norm means no update: gradients are dropped, the optimizer
@@ -215,11 +215,10 @@ def _train_step(model, next_batch, optimizer, scheduler, accelerator, params,
     for _ in range(cfg.grad_accum):
         batch = next_batch()
         with accelerator.accumulate(model):
-            scores = model(batch)  # [B, L]
-            loss = F.cross_entropy(scores, batch["labels"], label_smoothing=cfg.label_smoothing)
+            loss = objective.loss(model, batch, cfg.label_smoothing)
             accelerator.backward(loss)
             loss_sum += loss.item() / cfg.grad_accum
-            seen += batch["labels"].size(0)
+            seen += batch["input_ids"].size(0)
             if accelerator.sync_gradients:
                 norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
                 ok = finite(loss_sum) and finite(float(norm))

@@ -53,6 +53,9 @@ class Method(nn.Module):
     freezes_base: ClassVar[bool] = True
     """False when the base model's own weights are trained (full and prompt-based fine-tuning)."""
     uses_verbalizer: ClassVar[bool] = True
+    generates: ClassVar[bool] = True
+    """False when the method's answer can only be a label (a classification head; in-context
+    demonstrations built from label words)."""
     default_lr: ClassVar[float] = 1e-3
     peft_imports: ClassVar[tuple[str, ...]] = ()
     """PEFT `peft_type`s this method can load (PROMPT_TUNING, PREFIX_TUNING, LORA, ...)."""

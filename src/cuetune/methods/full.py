@@ -67,6 +67,7 @@ class Full(PromptFinetune):
 class Head(PromptFinetune):
     config_class = HeadConfig
     uses_verbalizer = False
+    generates = False
 
     @classmethod
     def adapt_template(cls, config, template: Template) -> Template:

@@ -44,6 +44,7 @@ def render(template: Template, example, word: str) -> str:
 
 class InContext(Method):
     config_class = InContextConfig
+    generates = False
     trains = False
 
     @classmethod

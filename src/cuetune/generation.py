@@ -1,0 +1,280 @@
+"""Decoding text from a prompt model: greedy, beam search and sampling.
+
+Our own loop, not `transformers.generate`. That way the prompt goes through exactly the
+forward the model was trained with: the method's `prepare_inputs` (soft prompt rows, prefix
+keys and values, LoRA) and the shared-prompt cache. PEFT users see `generate()` drop soft
+prompts or fail with caches; here one code path serves training and decoding.
+
+A decoding state (`CausalState`, `Seq2SeqState`) runs the prompt once and then one token per
+step against its key/value cache. On a decoder, the prompt's shared tokens run once for the
+whole `generate` call (`PromptModel.reuse_shared`). Batches are padded on the left, so every
+row's next token is read from the last column. Sampling draws row i from its own generator
+seeded with `seed + i`, so an output never depends on how inputs were batched.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache, EncoderDecoderCache
+
+from cuetune.config import GenerateConfig
+from cuetune.encoding import Encoded, collate
+from cuetune.engine import Pipeline, PromptModel, batches_by_length
+from cuetune.errors import ModelError
+from cuetune.families import _drop_columns, _prefix_len, _window_allows
+
+
+class CausalState:
+    """A decoder's cache after the prompt; `step` appends one token per row."""
+
+    def __init__(self, model: PromptModel, batch: dict, max_new: int):
+        base, family = model.base, model.family
+        inputs = model.inputs(batch)
+        embeds, mask = inputs["inputs_embeds"], inputs["attention_mask"]  # [B, T, H], [B, T]
+        prefix = inputs.get("prefix")
+        past = 0 if prefix is None else _prefix_len(prefix)
+        if prefix is not None and not _window_allows(base.config, past + embeds.size(1) + max_new):
+            raise ModelError("generate: prefix keys plus the prompt and max_new_tokens exceed this "
+                             "model's sliding attention window, where cached and teacher-forced "
+                             "attention to the prefix differ; lower generate.max_new_tokens or "
+                             "data.max_length, or use a soft prompt")
+        start = (mask.cumsum(1) == 0).sum(1)  # [B]: left padding
+        shared = min(inputs["shared_len"], int((inputs["answer_pos"] - start).min()))
+        if shared > 0 and _window_allows(base.config, past + embeds.size(1) + max_new):
+            prefix = family._shared_kv(base, inputs, prefix, past, int(start[0]), shared)
+            embeds, mask = _drop_columns(embeds, start, shared), _drop_columns(mask, start, shared)
+            past += shared
+        rows = embeds.size(0)
+        self.cache = _full_cache(prefix, rows)
+        self.mask = torch.cat([mask.new_ones(rows, past), mask], 1)  # [B, past + T]
+        positions = past + (mask.cumsum(1) - 1).clamp(min=0)  # [B, T]
+        out = base.base_model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
+                              past_key_values=self.cache, use_cache=True)
+        self.next_pos = positions[:, -1] + 1  # [B]
+        self.model = model
+        self.logits = family.token_logits(base, out.last_hidden_state[:, -1], None)  # [B, V]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B] -> next-token logits [B, V]."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.size(0), 1)], 1)
+        out = self.model.base.base_model(input_ids=tokens[:, None], attention_mask=self.mask,
+                                         position_ids=self.next_pos[:, None],
+                                         past_key_values=self.cache, use_cache=True)
+        self.next_pos = self.next_pos + 1
+        return self.model.family.token_logits(self.model.base, out.last_hidden_state[:, -1], None)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep (and repeat) these rows: beams expand and reorder."""
+        _select_cache(self.cache, rows)
+        self.mask, self.next_pos = self.mask[rows], self.next_pos[rows]
+
+
+class Seq2SeqState:
+    """An encoder's output and the decoder's cache after [start, sentinel]."""
+
+    def __init__(self, model: PromptModel, batch: dict, max_new: int):
+        base, family = model.base, model.family
+        inputs = model.inputs(batch)
+        embeds, self.enc_mask = inputs["inputs_embeds"], inputs["attention_mask"]
+        self.enc = base.get_encoder()(inputs_embeds=embeds,
+                                      attention_mask=self.enc_mask).last_hidden_state  # [B, T, H]
+        rows, prefix = embeds.size(0), inputs.get("prefix")
+        own = _full_cache(prefix, rows)
+        self.cache = EncoderDecoderCache(own, DynamicCache(config=base.config))
+        start = base.config.decoder_start_token_id
+        dec = torch.tensor([[start, family.sentinel_id]] * rows, device=embeds.device)
+        self.model = model
+        self.logits = self._decode(dec)
+
+    def _decode(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.model.base.get_decoder()(input_ids=ids, encoder_hidden_states=self.enc,
+                                            encoder_attention_mask=self.enc_mask,
+                                            past_key_values=self.cache, use_cache=True)
+        return self.model.family.token_logits(self.model.base, out.last_hidden_state[:, -1], None)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._decode(tokens[:, None])
+
+    def select(self, rows: torch.Tensor) -> None:
+        _select_cache(self.cache.self_attention_cache, rows)
+        _select_cache(self.cache.cross_attention_cache, rows)
+        self.enc, self.enc_mask = self.enc[rows], self.enc_mask[rows]
+
+
+STATES = {"causal": CausalState, "seq2seq": Seq2SeqState}
+
+
+def _full_cache(prefix: list | None, rows: int) -> DynamicCache:
+    """A cache that keeps every key. Sliding-window layers then see the window through the
+    attention mask, as in training; a sliding cache would drop keys the way training does not
+    when prefix or shared keys sit in it."""
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(prefix or []):
+        cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), layer)
+    return cache
+
+
+def _select_cache(cache: DynamicCache, rows: torch.Tensor) -> None:
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+
+
+class Stops:
+    """When a text ends (an end token, or a stop string), and the text it ends with."""
+
+    def __init__(self, tokenizer, stop: list[str], family_name: str):
+        self.tok = tokenizer
+        self.strings = [s for s in stop if s]
+        ends = {tokenizer.eos_token_id}
+        if family_name == "seq2seq":  # T5 closes an infilled span with the next sentinel
+            nxt = tokenizer.convert_tokens_to_ids("<extra_id_1>")
+            if nxt is not None and nxt != tokenizer.unk_token_id:
+                ends.add(nxt)
+        self.end_ids = {i for i in ends if i is not None}
+
+    def ended(self, tokens: list[int]) -> bool:
+        if tokens and tokens[-1] in self.end_ids:
+            return True
+        return bool(self.strings) and any(s in self._text(tokens) for s in self.strings)
+
+    def _text(self, tokens: list[int]) -> str:
+        return self.tok.decode(tokens, skip_special_tokens=True)
+
+    def finish(self, tokens: list[int]) -> str:
+        if tokens and tokens[-1] in self.end_ids:
+            tokens = tokens[:-1]
+        text = self._text(tokens)
+        cut = min((text.index(s) for s in self.strings if s in text), default=len(text))
+        return text[:cut].strip()
+
+
+def generate(pipe: Pipeline, items: list[Encoded], cfg: GenerateConfig) -> list[str]:
+    """Texts the model writes after each encoded prompt (teacher-forced targets are ignored),
+    cut at the end token or the first stop string."""
+    stops = Stops(pipe.loaded.tokenizer, cfg.stop, pipe.model.family.name)
+    return [stops.finish(seq) for seq in generate_ids(pipe, items, cfg, stops)]
+
+
+@torch.inference_mode()
+def generate_ids(pipe: Pipeline, items: list[Encoded], cfg: GenerateConfig,
+                 stops: Stops | None = None) -> list[list[int]]:
+    """The token ids written after each prompt, the end token included when one was written."""
+    model = pipe.model
+    was_training = model.training
+    model.eval()
+    tok = pipe.loaded.tokenizer
+    stops = stops or Stops(tok, cfg.stop, model.family.name)
+    state_cls = STATES[model.family.name]
+    device = model.token_ids.device
+    prompts = [prompt_only(e) for e in items]
+    out: list[list[int]] = [[] for _ in items]
+    with model.reuse_shared():
+        for idx, chunk in batches_by_length(prompts, cfg.batch_size):
+            batch = {k: v.to(device) for k, v in collate(chunk, tok.pad_token_id, side="left").items()}
+            state = state_cls(model, batch, cfg.max_new_tokens)
+            if cfg.strategy == "beam":
+                seqs = _beam(state, cfg, stops)
+            else:
+                seqs = _greedy_or_sample(state, cfg, stops, [cfg.seed + i for i in idx])
+            for i, seq in zip(idx, seqs, strict=True):
+                out[i] = seq
+    model.train(was_training)
+    return out
+
+
+def prompt_only(e: Encoded) -> Encoded:
+    """The prompt of a teacher-forced item (what decoding starts from)."""
+    if e.target is None:
+        return e
+    n = len(e.input_ids) if e.decoder_ids is not None else e.answer_pos + 1
+    return Encoded(e.input_ids[:n], e.soft_index[:n], e.answer_pos, e.label, e.truncated, refs=e.refs)
+
+
+def _greedy_or_sample(state, cfg: GenerateConfig, stops: Stops, seeds: list[int]) -> list[list[int]]:
+    logits = state.logits  # [B, V]
+    rows = logits.size(0)
+    gens = [torch.Generator().manual_seed(s) for s in seeds] if cfg.strategy == "sample" else None
+    seqs: list[list[int]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    filler = next(iter(stops.end_ids))
+    for step in range(cfg.max_new_tokens):
+        if gens is None:
+            tokens = logits.argmax(-1)
+        else:
+            probs = _filtered(logits.float(), cfg).softmax(-1).cpu()
+            tokens = torch.tensor([int(torch.multinomial(probs[r], 1, generator=gens[r]))
+                                   for r in range(rows)])
+        for r in range(rows):
+            if not done[r]:
+                seqs[r].append(int(tokens[r]))
+                done[r] = stops.ended(seqs[r])
+        if all(done) or step == cfg.max_new_tokens - 1:
+            break
+        feed = torch.tensor([filler if d else s[-1] for d, s in zip(done, seqs, strict=True)],
+                            device=logits.device)
+        logits = state.step(feed)
+    return seqs
+
+
+def _filtered(logits: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus (top-p) filtering of logits [B, V]."""
+    logits = logits / cfg.temperature
+    if cfg.top_k:
+        kth = logits.topk(min(cfg.top_k, logits.size(-1)), -1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= cfg.top_p  # keep the first token past top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def _beam(state, cfg: GenerateConfig, stops: Stops) -> list[list[int]]:
+    """Beam search per row; finished texts are ranked by log-prob / length ** length_penalty,
+    and a row stops once it has `num_beams` finished texts."""
+    k = cfg.num_beams
+    rows, vocab = state.logits.shape
+    device = state.logits.device
+    state.select(torch.arange(rows, device=device).repeat_interleave(k))
+    logp = state.logits.float().log_softmax(-1).repeat_interleave(k, 0)  # [B*K, V]
+    scores = torch.full((rows, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # one live beam to start with
+    live: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(rows)]
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    filler = next(iter(stops.end_ids))
+    for step in range(cfg.max_new_tokens):
+        cand = (scores.reshape(-1, 1) + logp).reshape(rows, k * vocab)
+        top, where = cand.topk(2 * k, dim=1)  # enough that K survive after some finish
+        src = torch.arange(rows * k, device=device).reshape(rows, k)
+        new_scores = torch.full_like(scores, float("-inf"))
+        new_tokens = torch.full((rows, k), filler, dtype=torch.long, device=device)
+        new_live: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(rows)]
+        for r in range(rows):
+            kept = 0
+            for s, w in zip(top[r].tolist(), where[r].tolist(), strict=True):
+                if done[r] or s == float("-inf") or kept == k:
+                    break
+                beam, token = divmod(w, vocab)
+                seq = live[r][beam] + [token]
+                if stops.ended(seq):
+                    finished[r].append((s / len(seq) ** cfg.length_penalty, seq))
+                    continue
+                src[r, kept], new_scores[r, kept], new_tokens[r, kept] = r * k + beam, s, token
+                new_live[r][kept] = seq
+                kept += 1
+            done[r] = done[r] or len(finished[r]) >= k or kept == 0
+        scores, live = new_scores, new_live
+        if all(done) or step == cfg.max_new_tokens - 1:
+            break
+        state.select(src.reshape(-1))
+        logp = state.step(new_tokens.reshape(-1)).float().log_softmax(-1)
+    out = []
+    for r in range(rows):
+        pool = finished[r] + [(s / max(1, len(seq)) ** cfg.length_penalty, seq)
+                              for s, seq in zip(scores[r].tolist(), live[r], strict=True)
+                              if s > float("-inf") and seq]
+        out.append(max(pool, key=lambda p: p[0])[1] if pool else [])
+    return out

@@ -1,0 +1,120 @@
+"""What a task trains and how it is scored: the only place classification and generation differ.
+
+The trainer, `api` and the bench ask the pipeline's objective for the loss of a batch, the
+metrics of a split, and the number that picks the best checkpoint; none of them names a task.
+
+- Classification: cross-entropy over the label words' scores at the answer position;
+  accuracy, macro-F1 and NLL on the labels.
+- Generation: cross-entropy over the answer tokens only (teacher forcing; the prompt's tokens
+  carry no loss), full vocabulary at those positions only. During training the dev set is
+  scored by that token loss, which is cheap. The final dev and test scores decode with
+  `generate` and add BLEU, chrF, ROUGE-L, exact match and token F1 against all references.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from cuetune.errors import ConfigError
+
+
+class Objective:
+    task: str
+    dev_keys: tuple[str, ...]
+    """Dev metrics logged at each evaluation during training."""
+
+    def check(self, cfg, method_cls, family) -> None:
+        """Refuse a method or model family this task cannot run on, before anything loads."""
+
+    def loss(self, model, batch: dict, label_smoothing: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, pipe, items, batch_size: int, final: bool = True) -> dict:
+        raise NotImplementedError
+
+    def score(self, metrics: dict, metric: str) -> float:
+        """Higher is better; picks the best checkpoint and drives early stopping."""
+        raise NotImplementedError
+
+
+class Classification(Objective):
+    task = "classification"
+    dev_keys = ("accuracy", "macro_f1", "nll")
+
+    def loss(self, model, batch, label_smoothing):
+        scores = model(batch)  # [B, L]
+        return F.cross_entropy(scores, batch["labels"], label_smoothing=label_smoothing)
+
+    def evaluate(self, pipe, items, batch_size, final=True):
+        from cuetune.engine import predict_probs
+        from cuetune.evaluation import classification_metrics
+
+        probs = predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, batch_size)
+        return classification_metrics(pipe.labels, [e.label for e in items], probs)
+
+    def score(self, metrics, metric):
+        return metrics[metric]
+
+
+class Generation(Objective):
+    task = "generation"
+    dev_keys = ("token_nll",)
+
+    def check(self, cfg, method_cls, family):
+        if family.name not in ("causal", "seq2seq"):
+            raise ConfigError(f"data.task=generation: a {family.name} model cannot write text; use a "
+                              "decoder (causal) or encoder-decoder (seq2seq) model")
+        if not method_cls.generates:
+            raise ConfigError(f"method.name={cfg.method.name}: classification only; for generation "
+                              "use soft, prefix, ptuning, lora, prompt-ft, full, two-stage or zero-shot")
+
+    def loss(self, model, batch, label_smoothing):
+        logits = model(batch)  # [N, V]: answer positions only
+        target = batch["target"][batch["target"] != -100]  # [N]
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+
+    @torch.inference_mode()
+    def token_nll(self, pipe, items, batch_size: int) -> float:
+        """Mean negative log-likelihood per answer token under teacher forcing."""
+        from cuetune.encoding import collate
+        from cuetune.engine import batches_by_length
+
+        model = pipe.model
+        was_training = model.training
+        model.eval()
+        device, pad = model.token_ids.device, pipe.loaded.tokenizer.pad_token_id
+        total, count = 0.0, 0
+        with model.reuse_shared():
+            for _, chunk in batches_by_length([e for e in items if e.target], batch_size):
+                batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
+                target = batch["target"][batch["target"] != -100]
+                total += F.cross_entropy(model.target_logits(batch), target, reduction="sum").item()
+                count += target.numel()
+        model.train(was_training)
+        return total / max(count, 1)
+
+    def evaluate(self, pipe, items, batch_size, final=True):
+        from cuetune.generation import generate
+        from cuetune.textmetrics import generation_metrics
+
+        metrics = {"token_nll": round(self.token_nll(pipe, items, batch_size), 6)}
+        if final:
+            texts = generate(pipe, items, pipe.config.generate)
+            metrics.update(generation_metrics(texts, [e.refs for e in items]))
+            metrics["examples"] = [{"refs": list(e.refs), "output": t}
+                                   for e, t in zip(items[:20], texts[:20], strict=True)]
+        return metrics
+
+    def score(self, metrics, metric):
+        nll = metrics["token_nll"]
+        return -nll if math.isfinite(nll) else float("-inf")
+
+
+OBJECTIVES = {"classification": Classification, "generation": Generation}
+
+
+def objective_for(task: str) -> Objective:
+    return OBJECTIVES[task]()

@@ -1,0 +1,239 @@
+"""Generation: the answer is text.
+
+What must hold for every method x family that writes text:
+- decoding continues exactly the model that training computes. Each token greedy decoding
+  writes is the argmax of the teacher-forced logits at that position, so the prompt (soft rows,
+  prefix keys and values, LoRA, the shared-prompt cache) is in place at every step;
+- batched output equals one-by-one output, for greedy, beam search and sampling;
+- the loss is on the answer tokens only;
+- a tuned prompt changes what `generate` writes, also after reloading the run directory.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import FILLER, NEG, POS, save_tiny, write_jsonl
+
+import cuetune
+from cuetune.config import GenerateConfig, validate
+from cuetune.data import Example
+from cuetune.encoding import Encoded, collate
+from cuetune.engine import build
+from cuetune.errors import ConfigError, ModelError
+from cuetune.generation import generate, generate_ids, prompt_only
+
+METHODS = {
+    "soft": {"name": "soft"},
+    "prefix": {"name": "prefix", "num_tokens": 3},
+    "ptuning": {"name": "ptuning", "hidden_size": 16},
+    "lora": {"name": "lora", "r": 4},
+    "prompt-ft": {"name": "prompt-ft"},
+    "full": {"name": "full"},
+    "two-stage": {"name": "two-stage", "num_tokens": 4, "r": 4},
+    "zero-shot": {"name": "zero-shot"},
+}
+KINDS = ["causal", "gpt2", "gemma3", "seq2seq"]
+TEMPLATE = "{soft:4} review : {text} answer : {answer}"
+
+
+def copy_rows(n: int, seed: int) -> list[dict]:
+    """The toy generation task: write the sentence's polar word, then a full stop."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        word = rng.choice(POS + NEG)
+        words = rng.sample(FILLER, 3) + [word]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "target": f"{word} ."})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def gen_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    return {"train": write_jsonl(root / "train.jsonl", copy_rows(48, 1)),
+            "dev": write_jsonl(root / "dev.jsonl", copy_rows(12, 2)),
+            "test": write_jsonl(root / "test.jsonl", copy_rows(12, 3))}
+
+
+@pytest.fixture(scope="module")
+def gen_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("genmodels")
+    models = {kind: save_tiny(root / kind, kind, seed=3) for kind in KINDS}
+    # gemma3 with a window the prompts fit in (prefix keys beyond the window are refused)
+    models["gemma3"] = save_tiny(root / "gemma3-wide", "gemma3", seed=3, window=64)
+    models["gemma3-narrow"] = save_tiny(root / "gemma3-narrow", "gemma3", seed=3)
+    return models
+
+
+def gen_config(model_dir, data, out, **sections) -> dict:
+    cfg = {"model": {"name": str(model_dir)},
+           "data": {"task": "generation", **{k: str(v) for k, v in data.items()}},
+           "prompt": {"template": TEMPLATE}, "method": {"name": "soft"},
+           "train": {"seed": 0, "lr": 0.05, "batch_size": 8, "max_steps": 30, "eval_every": 10,
+                     "patience": None, "progress": False, "warmup_ratio": 0.0,
+                     "zero_shot_baseline": False},
+           "generate": {"max_new_tokens": 5}, "output_dir": str(out)}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    return cfg
+
+
+def _pipeline(model_dir, data, method):
+    pipe = build(validate(gen_config(model_dir, data, "unused", method=dict(METHODS[method]))), [])
+    with torch.no_grad():  # move zero-initialised factors (LoRA B) off zero so every part matters
+        for p in pipe.method.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return pipe
+
+
+def _inputs(n: int = 5) -> list[Example]:
+    rows = copy_rows(n, 9)
+    return [Example(" ".join(r["text"].split()[: 1 + i % 4])) for i, r in enumerate(rows)]
+
+
+def _teacher_forced(pipe, prompt: Encoded, written: list[int]) -> Encoded:
+    """The item training would build for this prompt with `written` as the answer."""
+    if pipe.loaded.family.answer_style == "next":
+        return Encoded(prompt.input_ids + written[:-1], prompt.soft_index + [-1] * (len(written) - 1),
+                       prompt.answer_pos, None, target=written,
+                       target_pos=list(range(prompt.answer_pos, prompt.answer_pos + len(written))))
+    sentinel = pipe.encoder._answer_token()
+    return Encoded(prompt.input_ids, prompt.soft_index, prompt.answer_pos, None, target=written,
+                   target_pos=list(range(1, len(written) + 1)), decoder_ids=[sentinel] + written[:-1])
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_decoding_continues_the_trained_model(gen_models, gen_data, kind, method):
+    pipe = _pipeline(gen_models[kind], gen_data, method)
+    prompts = pipe.encode(_inputs(), with_target=False)
+    written = generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=5, batch_size=8))
+    assert all(written), "every row writes at least one token"
+    pad = pipe.loaded.tokenizer.pad_token_id
+    pipe.model.eval()
+    for prompt, tokens in zip(prompts, written, strict=True):
+        batch = collate([_teacher_forced(pipe, prompt, tokens)], pad)
+        with torch.no_grad():
+            logits = pipe.model(batch)  # [N, V]
+        assert logits.argmax(-1).tolist() == tokens
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("method", ["soft", "prefix", "lora"])
+@pytest.mark.parametrize("kind", ["causal", "gemma3", "seq2seq"])
+def test_batched_output_equals_one_by_one(gen_models, gen_data, kind, method, strategy):
+    pipe = _pipeline(gen_models[kind], gen_data, method)
+    prompts = pipe.encode(_inputs(6), with_target=False)
+    assert len({len(e.input_ids) for e in prompts}) > 1, "lengths must differ to test left padding"
+    cfg = GenerateConfig(strategy=strategy, max_new_tokens=6, num_beams=3, top_k=10, batch_size=6,
+                         temperature=1.5)
+    together = generate_ids(pipe, prompts, cfg)
+    alone = [generate_ids(pipe, [p], cfg.model_copy(update={"seed": cfg.seed + i}))[0]
+             for i, p in enumerate(prompts)]
+    assert together == alone
+
+
+def test_beam_search_scores_at_least_greedy(gen_models, gen_data):
+    """Beam search finds a sequence at least as likely as greedy's (length penalty 0)."""
+    pipe = _pipeline(gen_models["causal"], gen_data, "soft")
+    prompts = pipe.encode(_inputs(4), with_target=False)
+    greedy = generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=4))
+    beam = generate_ids(pipe, prompts, GenerateConfig(strategy="beam", num_beams=4, max_new_tokens=4,
+                                                      length_penalty=0.0))
+    pad = pipe.loaded.tokenizer.pad_token_id
+
+    def logprob(prompt, tokens):
+        batch = collate([_teacher_forced(pipe, prompt, tokens)], pad)
+        with torch.no_grad():
+            logp = pipe.model(batch).log_softmax(-1)
+        return logp[torch.arange(len(tokens)), torch.tensor(tokens)].sum().item()
+
+    for prompt, g, b in zip(prompts, greedy, beam, strict=True):
+        if len(g) == len(b):  # same length: beam's must be no less likely
+            assert logprob(prompt, b) >= logprob(prompt, g) - 1e-5
+
+
+def test_sampling_differs_by_seed_and_follows_filters(gen_models, gen_data):
+    pipe = _pipeline(gen_models["causal"], gen_data, "soft")
+    prompts = pipe.encode(_inputs(6), with_target=False)
+    base = GenerateConfig(strategy="sample", max_new_tokens=6, temperature=2.0)
+    a = generate_ids(pipe, prompts, base)
+    assert a == generate_ids(pipe, prompts, base)
+    assert a != generate_ids(pipe, prompts, base.model_copy(update={"seed": 1}))
+    greedy = generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=6))
+    assert generate_ids(pipe, prompts, base.model_copy(update={"top_k": 1})) == greedy
+
+
+def test_stop_strings_cut_the_text(gen_models, gen_data):
+    pipe = _pipeline(gen_models["causal"], gen_data, "soft")
+    prompts = pipe.encode(_inputs(4), with_target=False)
+    full = generate(pipe, prompts, GenerateConfig(max_new_tokens=6))
+    word = full[0].split()[1] if len(full[0].split()) > 1 else full[0].split()[0]
+    cut = generate(pipe, prompts, GenerateConfig(max_new_tokens=6, stop=[word]))
+    assert word not in cut[0] and full[0].startswith(cut[0])
+
+
+def test_loss_is_on_answer_tokens_only(gen_models, gen_data):
+    """Changing prompt words the answer cannot see is impossible; changing answer tokens must
+    change the loss, and the number of scored positions is the answer length + end token."""
+    pipe = _pipeline(gen_models["causal"], gen_data, "soft")
+    items = pipe.encode([Example("good movie", target="good ."), Example("bad day", target="bad .")])
+    tok = pipe.loaded.tokenizer
+    batch = collate(items, tok.pad_token_id)
+    logits = pipe.model(batch)
+    assert logits.shape[0] == sum(len(tok(" good .", add_special_tokens=False)["input_ids"]) + 1
+                                  for _ in items)
+    assert (batch["target"][:, -1] == tok.eos_token_id).all()
+
+
+def test_prefix_past_a_sliding_window_is_refused_and_soft_is_exact(gen_models, gen_data):
+    narrow = gen_models["gemma3-narrow"]  # window 8, prompts of 6-9 tokens plus the answer
+    prompts = _pipeline(narrow, gen_data, "soft").encode(_inputs(), with_target=False)
+    pipe = _pipeline(narrow, gen_data, "soft")
+    written = generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=5))
+    for prompt, tokens in zip(prompts, written, strict=True):
+        with torch.no_grad():
+            logits = pipe.model(collate([_teacher_forced(pipe, prompt, tokens)], 0))
+        assert logits.argmax(-1).tolist() == tokens
+    pipe = _pipeline(narrow, gen_data, "prefix")
+    with pytest.raises(ModelError, match="sliding attention window"):
+        generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=5))
+
+
+def test_generation_rejects_classification_only_methods(gen_models, gen_data):
+    with pytest.raises(ConfigError, match="classification only"):
+        build(validate(gen_config(gen_models["causal"], gen_data, "x", method={"name": "head"})), [])
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_tuned_prompt_changes_generate_output_after_reload(gen_models, gen_data, tmp_path, kind):
+    """The failure PEFT users report: generate() ignoring a trained soft prompt. Here the tuned
+    prompt must lower the answer loss and change the text written, through the reloaded run."""
+    cfg = gen_config(gen_models[kind], gen_data, tmp_path / "run", method={"name": "prefix", "num_tokens": 4},
+                     train={"max_steps": 80, "lr": 0.05})
+    manifest = cuetune.train(cfg)
+    untouched = build(validate(gen_config(gen_models[kind], gen_data, "x",
+                                          method={"name": "prefix", "num_tokens": 4})), [])
+    inputs = [r["text"] for r in copy_rows(12, 3)]
+    before = generate(untouched, untouched.encode([Example(t) for t in inputs], with_target=False),
+                      GenerateConfig(max_new_tokens=5))
+    tuned = cuetune.load(tmp_path / "run")
+    after = tuned.generate(inputs)
+    assert sum(a != b for a, b in zip(after, before, strict=True)) >= len(inputs) // 2
+    assert manifest["task"] == "generation"
+    test = manifest["metrics"]["test"]
+    assert test["token_nll"] < untouched.objective.token_nll(
+        untouched, untouched.encode([Example(r["text"], target=r["target"], refs=(r["target"],))
+                                     for r in copy_rows(12, 3)]), 8) - 0.3
+    assert {"bleu", "chrf", "rouge_l", "exact_match", "token_f1"} <= set(test)
+    assert tuned.evaluate(gen_data["test"])["token_nll"] == pytest.approx(test["token_nll"], abs=1e-5)
+
+
+def test_prompt_only_recovers_the_prompt(gen_models, gen_data):
+    pipe = _pipeline(gen_models["causal"], gen_data, "soft")
+    ex = Example("good movie", target="good .")
+    assert prompt_only(pipe.encode([ex])[0]).input_ids == pipe.encode([ex], with_target=False)[0].input_ids
