@@ -23,6 +23,15 @@ def test_every_shipped_config_loads(path):
     assert cfg.prompt.template
 
 
+def test_packaged_generation_config_loads_with_its_data():
+    cfg = config.load("pkg:data2text.yaml")
+    assert cfg.data.task == "generation" and cfg.generate.stop == ["\n"]
+    for split in ("train", "dev", "test"):
+        assert Path(getattr(cfg.data, split)).is_file()
+    with pytest.raises(ConfigError, match="no such packaged config"):
+        config.load("pkg:nope.yaml")
+
+
 def test_overrides_are_typed():
     cfg = config.load(None, ["train.lr=0.01", "method.num_tokens=7", "train.patience=null",
                              "data.labels=[neg, pos]"])

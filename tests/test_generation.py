@@ -11,6 +11,7 @@ What must hold for every method x family that writes text:
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -98,12 +99,14 @@ def _inputs(n: int = 5) -> list[Example]:
 def _teacher_forced(pipe, prompt: Encoded, written: list[int]) -> Encoded:
     """The item training would build for this prompt with `written` as the answer."""
     if pipe.loaded.family.answer_style == "next":
-        return Encoded(prompt.input_ids + written[:-1], prompt.soft_index + [-1] * (len(written) - 1),
-                       prompt.answer_pos, None, target=written,
+        return Encoded(prompt.input_ids + written[:-1],
+                       prompt.soft_index + [-1] * (len(written) - 1), prompt.answer_pos, None,
+                       target=written,
                        target_pos=list(range(prompt.answer_pos, prompt.answer_pos + len(written))))
     sentinel = pipe.encoder._answer_token()
     return Encoded(prompt.input_ids, prompt.soft_index, prompt.answer_pos, None, target=written,
-                   target_pos=list(range(1, len(written) + 1)), decoder_ids=[sentinel] + written[:-1])
+                   target_pos=list(range(1, len(written) + 1)),
+                   decoder_ids=[sentinel] + written[:-1])
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -213,8 +216,8 @@ def test_generation_rejects_classification_only_methods(gen_models, gen_data):
 def test_tuned_prompt_changes_generate_output_after_reload(gen_models, gen_data, tmp_path, kind):
     """The failure PEFT users report: generate() ignoring a trained soft prompt. Here the tuned
     prompt must lower the answer loss and change the text written, through the reloaded run."""
-    cfg = gen_config(gen_models[kind], gen_data, tmp_path / "run", method={"name": "prefix", "num_tokens": 4},
-                     train={"max_steps": 80, "lr": 0.05})
+    cfg = gen_config(gen_models[kind], gen_data, tmp_path / "run",
+                     method={"name": "prefix", "num_tokens": 4}, train={"max_steps": 80, "lr": 0.05})
     manifest = cuetune.train(cfg)
     untouched = build(validate(gen_config(gen_models[kind], gen_data, "x",
                                           method={"name": "prefix", "num_tokens": 4})), [])
@@ -237,3 +240,48 @@ def test_prompt_only_recovers_the_prompt(gen_models, gen_data):
     pipe = _pipeline(gen_models["causal"], gen_data, "soft")
     ex = Example("good movie", target="good .")
     assert prompt_only(pipe.encode([ex])[0]).input_ids == pipe.encode([ex], with_target=False)[0].input_ids
+
+
+def test_cli_generate_and_eval(gen_models, gen_data, tmp_path, capsys):
+    from test_artifacts_cli import run_cli
+
+    cfg = gen_config(gen_models["causal"], gen_data, tmp_path / "run",
+                     method={"name": "lora", "r": 4},
+                     train={"max_steps": 10, "lr": 3e-3, "zero_shot_baseline": True})
+    config_file = tmp_path / "gen.yaml"
+    config_file.write_text(__import__("yaml").safe_dump(cfg))
+    code, out, _ = run_cli(["train", str(config_file)], capsys)
+    assert code == 0 and "test bleu: zero-shot" in out, out
+    summary = json.loads(out.split("test bleu")[0])
+    assert {"test_bleu", "test_token_f1", "zero_shot_test_chrf"} <= set(summary)
+    code, out, _ = run_cli(["eval", str(tmp_path / "run"), "--data", str(gen_data["test"])], capsys)
+    metrics = json.loads(out)
+    assert code == 0 and {"bleu", "chrf", "rouge_l", "exact_match", "token_f1"} <= set(metrics)
+    inp = tmp_path / "in.txt"
+    inp.write_text("the movie good was\n\nawful day and\n")
+    dest = tmp_path / "out.jsonl"
+    code, _, _ = run_cli(["generate", str(tmp_path / "run"), "-i", str(inp), "-o", str(dest),
+                          "--set", "strategy=beam", "--set", "num_beams=2", "--set", "max_new_tokens=3"],
+                         capsys)
+    rows = [json.loads(x) for x in dest.read_text().splitlines()]
+    assert code == 0 and [r["text"] for r in rows] == ["the movie good was", "awful day and"]
+    assert all(isinstance(r["output"], str) for r in rows)
+    code, _, err = run_cli(["generate", str(tmp_path / "run"), "-i", str(inp), "--set", "beams=2"],
+                           capsys)
+    assert code != 0 and "beams" in err
+
+
+def test_references_are_grouped_per_input(tmp_path):
+    from cuetune.config import DataConfig
+    from cuetune.data import load_splits
+
+    rows = [{"text": "a", "target": "x"}, {"text": "a", "target": "y"},
+            {"text": "b", "target": ["z", "w"]}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    splits = load_splits(DataConfig(task="generation", train=str(path), test=str(path),
+                                    clean={"drop_test_overlap": False}))
+    assert [(e.text, e.refs) for e in splits.test] == [("a", ("x", "y")), ("b", ("z", "w"))]
+    assert len(splits.train) == 3 and splits.labels == []
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "a", "target": ""}])
+    with pytest.raises(Exception, match="bad.jsonl:1: column 'target' is empty"):
+        load_splits(DataConfig(task="generation", train=str(bad)))

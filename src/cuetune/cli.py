@@ -97,13 +97,18 @@ def train(
                "trainable_parameters": manifest["trainable_parameters"],
                "adapter_bytes": manifest["adapter_bytes"]}
     for key in ("zero_shot_test", "dev_best", "test"):
-        if metrics.get(key):
-            summary[f"{key}_accuracy"] = round(metrics[key]["accuracy"], 4)
-            summary[f"{key}_macro_f1"] = round(metrics[key]["macro_f1"], 4)
+        for name in HEADLINE:
+            if isinstance((metrics.get(key) or {}).get(name), float):
+                summary[f"{key}_{name}"] = round(metrics[key][name], 4)
     out.print_json(json.dumps(summary))
     if "zero_shot_test" in metrics and "test" in metrics:
-        out.print(f"test accuracy: zero-shot {metrics['zero_shot_test']['accuracy']:.3f} -> "
-                  f"tuned {metrics['test']['accuracy']:.3f}")
+        name = next(n for n in HEADLINE if n in metrics["test"])
+        out.print(f"test {name}: zero-shot {metrics['zero_shot_test'][name]:.3f} -> "
+                  f"tuned {metrics['test'][name]:.3f}")
+
+
+HEADLINE = ("accuracy", "macro_f1", "bleu", "chrf", "rouge_l", "exact_match", "token_f1", "token_nll")
+"""The metrics `train` prints: classification's, then generation's."""
 
 
 @app.command("eval")
@@ -161,6 +166,41 @@ def _lines_to_examples(text: str, source: str):
         rows = parse_jsonl(Path(source), text)
         return [Example(str(r.get("text", "")), r.get("text_pair")) for _, r in rows]
     return [Example(ln.strip()) for ln in lines]
+
+
+@app.command()
+def generate(run_dir: Path = typer.Argument(..., help="A finished generation run directory"),
+             input_: str = typer.Option(..., "--input", "-i", help="File (jsonl/csv/tsv/json/txt) or -"),
+             output: Path | None = typer.Option(None, "--output", "-o", help="JSONL file; default stdout"),
+             set_: list[str] = typer.Option([], "--set", "-s",
+                                            help="Decoding setting: strategy=beam, num_beams=5, "
+                                                 "max_new_tokens=40, stop=[\\n], temperature=0.7 ..."),
+             ) -> None:
+    """Write text for each input with the tuned prompt; writes JSONL (input and output)."""
+    from cuetune import api, atomic
+    from cuetune.config import parse_override
+
+    model = api.load(run_dir)
+    overrides = {}
+    for item in set_:
+        keys, value = parse_override(item)
+        overrides[".".join(keys).removeprefix("generate.")] = value
+    if input_ == "-" or input_.endswith(".txt"):
+        text = sys.stdin.read() if input_ == "-" else _read_text(Path(input_))
+        examples = _lines_to_examples(text, "<stdin>" if input_ == "-" else input_)
+    else:
+        examples = model.read(input_)
+    try:
+        texts = model.generate(examples, **overrides)
+    except ValueError as exc:  # pydantic: a bad decoding setting
+        raise CuetuneError(f"--set: {exc}") from None
+    rows = [{"text": e.text, **({"text_pair": e.text_pair} if e.text_pair else {}), "output": t}
+            for e, t in zip(examples, texts, strict=True)]
+    if output:
+        atomic.write_jsonl(output, rows)
+    else:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
 
 
 @app.command("export")

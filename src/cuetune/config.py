@@ -275,6 +275,13 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         text = files("cuetune.resources").joinpath("default.yaml").read_text()
         source = "default config"
         base_dir = None
+    elif str(path).startswith("pkg:"):  # a config shipped with cuetune, e.g. pkg:data2text.yaml
+        from importlib.resources import files
+
+        packaged = files("cuetune.resources").joinpath(str(path)[4:])
+        if not packaged.is_file():
+            raise ConfigError(f"{path}: no such packaged config; shipped: default.yaml, data2text.yaml")
+        text, source, base_dir = packaged.read_text(encoding="utf-8"), str(path), None
     else:
         p = Path(path)
         if not p.is_file():
