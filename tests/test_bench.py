@@ -156,3 +156,51 @@ def test_every_shipped_bench_config_validates_every_run(path, tmp_path):
     for cell in bench.cells(cfg):
         for point in bench.grid_points(cfg.methods[cell.method]):
             validate(bench.run_config(cfg, root, cell, point, tmp_path / "run"))
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", ["e2e", "multi30k", "boolq-qa"])
+def test_every_generation_task_reads_its_shared_files(name, tmp_path, monkeypatch):
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is absent")
+    from cuetune.config import DataConfig
+    from cuetune.data import load_splits
+
+    monkeypatch.setenv("CUETUNE_CACHE", str(tmp_path))  # converted files go to the cache only
+    task = tasks.get(name)
+    data = task.sections(SHARED, 32, 13)["data"]
+    splits = load_splits(DataConfig(**data))
+    assert len(splits.train) == 32 and len(splits.dev) == 32 and splits.labels == []
+    assert len(splits.test) == 200 and all(e.refs and e.target for e in splits.test)
+    if name == "e2e":  # several references per meaning representation
+        assert sum(len(e.refs) for e in splits.test) / len(splits.test) > 3
+    if name == "boolq-qa":
+        assert {e.target for e in splits.test} == {"yes", "no"} and all(e.text_pair for e in splits.test)
+    if task.convert is not None:
+        assert (tmp_path / "tasks" / name / "train.jsonl").is_file()
+
+
+def test_bench_runs_a_generation_task(tiny_dirs, tmp_path, monkeypatch):
+    """A generation task goes through the same grid, dev selection and reports (toy task)."""
+    rows = [{"text": r["text"], "target": r["text"].split()[0]} for r in toy_rows(40, 5)]
+    folder = tmp_path / "data" / "copy"
+    folder.mkdir(parents=True)
+    for name, part in (("train.jsonl", rows[:24]), ("dev.jsonl", rows[24:32]), ("test.jsonl", rows[32:])):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    task = tasks.Task("copy-first", "copy", ("train.jsonl", "dev.jsonl", "test.jsonl"),
+                      {"task": "generation"}, "{text} answer : {answer}", {}, split_k=None,
+                      metric="exact_match", generate={"max_new_tokens": 3})
+    monkeypatch.setitem(tasks.TASKS, task.name, task)
+    spec = {"name": "gen", "model": {"name": str(tiny_dirs["causal"])}, "data_root": "data",
+            "tasks": ["copy-first"], "k": [8], "seeds": [13],
+            "train": {"max_steps": 6, "eval_every": 3, "batch_size": 4, "patience": None},
+            "methods": {"zero-shot": {"method": {"name": "zero-shot"}},
+                        "lora": {"method": {"name": "lora", "r": 4}, "grid": {"train.lr": [1e-4, 3e-3]}}},
+            "output_dir": str(tmp_path / "out")}
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    cfg, root = bench.load_bench(tmp_path / "gen.yaml")
+    out = bench.run_bench(cfg, root, tmp_path / "out")
+    assert [r["method"] for r in out] == ["zero-shot", "lora"]
+    assert all(r["metric"] == "exact_match" and 0 <= r["test_score"] <= 1 for r in out)
+    assert out[1]["grid_size"] == 2 and out[1]["dev_score"] > float("-inf")
+    assert "copy-first (exact_match)" in (tmp_path / "out" / "results.md").read_text()

@@ -25,6 +25,7 @@ from cuetune import api, artifacts, atomic, tasks
 from cuetune.checkpoint import CHECKPOINT
 from cuetune.config import Strict, apply_overrides
 from cuetune.errors import ConfigError
+from cuetune.objectives import objective_for
 
 FULL_WEIGHTS_MB = 50
 
@@ -52,6 +53,8 @@ class BenchConfig(Strict):
     train: dict = Field(default_factory=dict)
     """Train settings for every cell (a method entry's `train` overrides them)."""
     data: dict = Field(default_factory=dict)
+    generate: dict = Field(default_factory=dict)
+    """Decoding settings for generation tasks (over the task's own)."""
     output_dir: str = "bench-out"
     keep_full_weights: bool = False
     """Full-weight adapters (hundreds of MB per run) are deleted once scored unless true."""
@@ -112,6 +115,8 @@ def run_config(cfg: BenchConfig, root: Path, cell: Cell, point: dict, run_dir: P
     raw = {"model": {**cfg.model, **entry.model}, **tasks.get(cell.task).sections(root, cell.k, cell.seed)}
     raw["data"].update(cfg.data)
     raw["prompt"].update(entry.prompt)
+    if "generate" in raw or cfg.generate:
+        raw["generate"] = {**raw.get("generate", {}), **cfg.generate}
     raw["method"] = dict(entry.method)
     raw["train"] = {**cfg.train, **entry.train, "seed": cell.seed, "progress": False,
                     "zero_shot_baseline": False}
@@ -149,16 +154,21 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
         manifest = run_point(run_config(cfg, root, cell, point, run_dir), run_dir, cfg.keep_full_weights)
         results.append((point, run_dir, manifest))
     metric = (results[0][2]["config"]["train"] or {}).get("metric", "accuracy")
+    objective = objective_for(results[0][2].get("task", "classification"))
 
     def dev_score(item):
         m = item[2]["metrics"]
-        return (m.get("dev_best") or m.get("dev") or {}).get(metric, float("-inf"))
+        dev = m.get("dev_best") or m.get("dev")
+        return objective.score(dev, metric) if dev else float("-inf")
 
     point, run_dir, best = max(results, key=dev_score)
     test = best["metrics"].get("test") or {}
-    dev = best["metrics"].get("dev_best") or best["metrics"].get("dev") or {}
+    headline = tasks.get(cell.task).metric
+    score = test.get(headline)
+    scale = 1.0 if headline in ("accuracy", "macro_f1") else 0.01  # generation metrics are 0-100
     return {**asdict(cell), "hyperparameters": point, "run_dir": str(run_dir),
-            "dev_accuracy": dev.get("accuracy"), "test_accuracy": test.get("accuracy"),
+            "metric": headline, "dev_score": dev_score((point, run_dir, best)),
+            "test_score": None if score is None else score * scale,
             "test_macro_f1": test.get("macro_f1"), "test_size": test.get("n"),
             "trainable_parameters": best.get("trainable_parameters"),
             "train_examples": best.get("data", {}).get("sizes", {}).get("train"),

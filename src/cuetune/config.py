@@ -71,6 +71,8 @@ class DataConfig(Strict):
     """Sample K training examples per class."""
     k_shot_dev: int | None = Field(None, ge=1)
     k_shot_seed: int = 13
+    max_test: int | None = Field(None, ge=1)
+    """Evaluate on the first N test inputs only (a CPU budget for long generation test sets)."""
     clean: CleanConfig = CleanConfig()
     max_length: int = Field(256, ge=8)
     max_target_length: int = Field(64, ge=1)

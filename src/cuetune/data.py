@@ -380,5 +380,7 @@ def load_splits(cfg) -> Splits:
         train = k_shot(train, cfg.k_shot, cfg.k_shot_seed, "train", labels)
     if cfg.k_shot_dev and dev:
         dev = k_shot(dev, cfg.k_shot_dev, cfg.k_shot_seed, "dev", labels)
+    if cfg.max_test and test:
+        test = test[:cfg.max_test]
     report["sizes"] = {"train": len(train), "dev": len(dev or []), "test": len(test or [])}
     return Splits(train, dev or [], test or [], labels, report)

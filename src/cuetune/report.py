@@ -14,7 +14,7 @@ from pathlib import Path
 from cuetune import atomic
 from cuetune.evaluation import _save_png
 
-COLUMNS = ["task", "method", "k", "seed", "dev_accuracy", "test_accuracy", "test_macro_f1",
+COLUMNS = ["task", "method", "k", "seed", "metric", "dev_score", "test_score", "test_macro_f1",
            "test_size", "train_examples", "trainable_parameters", "grid_size", "hyperparameters",
            "wall_seconds", "run_dir"]
 
@@ -26,7 +26,7 @@ def summarize(rows: list[dict]) -> dict:
         groups.setdefault((r["task"], r["method"], r["k"]), []).append(r)
     out = {}
     for key, group in groups.items():
-        acc = [r["test_accuracy"] for r in group if r["test_accuracy"] is not None]
+        acc = [r["test_score"] for r in group if r["test_score"] is not None]
         f1 = [r["test_macro_f1"] for r in group if r["test_macro_f1"] is not None]
         out[key] = {"mean": statistics.fmean(acc) if acc else None,
                     "std": statistics.pstdev(acc) if len(acc) > 1 else 0.0, "n": len(acc),
@@ -36,14 +36,15 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
-    """One table per K: methods x tasks, test accuracy mean (std) in %, wall time per cell."""
+    """One table per K: methods x tasks, the task's test metric mean (std) in %, wall time per cell."""
     summary = summarize(rows)
     tasks = list(dict.fromkeys(r["task"] for r in rows))
+    metrics = {r["task"]: r.get("metric", "accuracy") for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     parts = []
     for k in dict.fromkeys(r["k"] for r in rows):
-        parts.append(f"### K = {k} (test accuracy %, mean (std) over seeds; wall s per cell)\n")
-        parts.append("| method | " + " | ".join(tasks) + " | mean wall s |")
+        parts.append(f"### K = {k} (test score %, mean (std) over seeds; wall s per cell)\n")
+        parts.append("| method | " + " | ".join(f"{t} ({metrics[t]})" for t in tasks) + " | mean wall s |")
         parts.append("|---|" + "---:|" * (len(tasks) + 1))
         for m in methods:
             cells, walls = [], []
@@ -82,7 +83,7 @@ def plot_bars(rows: list[dict], k: int):
         ax.set_title(f"{task} (K={k})", fontsize=10)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy %")
+    axes[0][0].set_ylabel("test score % (the task's metric)")
     return fig
 
 
@@ -108,7 +109,7 @@ def plot_vs_k(rows: list[dict]):
         ax.set_xscale("log", base=2)
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("K per class")
-    axes[0][0].set_ylabel("test accuracy %")
+    axes[0][0].set_ylabel("test score % (the task's metric)")
     axes[0][-1].legend(fontsize=7)
     return fig
 
@@ -156,6 +157,7 @@ def _html(cfg, table_md: str, images: dict[str, str], rows: list[dict]) -> str:
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;
 margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#eee}}
 img{{max-width:100%}}</style></head><body><h1>{html.escape(cfg.name)}</h1>
-<p>{len(rows)} cells. Test accuracy %, mean (std) over seeds; hyperparameters chosen on dev.</p>
+<p>{len(rows)} cells. Test score % (each task's metric, named in its column), mean (std) over
+seeds; hyperparameters chosen on dev.</p>
 {''.join(body)}{imgs}<h3>bench config</h3><pre>{config}</pre></body></html>
 """

@@ -8,10 +8,18 @@ so causal models can read it, and use LM-BFF's label words (Gao et al. 2021, Tab
 
 Where a folder holds one fixed split (FewGLUE, or K != 16 for the LM-BFF tasks), K examples
 per class are sampled from its training file with the seed, and dev likewise.
+
+Generation tasks (`e2e`, `multi30k`, `boolq-qa`) have no classes: K is the number of training
+examples (and of dev examples). Files the readers cannot take as they are (gzipped parallel
+text, BoolQ's boolean labels as yes/no answers) are converted once to JSONL in the cuetune
+cache, never into the repository. Their test sets are cut to `max_test` inputs, a CPU budget.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +33,7 @@ class Task:
     name: str
     folder: str
     """Under the data root; `{seed}` is filled in for per-seed split folders."""
-    files: tuple[str, str, str]
+    files: tuple[str, str | None, str]
     data: dict
     template: str
     verbalizer: dict[str, str]
@@ -34,6 +42,12 @@ class Task:
     fixed: bool = False
     """The folder's train/dev files are the few-shot split itself (FewGLUE); K is not used."""
     notes: str = ""
+    metric: str = "accuracy"
+    """The test metric the bench reports (generation: bleu, exact_match, ...)."""
+    convert: Callable[[Path, Path], None] | None = None
+    """Writes train/dev/test JSONL from the source folder into a cache folder."""
+    generate: dict | None = None
+    """Decoding settings (generation tasks)."""
 
     def sections(self, root: str | Path, k: int, seed: int) -> dict:
         """`data` and `prompt` config sections for K examples per class with this seed."""
@@ -42,7 +56,9 @@ class Task:
         if not folder.is_dir():
             raise ConfigError(f"task {self.name}: {folder} not found; set data_root to the folder "
                               "that holds the shared datasets (see ../shared/data/README.md)")
-        train, dev, test = (str(folder / f) for f in self.files)
+        if self.convert is not None:
+            folder = _converted(self, folder)
+        train, dev, test = (str(folder / f) if f else None for f in self.files)
         data = {"train": train, "dev": dev, "test": test, **self.data,
                 "clean": {"drop_test_overlap": False, "drop_duplicates": False}}
         if self.fixed:
@@ -52,8 +68,52 @@ class Task:
                 raise ConfigError(f"task {self.name}: K={k} is larger than its {self.split_k}-shot "
                                   f"split folders; use K <= {self.split_k}")
             data.update(k_shot=k, k_shot_dev=k, k_shot_seed=seed)
+        if dev is None:  # no dev file: a seeded tenth of the training file
+            data.update(dev_fraction=0.1, split_seed=seed)
         prompt = {"template": self.template, "verbalizer": dict(self.verbalizer)}
+        if self.generate is not None:
+            return {"data": data, "prompt": {"template": self.template}, "generate": dict(self.generate)}
         return {"data": data, "prompt": prompt}
+
+
+def _converted(task: Task, source: Path) -> Path:
+    """The task's converted files, written once (atomically) into the cache."""
+    from cuetune import atomic
+    from cuetune.models import cache_dir
+
+    dest = cache_dir() / "tasks" / task.name
+    if not all((dest / f).is_file() for f in task.files if f):
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, rows in task.convert(source).items():
+            atomic.write_text(dest / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return dest
+
+
+def _multi30k(folder: Path) -> dict[str, list[dict]]:
+    def lines(name: str) -> list[str]:
+        with gzip.open(folder / name, "rt", encoding="utf-8") as f:
+            return [line.strip() for line in f]
+
+    def pairs(split: str) -> list[dict]:
+        en, de = lines(f"{split}.en.gz"), lines(f"{split}.de.gz")
+        return [{"text": a, "target": b} for a, b in zip(en, de, strict=True)]
+
+    return {"train.jsonl": pairs("train"), "dev.jsonl": pairs("val"),
+            "test.jsonl": pairs("test_2016_flickr")}
+
+
+def _boolq_qa(folder: Path) -> dict[str, list[dict]]:
+    def rows(name: str) -> list[dict]:
+        text = (folder / name).read_text(encoding="utf-8")
+        return [{"passage": r["passage"], "question": r["question"],
+                 "target": "yes" if r["label"] else "no"}
+                for r in map(json.loads, filter(str.strip, text.splitlines()))]
+
+    return {"train.jsonl": rows("train.jsonl"), "dev.jsonl": rows("dev32.jsonl"),
+            "test.jsonl": rows("val.jsonl")}
+
+
+_GEN = {"task": "generation", "max_length": 320, "max_test": 200}
 
 
 def _lmbff(name: str, sub: str, ext: str, data: dict, template: str, verbalizer: dict) -> Task:
@@ -97,6 +157,22 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          "{text} Question: {text_pair}? Yes, No or Maybe? Answer: {answer}",
          {"entailment": "Yes", "contradiction": "No", "neutral": "Maybe"}, split_k=None, fixed=True,
          notes="FewGLUE: 32 train, 32 dev; test = SuperGLUE validation"),
+    Task("e2e", "e2e", ("devset.csv", None, "testset_w_refs.csv"),
+         {**_GEN, "format": "csv", "text_column": "mr", "target_column": "ref",
+          "max_target_length": 64},
+         "Facts: {text}\nDescription: {answer}", {}, split_k=None, metric="bleu",
+         generate={"max_new_tokens": 64, "stop": ["\n"]},
+         notes="E2E NLG: train on devset (a tenth split off as dev), test on the test set's "
+               "first 200 meaning representations, all references"),
+    Task("multi30k", "multi30k", ("train.jsonl", "dev.jsonl", "test.jsonl"),
+         {**_GEN, "max_target_length": 64}, "English: {text}\nGerman: {answer}", {}, split_k=None,
+         metric="bleu", convert=_multi30k, generate={"max_new_tokens": 64, "stop": ["\n"]},
+         notes="Multi30k en-de (image captions); test = test_2016_flickr, first 200"),
+    Task("boolq-qa", "fewglue/BoolQ", ("train.jsonl", "dev.jsonl", "test.jsonl"),
+         {**_GEN, "text_column": "passage", "text_pair_column": "question", "max_target_length": 4},
+         "{text}\nQuestion: {text_pair}?\nAnswer (yes or no): {answer}", {}, split_k=None,
+         metric="exact_match", convert=_boolq_qa, generate={"max_new_tokens": 3, "stop": ["\n"]},
+         notes="BoolQ as question answering: the model writes yes or no; exact match"),
 ]}
 
 
