@@ -3,8 +3,10 @@
 A soft prompt (P = 20) on smollm2-135m, exported to PEFT with cuetune's PEFT export so both
 sides hold the same tensors. Both decode greedily from the same token ids (left padded, batch
 16), up to `--max-new` tokens or the end token. Printed: generated tokens/s per side, the
-ratio, and how many inputs got identical token ids. Identical ids are the check that PEFT's
-`generate()` and ours decode the same model, soft prompt included.
+ratio, and how many inputs got identical token ids, split into rows PEFT's batch left-padded
+and rows it did not. Unpadded rows must agree (the same model, soft prompt included); PEFT
+drops position ids in `generate()` for prompt tuning, so its left-padded rows run at shifted
+positions and can differ. cuetune's batched output equals its one-by-one output (tested).
 
 Inputs: E2E meaning representations from ../shared/data/e2e, else the packaged demo facts.
 
@@ -29,7 +31,7 @@ from cuetune.engine import build
 from cuetune.generation import generate_ids
 from cuetune.models import load_model
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "e2e" / "testset.csv"
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "e2e" / "testset_w_refs.csv"
 TEMPLATE = "{soft:20} Facts: {text}\nSentence: {answer}"
 
 
@@ -94,6 +96,11 @@ def main() -> None:
 
     ours_tok, theirs_tok = sum(map(len, ours)), sum(map(len, theirs))
     same = sum(a == b for a, b in zip(ours, theirs, strict=True))
+    # which rows PEFT's generate saw left-padded (shorter than the longest in their batch)
+    padded = [len(p) < max(map(len, prompts[i - i % args.batch:i - i % args.batch + args.batch]))
+              for i, p in enumerate(prompts)]
+    by_pad = {flag: [a == b for a, b, f in zip(ours, theirs, padded, strict=True) if f == flag]
+              for flag in (False, True)}
     report = {"inputs": len(texts), "source": source, "max_new_tokens": args.max_new, "batch": args.batch,
               "threads": torch.get_num_threads(),
               "cuetune": {"seconds": round(ours_s, 2), "tokens": ours_tok,
@@ -102,6 +109,8 @@ def main() -> None:
                        "tokens_per_s": round(theirs_tok / theirs_s, 1)},
               "ratio_tokens_per_s": round((ours_tok / ours_s) / (theirs_tok / theirs_s), 2),
               "identical_outputs": f"{same}/{len(texts)}",
+              "identical_unpadded_rows": f"{sum(by_pad[False])}/{len(by_pad[False])}",
+              "identical_left_padded_rows": f"{sum(by_pad[True])}/{len(by_pad[True])}",
               "sample": {"cuetune": tok.decode(ours[0]), "peft": tok.decode(theirs[0])}}
     print(json.dumps(report, indent=1, ensure_ascii=False))
     if args.out:
