@@ -82,8 +82,8 @@ def test_fast_path_equals_plain_path(models, toy_data, monkeypatch, kind, method
     pipe.model.eval()  # GPT-2's dropout would otherwise switch the shared path off
 
     calls, passes = [], []
-    original = Causal._shared_kv
-    monkeypatch.setattr(Causal, "_shared_kv", lambda *a: calls.append(1) or original(*a))
+    original = Causal.shared_kv
+    monkeypatch.setattr(Causal, "shared_kv", lambda *a: calls.append(1) or original(*a))
     for name in ("_packed", "_rows"):
         real = getattr(Causal, name)
         monkeypatch.setattr(Causal, name, lambda *a, real=real, name=name: passes.append(name) or real(*a))
@@ -124,8 +124,8 @@ def test_fast_path_equals_plain_path(models, toy_data, monkeypatch, kind, method
 def test_inference_computes_the_shared_prompt_once(models, toy_data, monkeypatch):
     pipe = _pipeline(models["causal"], toy_data, "soft", False)
     calls = []
-    original = Causal._shared_kv
-    monkeypatch.setattr(Causal, "_shared_kv", lambda self, model, inputs, *a: calls.append(
+    original = Causal.shared_kv
+    monkeypatch.setattr(Causal, "shared_kv", lambda self, model, inputs, *a: calls.append(
         inputs["memo"] is not None and len(inputs["memo"])) or original(self, model, inputs, *a))
     items = pipe.encode(_examples(False, 24))
     predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, 4)
@@ -134,7 +134,7 @@ def test_inference_computes_the_shared_prompt_once(models, toy_data, monkeypatch
 
 def test_sliding_window_shorter_than_the_input_takes_the_plain_path(tiny_dirs, toy_data, monkeypatch):
     pipe = _pipeline(tiny_dirs["gemma3"], toy_data, "soft", False)  # window 8
-    monkeypatch.setattr(Causal, "_shared_kv", lambda *a: pytest.fail("a window of 8 cannot share"))
+    monkeypatch.setattr(Causal, "shared_kv", lambda *a: pytest.fail("a window of 8 cannot share"))
     items = pipe.encode(_examples(False))
     pipe.model(collate(items, pipe.loaded.tokenizer.pad_token_id))
 
@@ -142,7 +142,7 @@ def test_sliding_window_shorter_than_the_input_takes_the_plain_path(tiny_dirs, t
 def test_dropout_in_training_turns_the_shared_path_off(tiny_dirs, toy_data, monkeypatch):
     pipe = _pipeline(tiny_dirs["gpt2"], toy_data, "soft", False)
     pipe.model.train()
-    monkeypatch.setattr(Causal, "_shared_kv", lambda *a: pytest.fail("dropout differs per row"))
+    monkeypatch.setattr(Causal, "shared_kv", lambda *a: pytest.fail("dropout differs per row"))
     pipe.model(collate(pipe.encode(_examples(False)), pipe.loaded.tokenizer.pad_token_id))
 
 

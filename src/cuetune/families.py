@@ -41,7 +41,7 @@ class Family:
         extra = {}
         if inputs.get("prefix") is not None:
             extra["past_key_values"] = _cache(model.config, inputs["prefix"], embeds.size(0))
-            mask = torch.cat([mask.new_ones(mask.size(0), _prefix_len(inputs["prefix"])), mask], 1)
+            mask = torch.cat([mask.new_ones(mask.size(0), prefix_len(inputs["prefix"])), mask], 1)
         out = model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra)
         return _pick(out.last_hidden_state, inputs["answer_pos"])
 
@@ -90,13 +90,13 @@ class Causal(Family):
         """
         embeds, mask, answer = inputs["inputs_embeds"], inputs["attention_mask"], inputs["answer_pos"]
         prefix = inputs.get("prefix")  # per layer (k, v) [1 or B, kv, P, d]
-        past = 0 if prefix is None else _prefix_len(prefix)
+        past = 0 if prefix is None else prefix_len(prefix)
         start = (mask.cumsum(1) == 0).sum(1)  # [B]: left padding before the first real token
         first = answer.reshape(answer.size(0), -1)[:, 0]  # [B]: the (first) answer position
         shared = min(inputs.get("shared_len", 0), int((first - start).min()))
-        if shared > 0 and _window_allows(model.config, past + embeds.size(1)):
-            prefix = self._shared_kv(model, inputs, prefix, past, int(start[0]), shared)
-            embeds, mask = _drop_columns(embeds, start, shared), _drop_columns(mask, start, shared)
+        if shared > 0 and window_allows(model.config, past + embeds.size(1)):
+            prefix = self.shared_kv(model, inputs, prefix, past, int(start[0]), shared)
+            embeds, mask = drop_columns(embeds, start, shared), drop_columns(mask, start, shared)
             answer, past = answer - shared, past + shared
         if _should_pack(mask, model.config, past):
             return self._packed(model, embeds, mask, answer, prefix, past)
@@ -148,7 +148,7 @@ class Causal(Family):
                                position_ids=(past + pos)[None], use_cache=False, **extra)
         return out.last_hidden_state[0, _pick(where, answer)]  # [B, H] or [B, A, H]
 
-    def _shared_kv(self, model, inputs, prefix, past: int, start: int, shared: int):
+    def shared_kv(self, model, inputs, prefix, past: int, start: int, shared: int):
         """Keys and values [1, kv, past + shared, d] per layer after the shared tokens."""
         memo = inputs.get("memo")
         key = None
@@ -289,7 +289,7 @@ def _pick(hidden: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
     return hidden[rows[:, None] if answer.dim() == 2 else rows, answer]
 
 
-def _prefix_len(prefix: list) -> int:
+def prefix_len(prefix: list) -> int:
     return prefix[0][0].size(2)
 
 
@@ -302,7 +302,7 @@ def _cache(config, prefix: list[tuple[torch.Tensor, torch.Tensor]], batch: int) 
     return cache
 
 
-def _drop_columns(x: torch.Tensor, start: torch.Tensor, count: int) -> torch.Tensor:
+def drop_columns(x: torch.Tensor, start: torch.Tensor, count: int) -> torch.Tensor:
     """Remove `count` columns beginning at `start[b]` from each row of x [B, T, ...]."""
     if not bool(start.any()):
         return x[:, count:]  # right padding: the shared block is the first columns
@@ -320,7 +320,7 @@ PACK_WASTE = 0.15
 def _should_pack(mask: torch.Tensor, config, past: int) -> bool:
     """Worth it (enough padding), and exact (no sliding-window layer, whose window the
     block-diagonal mask would not apply)."""
-    if mask.size(0) < 2 or not _window_allows(config, 1 << 30):
+    if mask.size(0) < 2 or not window_allows(config, 1 << 30):
         return False
     return mask.numel() > (1 + PACK_WASTE) * int(mask.sum())
 
@@ -354,7 +354,7 @@ def _length_groups(lengths: list[int]) -> list[torch.Tensor | None]:
     return [torch.tensor(order[i:j]) for i, j in reversed(bounds)]
 
 
-def _window_allows(config, length: int) -> bool:
+def window_allows(config, length: int) -> bool:
     """Sliding-window caches keep only the window; share only when everything fits in it."""
     cfg = config.get_text_config()
     window = getattr(cfg, "sliding_window", None)

@@ -21,7 +21,7 @@ from cuetune.config import GenerateConfig
 from cuetune.encoding import Encoded, collate
 from cuetune.engine import Pipeline, PromptModel, batches_by_length
 from cuetune.errors import ModelError
-from cuetune.families import _drop_columns, _prefix_len, _window_allows
+from cuetune.families import drop_columns, prefix_len, window_allows
 
 
 class CausalState:
@@ -32,17 +32,17 @@ class CausalState:
         inputs = model.inputs(batch)
         embeds, mask = inputs["inputs_embeds"], inputs["attention_mask"]  # [B, T, H], [B, T]
         prefix = inputs.get("prefix")
-        past = 0 if prefix is None else _prefix_len(prefix)
-        if prefix is not None and not _window_allows(base.config, past + embeds.size(1) + max_new):
+        past = 0 if prefix is None else prefix_len(prefix)
+        if prefix is not None and not window_allows(base.config, past + embeds.size(1) + max_new):
             raise ModelError("generate: prefix keys plus the prompt and max_new_tokens exceed this "
                              "model's sliding attention window, where cached and teacher-forced "
                              "attention to the prefix differ; lower generate.max_new_tokens or "
                              "data.max_length, or use a soft prompt")
         start = (mask.cumsum(1) == 0).sum(1)  # [B]: left padding
         shared = min(inputs["shared_len"], int((inputs["answer_pos"] - start).min()))
-        if shared > 0 and _window_allows(base.config, past + embeds.size(1) + max_new):
-            prefix = family._shared_kv(base, inputs, prefix, past, int(start[0]), shared)
-            embeds, mask = _drop_columns(embeds, start, shared), _drop_columns(mask, start, shared)
+        if shared > 0 and window_allows(base.config, past + embeds.size(1) + max_new):
+            prefix = family.shared_kv(base, inputs, prefix, past, int(start[0]), shared)
+            embeds, mask = drop_columns(embeds, start, shared), drop_columns(mask, start, shared)
             past += shared
         rows = embeds.size(0)
         self.cache = _full_cache(prefix, rows)
