@@ -1,0 +1,58 @@
+"""Every third-party module the library imports is a declared dependency.
+
+A developer's venv holds more than the package declares (dev tools, leftovers), so a missing
+entry in pyproject.toml passes every local test and fails only on a fresh machine. This test
+reads the imports from the source and the declared requirements from pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the CI image runs 3.11
+
+ROOT = Path(__file__).resolve().parents[1]
+# Modules that arrive with a declared dependency and are imported only as part of its API.
+VIA = {"click": "typer"}
+
+
+def _imported_top_modules() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                found.setdefault(name.split(".")[0], str(path.relative_to(ROOT)))
+    return found
+
+
+def _declared() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-")
+            for req in project["dependencies"]}
+
+
+def test_every_third_party_import_is_declared():
+    declared = _declared()
+    dists = packages_distributions()
+    missing = []
+    for module, where in _imported_top_modules().items():
+        if module in sys.stdlib_module_names or module == "cuetune":
+            continue
+        owners = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
+        if VIA.get(module) in declared:
+            continue
+        if not owners & declared:
+            missing.append(f"{module} (imported in {where}; distribution {sorted(owners)})")
+    assert not missing, "add to [project].dependencies in pyproject.toml: " + "; ".join(missing)
