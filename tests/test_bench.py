@@ -89,6 +89,9 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
         assert (out / name).stat().st_size > 100, name
     md = (out / "results.md").read_text()
     assert "| soft |" in md and "| zero-shot |" in md
+    per_seed = md.split("## Per seed")[1]
+    soft_row = next(line for line in per_seed.splitlines() if line.startswith("| soft |"))
+    assert soft_row.endswith("| lr=0.1 |") and soft_row.count("|") == 5, soft_row  # 2 seeds, dev's pick
     summary = json.loads((out / "results.json").read_text())["summary"]
     assert {s["method"] for s in summary} == {"zero-shot", "soft"}
     assert all(s["n"] == 2 for s in summary)

@@ -64,6 +64,33 @@ def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
     return "\n".join(parts)
 
 
+def per_seed(rows: list[dict]) -> str:
+    """Per task and K, each method's score on every seed and the hyperparameters dev chose:
+    the spread behind a mean (std), e.g. one seed stuck at chance."""
+    parts = []
+    for task, k in dict.fromkeys((r["task"], r["k"]) for r in rows):
+        group = [r for r in rows if r["task"] == task and r["k"] == k]
+        seeds = sorted({r["seed"] for r in group})
+        metric = group[0].get("metric", "accuracy")
+        parts.append(f"### {task}, K = {k}: test {metric} % per seed\n")
+        parts.append("| method | " + " | ".join(str(s) for s in seeds) + " | chosen on dev |")
+        parts.append("|---|" + "---:|" * len(seeds) + "---|")
+        for m in dict.fromkeys(r["method"] for r in group):
+            by_seed = {r["seed"]: r for r in group if r["method"] == m}
+            scores = ["–" if by_seed.get(s, {}).get("test_score") is None
+                      else f"{100 * by_seed[s]['test_score']:.1f}" for s in seeds]
+            chosen = [_point(by_seed[s]["hyperparameters"]) if s in by_seed else "–" for s in seeds]
+            chosen = chosen[0] if len(set(chosen)) == 1 else " / ".join(chosen)
+            parts.append(f"| {m} | " + " | ".join(scores) + f" | {chosen} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _point(point: dict) -> str:
+    return ", ".join(f"{key.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{key.split('.')[-1]}={v}"
+                     for key, v in point.items()) or "default"
+
+
 def plot_bars(rows: list[dict], k: int):
     """Per task, one bar per method (mean test accuracy) with std error bars."""
     import matplotlib
@@ -125,7 +152,7 @@ def write_all(cfg, rows: list[dict], out: Path) -> None:
         writer.writerow({**r, "hyperparameters": json.dumps(r["hyperparameters"])})
     atomic.write_text(out / "results.csv", buf.getvalue())
     table = markdown(rows, len(cfg.seeds))
-    atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{table}")
+    atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{table}\n## Per seed\n\n{per_seed(rows)}")
     images = {}
     for k in dict.fromkeys(r["k"] for r in rows):
         images[f"bars_k{k}.png"] = plot_bars(rows, k)
