@@ -59,7 +59,7 @@ def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
             wall = f"{statistics.fmean(walls):.0f}" if walls else "–"
             parts.append(f"| {m} | " + " | ".join(cells) + f" | {wall} |")
         parts.append("")
-    if seeds_expected:
+    if seeds_expected and any(s["n"] < seeds_expected for s in summary.values()):
         parts.append(f"[n]: only n of {seeds_expected} seeds finished for that cell.\n")
     return "\n".join(parts)
 
