@@ -88,19 +88,13 @@ class Causal(Family):
         the shared tokens through the broadcast. `memo` (a dict, inference only) keeps those keys
         and values across batches. Positions come from the mask, so left padding is exact too.
         """
-        embeds, mask, answer = inputs["inputs_embeds"], inputs["attention_mask"], inputs["answer_pos"]
-        prefix = inputs.get("prefix")  # per layer (k, v) [1 or B, kv, P, d]
-        past = 0 if prefix is None else prefix_len(prefix)
-        start = (mask.cumsum(1) == 0).sum(1)  # [B]: left padding before the first real token
+        answer = inputs["answer_pos"]
         first = answer.reshape(answer.size(0), -1)[:, 0]  # [B]: the (first) answer position
-        shared = min(inputs.get("shared_len", 0), int((first - start).min()))
-        if shared > 0 and window_allows(model.config, past + embeds.size(1)):
-            prefix = self.shared_kv(model, inputs, prefix, past, int(start[0]), shared)
-            embeds, mask = drop_columns(embeds, start, shared), drop_columns(mask, start, shared)
-            answer, past = answer - shared, past + shared
+        prefix, embeds, mask, past, shared = self.share_prompt(model, inputs, first, 0)
+        answer = answer - shared
         if _should_pack(mask, model.config, past):
             return self._packed(model, embeds, mask, answer, prefix, past)
-        right = not bool(start.any())
+        right = bool(mask[:, 0].all())  # no row starts with padding
         groups = _length_groups(mask.sum(1).tolist())
         hidden = [self._rows(model, embeds, mask, answer, prefix, past, idx, right) for idx in groups]
         if len(groups) == 1:
@@ -147,6 +141,23 @@ class Causal(Family):
         out = model.base_model(inputs_embeds=embeds[real][None], attention_mask=keys[None, None],
                                position_ids=(past + pos)[None], use_cache=False, **extra)
         return out.last_hidden_state[0, _pick(where, answer)]  # [B, H] or [B, A, H]
+
+    def share_prompt(self, model, inputs, first: torch.Tensor, extra: int):
+        """Run the shared tokens once (see `run`) and drop them from every row.
+
+        `first` [B]: each row's first answer position (sharing stops before it); `extra`: tokens
+        that will follow the input (generation), which must fit a sliding window too. Returns
+        (prefix keys and values, embeds, mask, past length, number of shared tokens dropped)."""
+        embeds, mask = inputs["inputs_embeds"], inputs["attention_mask"]  # [B, T, H], [B, T]
+        prefix = inputs.get("prefix")  # per layer (k, v) [1 or B, kv, P, d]
+        past = 0 if prefix is None else prefix_len(prefix)
+        start = (mask.cumsum(1) == 0).sum(1)  # [B]: left padding before the first real token
+        shared = min(inputs.get("shared_len", 0), int((first - start).min()))
+        if shared <= 0 or not window_allows(model.config, past + embeds.size(1) + extra):
+            return prefix, embeds, mask, past, 0
+        prefix = self.shared_kv(model, inputs, prefix, past, int(start[0]), shared)
+        embeds, mask = drop_columns(embeds, start, shared), drop_columns(mask, start, shared)
+        return prefix, embeds, mask, past + shared, shared
 
     def shared_kv(self, model, inputs, prefix, past: int, start: int, shared: int):
         """Keys and values [1, kv, past + shared, d] per layer after the shared tokens."""

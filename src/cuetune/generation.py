@@ -21,7 +21,7 @@ from cuetune.config import GenerateConfig
 from cuetune.encoding import Encoded, collate
 from cuetune.engine import Pipeline, PromptModel, batches_by_length
 from cuetune.errors import ModelError
-from cuetune.families import drop_columns, prefix_len, window_allows
+from cuetune.families import prefix_len, window_allows
 
 
 class CausalState:
@@ -30,20 +30,13 @@ class CausalState:
     def __init__(self, model: PromptModel, batch: dict, max_new: int):
         base, family = model.base, model.family
         inputs = model.inputs(batch)
-        embeds, mask = inputs["inputs_embeds"], inputs["attention_mask"]  # [B, T, H], [B, T]
-        prefix = inputs.get("prefix")
-        past = 0 if prefix is None else prefix_len(prefix)
-        if prefix is not None and not window_allows(base.config, past + embeds.size(1) + max_new):
+        prefix, length = inputs.get("prefix"), inputs["inputs_embeds"].size(1)
+        if prefix is not None and not window_allows(base.config, prefix_len(prefix) + length + max_new):
             raise ModelError("generate: prefix keys plus the prompt and max_new_tokens exceed this "
                              "model's sliding attention window, where cached and teacher-forced "
                              "attention to the prefix differ; lower generate.max_new_tokens or "
                              "data.max_length, or use a soft prompt")
-        start = (mask.cumsum(1) == 0).sum(1)  # [B]: left padding
-        shared = min(inputs["shared_len"], int((inputs["answer_pos"] - start).min()))
-        if shared > 0 and window_allows(base.config, past + embeds.size(1) + max_new):
-            prefix = family.shared_kv(base, inputs, prefix, past, int(start[0]), shared)
-            embeds, mask = drop_columns(embeds, start, shared), drop_columns(mask, start, shared)
-            past += shared
+        prefix, embeds, mask, past, _ = family.share_prompt(base, inputs, inputs["answer_pos"], max_new)
         rows = embeds.size(0)
         self.cache = _full_cache(prefix, rows)
         self.mask = torch.cat([mask.new_ones(rows, past), mask], 1)  # [B, past + T]
