@@ -91,7 +91,10 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
     assert "| soft |" in md and "| zero-shot |" in md
     per_seed = md.split("## Per seed")[1]
     soft_row = next(line for line in per_seed.splitlines() if line.startswith("| soft |"))
-    assert soft_row.endswith("| lr=0.1 |") and soft_row.count("|") == 5, soft_row  # 2 seeds, dev's pick
+    cols = [c.strip() for c in soft_row.strip("|").split("|")]
+    soft = [r for r in rows if r["method"] == "soft"]
+    assert cols[2] == " / ".join(f"{100 * r['test_score']:.1f}" for r in soft), soft_row  # 2 seeds
+    assert cols[3] == "lr=0.1", soft_row  # dev's pick, the same on both seeds
     summary = json.loads((out / "results.json").read_text())["summary"]
     assert {s["method"] for s in summary} == {"zero-shot", "soft"}
     assert all(s["n"] == 2 for s in summary)
@@ -207,3 +210,34 @@ def test_bench_runs_a_generation_task(tiny_dirs, tmp_path, monkeypatch):
     assert all(r["metric"] == "exact_match" and 0 <= r["test_score"] <= 1 for r in out)
     assert out[1]["grid_size"] == 2 and out[1]["dev_score"] > float("-inf")
     assert "copy-first (exact_match)" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_per_seed_table_shows_spread_choice_and_missing_seeds():
+    from cuetune import report
+
+    def row(method, seed, score, hp):
+        return {"task": "sst-2", "method": method, "k": 16, "seed": seed, "metric": "accuracy",
+                "test_score": score, "test_macro_f1": None, "hyperparameters": hp, "wall_seconds": 10.0}
+
+    rows = [row("prefix", 13, 0.80, {"train.lr": 0.01}), row("prefix", 21, 0.90, {"train.lr": 0.003}),
+            row("zero-shot", 13, 0.5, {})]
+    lines = report.per_seed(rows).splitlines()
+    assert lines[0] == "**sst-2** (test accuracy %, K = 16; per seed 13 / 21)"
+    assert "| prefix | 85.0 (5.0) | 80.0 / 90.0 | lr=0.01 / lr=0.003 | 10 |" in lines
+    assert "| zero-shot | 50.0 (0.0) [1 of 2 seeds] | 50.0 / – | default / – | 10 |" in lines
+    no_grid = report.per_seed([row("zero-shot", 13, 0.5, {})]).splitlines()
+    assert no_grid[2] == "| method | mean (std) | per seed | mean wall s per cell |"
+
+
+def test_fill_results_replaces_only_between_its_markers(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fill_results.py"
+    spec = importlib.util.spec_from_file_location("fill_results", path)
+    fill_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fill_results)
+    doc = "intro\n<!-- t -->\nold\n<!-- /t -->\nafter <!-- u -->x<!-- /u -->\n"
+    assert fill_results.fill(doc, "t", "new\n") == (
+        "intro\n<!-- t -->\nnew\n<!-- /t -->\nafter <!-- u -->x<!-- /u -->\n")
+    with pytest.raises(SystemExit, match="<!-- v -->"):
+        fill_results.fill(doc, "v", "new")

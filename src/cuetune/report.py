@@ -65,23 +65,33 @@ def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
 
 
 def per_seed(rows: list[dict]) -> str:
-    """Per task and K, each method's score on every seed and the hyperparameters dev chose:
-    the spread behind a mean (std), e.g. one seed stuck at chance."""
+    """Per task and K, each method's mean (std), its score on every seed and what dev chose:
+    the spread behind a mean (std), e.g. one seed stuck at chance. docs/RESULTS.md pastes these
+    tables as they are (benchmarks/fill_results.py)."""
     parts = []
     for task, k in dict.fromkeys((r["task"], r["k"]) for r in rows):
         group = [r for r in rows if r["task"] == task and r["k"] == k]
         seeds = sorted({r["seed"] for r in group})
+        summary = summarize(group)
+        grid = any(r["hyperparameters"] for r in group)
         metric = group[0].get("metric", "accuracy")
-        parts.append(f"### {task}, K = {k}: test {metric} % per seed\n")
-        parts.append("| method | " + " | ".join(str(s) for s in seeds) + " | chosen on dev |")
-        parts.append("|---|" + "---:|" * len(seeds) + "---|")
+        parts.append(f"**{task}** (test {metric} %, K = {k}; per seed "
+                     + " / ".join(str(s) for s in seeds) + ")\n")
+        parts.append("| method | mean (std) | per seed |" + (" chosen on dev |" if grid else "")
+                     + " mean wall s per cell |")
+        parts.append("|---|---:|---|" + ("---|" if grid else "") + "---:|")
         for m in dict.fromkeys(r["method"] for r in group):
             by_seed = {r["seed"]: r for r in group if r["method"] == m}
-            scores = ["–" if by_seed.get(s, {}).get("test_score") is None
-                      else f"{100 * by_seed[s]['test_score']:.1f}" for s in seeds]
-            chosen = [_point(by_seed[s]["hyperparameters"]) if s in by_seed else "–" for s in seeds]
+            s = summary[(task, m, k)]
+            mean = "–" if s["mean"] is None else f"{100 * s['mean']:.1f} ({100 * s['std']:.1f})"
+            if s["n"] < len(seeds):
+                mean += f" [{s['n']} of {len(seeds)} seeds]"
+            scores = " / ".join("–" if by_seed.get(x, {}).get("test_score") is None
+                                else f"{100 * by_seed[x]['test_score']:.1f}" for x in seeds)
+            chosen = [_point(by_seed[x]["hyperparameters"]) if x in by_seed else "–" for x in seeds]
             chosen = chosen[0] if len(set(chosen)) == 1 else " / ".join(chosen)
-            parts.append(f"| {m} | " + " | ".join(scores) + f" | {chosen} |")
+            parts.append(f"| {m} | {mean} | {scores} |" + (f" {chosen} |" if grid else "")
+                         + f" {s['wall_s']:.0f} |")
         parts.append("")
     return "\n".join(parts)
 
