@@ -229,7 +229,7 @@ def test_per_seed_table_shows_spread_choice_and_missing_seeds():
     assert no_grid[2] == "| method | mean (std) | per seed | mean wall s per cell |"
 
 
-def test_fill_results_replaces_only_between_its_markers(tmp_path):
+def test_fill_results_replaces_only_between_its_markers():
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "fill_results.py"

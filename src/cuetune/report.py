@@ -54,7 +54,7 @@ def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
                     cells.append("–")
                     continue
                 short = f" [{s['n']}]" if seeds_expected and s["n"] < seeds_expected else ""
-                cells.append(f"{100 * s['mean']:.1f} ({100 * s['std']:.1f}){short}")
+                cells.append(_mean_std(s) + short)
                 walls.append(s["wall_s"])
             wall = f"{statistics.fmean(walls):.0f}" if walls else "–"
             parts.append(f"| {m} | " + " | ".join(cells) + f" | {wall} |")
@@ -83,7 +83,7 @@ def per_seed(rows: list[dict]) -> str:
         for m in dict.fromkeys(r["method"] for r in group):
             by_seed = {r["seed"]: r for r in group if r["method"] == m}
             s = summary[(task, m, k)]
-            mean = "–" if s["mean"] is None else f"{100 * s['mean']:.1f} ({100 * s['std']:.1f})"
+            mean = _mean_std(s)
             if s["n"] < len(seeds):
                 mean += f" [{s['n']} of {len(seeds)} seeds]"
             scores = " / ".join("–" if by_seed.get(x, {}).get("test_score") is None
@@ -94,6 +94,11 @@ def per_seed(rows: list[dict]) -> str:
                          + f" {s['wall_s']:.0f} |")
         parts.append("")
     return "\n".join(parts)
+
+
+def _mean_std(s: dict) -> str:
+    """A summary's "mean (std)" in %, or "–" when no seed has a score."""
+    return "–" if s["mean"] is None else f"{100 * s['mean']:.1f} ({100 * s['std']:.1f})"
 
 
 def _point(point: dict) -> str:
