@@ -16,11 +16,10 @@ from cuetune.config import RunConfig
 from cuetune.config import load as load_config
 from cuetune.config import validate as validate_config
 from cuetune.data import Example, clean, group_refs, load_splits, read_rows, to_examples
-from cuetune.engine import Pipeline, build, predict_probs
+from cuetune.engine import Pipeline, build, load_for, predict_probs
 from cuetune.errors import ArtifactError, CuetuneError
 from cuetune.evaluation import plot_confusion, plot_curves
 from cuetune.generation import generate
-from cuetune.models import load_model
 from cuetune.training import MetricsLog, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -62,9 +61,11 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> dict:
     `resume`: a checkpoint of this same run to continue from (see `resume_run`)."""
     cfg = _as_config(config)
     splits = load_splits(cfg.data)
-    cfg = cfg.model_copy(update={"method": methods.get(cfg.method.name).prepare_config(cfg, splits)})
+    loaded = load_for(cfg)
+    method = methods.get(cfg.method.name).prepare_config(cfg, splits, loaded)
+    cfg = cfg.model_copy(update={"method": method})
     run_dir = prepare_run_dir(cfg.output_dir)
-    pipe = build(cfg, splits.labels)
+    pipe = build(cfg, splits.labels, loaded)
     _check_space(run_dir, pipe, cfg)
     enc = {name: pipe.encode(getattr(splits, name), f"{name} examples")
            for name in ("train", "dev", "test")}
@@ -244,8 +245,7 @@ def load(run_dir: str | Path, device: str | None = None) -> TunedModel:
         raise ArtifactError(f"{run_dir / artifacts.MANIFEST}: config is invalid ({exc})") from None
     if device:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": device})})
-    loaded = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device,
-                        cfg.model.trust_remote_code)
+    loaded = load_for(cfg)
     artifacts.check_base(manifest, loaded.fingerprint, run_dir)
     pipe = build(cfg, manifest["labels"], loaded=loaded)
     state = artifacts.read_adapter(run_dir, manifest)

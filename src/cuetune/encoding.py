@@ -103,6 +103,19 @@ class PromptEncoder:
         self._literal_ids = {id(s): self._ids(s.text) for s in self.segments
                              if isinstance(s, Literal)}
         self.shared_len = self._shared_len()
+        self.fixed_length = len(self.prefix) + len(self.suffix) + self.num_soft + sum(
+            len(v) for v in self._literal_ids.values()) + (0 if self.style == "next" else 1)
+        """Tokens every example takes besides its input text: special tokens, template words,
+        soft tokens and (mask and span styles) the answer token."""
+
+    @classmethod
+    def for_run(cls, cfg, template: Template, loaded) -> PromptEncoder:
+        """The encoder a run config asks for (`cfg`: a RunConfig; `loaded`: its LoadedModel)."""
+        generation = cfg.data.task == "generation"
+        return cls(template, loaded.tokenizer, loaded.family.answer_style,
+                   instruction=cfg.prompt.instruction, chat=cfg.prompt.chat,
+                   max_length=cfg.data.max_length,
+                   target_length=cfg.data.max_target_length if generation else None)
 
     def _shared_len(self) -> int:
         """How many leading tokens are the same for every example (special tokens, instruction,
@@ -157,17 +170,24 @@ class PromptEncoder:
         enc.target = target
         return enc
 
-    def _encode_prompt(self, ex: Example) -> Encoded:
+    def _text_ids(self, ex: Example) -> dict[str, list[int]]:
         texts = {s.name: self._ids((" " if s.lead_space else "") + (getattr(ex, s.name) or ""))
                  for s in self.segments if isinstance(s, TextSlot)}
         texts.setdefault("text_pair", [])
-        fixed = len(self.prefix) + len(self.suffix) + self.num_soft + sum(
-            len(v) for v in self._literal_ids.values()) + (0 if self.style == "next" else 1)
-        budget = self.max_length - fixed
+        return texts
+
+    def input_length(self, ex: Example) -> int:
+        """Tokens the example's input texts take in this template, before any truncation."""
+        return sum(len(ids) for ids in self._text_ids(ex).values())
+
+    def _encode_prompt(self, ex: Example) -> Encoded:
+        texts = self._text_ids(ex)
+        budget = self.max_length - self.fixed_length
         if budget < 1:
             raise TemplateError(
-                f"template {self.template.source!r} needs {fixed} tokens but data.max_length is "
-                f"{self.max_length}; raise data.max_length or shorten the template"
+                f"template {self.template.source!r} needs {self.fixed_length} tokens but "
+                f"data.max_length is {self.max_length}; raise data.max_length or shorten the "
+                "template"
             )
         truncated = _truncate(texts, budget)
         self.truncated_count += truncated

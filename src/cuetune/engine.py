@@ -110,24 +110,24 @@ class Pipeline:
         return self.encoder.encode_all(examples, what, with_target)
 
 
+def load_for(cfg: RunConfig) -> LoadedModel:
+    """The base model (and tokenizer) a run config names."""
+    return load_model(cfg.model.name, cfg.model.dtype, cfg.model.device, cfg.model.trust_remote_code)
+
+
 def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) -> Pipeline:
     """Assemble model, template, verbalizer and method from a config."""
     if loaded is None:
-        loaded = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device,
-                            cfg.model.trust_remote_code)
+        loaded = load_for(cfg)
     if cfg.model.dropout is not None:
         set_dropout(loaded.model, cfg.model.dropout)
     method_cls = methods.get(cfg.method.name)
     objective = objective_for(cfg.data.task)
     objective.check(cfg, method_cls, loaded.family)
     template = method_cls.adapt_template(cfg.method, parse(cfg.prompt.template))
-    generation = cfg.data.task == "generation"
-    encoder = PromptEncoder(template, loaded.tokenizer, loaded.family.answer_style,
-                            instruction=cfg.prompt.instruction, chat=cfg.prompt.chat,
-                            max_length=cfg.data.max_length,
-                            target_length=cfg.data.max_target_length if generation else None)
+    encoder = PromptEncoder.for_run(cfg, template, loaded)
     verbalizer = None
-    if not generation:
+    if cfg.data.task != "generation":
         verbalizer = Verbalizer(labels, cfg.prompt.verbalizer, cfg.prompt.multi_token)
         if method_cls.uses_verbalizer:
             verbalizer.bind(loaded.tokenizer, encoder.answer_space)

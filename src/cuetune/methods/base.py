@@ -2,9 +2,10 @@
 
 The trainer, evaluator and artifact code talk to every method through these hooks only:
 
-- `prepare_config(run_config, splits)`: fill data-derived settings into the method config
-  before anything is built (in-context samples its demonstrations here, so they are saved
-  with the run and a reload sees the same prompt);
+- `prepare_config(run_config, splits, loaded)`: fill data-derived settings into the method
+  config before anything is built (in-context samples its demonstrations here, fitted to
+  `data.max_length` with the loaded tokenizer, so they are saved with the run and a reload
+  sees the same prompt);
 - `adapt_template(config, template)`: the template this method runs with (zero-shot drops
   soft slots; soft prompting adds a block when the template has none);
 - `prepare_inputs(inputs, batch)`: change the model inputs (`inputs_embeds`,
@@ -73,7 +74,7 @@ class Method(nn.Module):
         return self._loaded[0]
 
     @classmethod
-    def prepare_config(cls, run_config, splits) -> MethodConfig:
+    def prepare_config(cls, run_config, splits, loaded) -> MethodConfig:
         return run_config.method
 
     @classmethod

@@ -4,16 +4,27 @@ Nothing is trained.
 
 The demonstrations are sampled once per run from the training split with `method.seed` and
 stored in the method config, so the saved run reloads with exactly the same prompt.
+
+They must fit `data.max_length` beside the input. The input is given the room that
+`fit_inputs` of the training inputs need (a quantile of their token lengths, 0.9 by default:
+nine in ten fit whole, longer ones are cut as any over-long input is); the demonstrations
+share the rest evenly, each drawn only from training examples short enough for its share.
+Drawing short examples rather than cutting long ones keeps every demonstration whole and
+every class represented; on long-input tasks (RTE) it biases demonstrations towards short
+examples, which is the price of a fixed context.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Literal
 
 from pydantic import Field
 
 from cuetune.config import MethodConfig
+from cuetune.encoding import PromptEncoder
+from cuetune.errors import ConfigError
 from cuetune.methods.base import Method
 from cuetune.templates import Literal as Text
 from cuetune.templates import Slot, Template, parse
@@ -25,6 +36,8 @@ class InContextConfig(MethodConfig):
     per_class: int = Field(1, ge=1, le=64)
     seed: int = 0
     separator: str = "\n"
+    fit_inputs: float = Field(0.9, gt=0.0, le=1.0)
+    """The share of training inputs that must fit whole beside the demonstrations."""
     demonstrations: str | None = None
     """Filled from the training data when the run starts; set it to fix your own."""
 
@@ -48,19 +61,29 @@ class InContext(Method):
     trains = False
 
     @classmethod
-    def prepare_config(cls, run_config, splits) -> InContextConfig:
+    def prepare_config(cls, run_config, splits, loaded) -> InContextConfig:
         cfg: InContextConfig = run_config.method
         if cfg.demonstrations is not None:
             return cfg
-        words = Verbalizer(splits.labels, run_config.prompt.verbalizer).words
+        max_length = run_config.data.max_length
         template = parse(run_config.prompt.template)
+
+        def encoder(demos: list[str]) -> PromptEncoder:
+            filled = cfg.model_copy(update={"demonstrations": cfg.separator.join(demos)})
+            return PromptEncoder.for_run(run_config, cls.adapt_template(filled, template), loaded)
+
+        plain = encoder([])
+        room = _quantile([plain.input_length(e) for e in splits.train], cfg.fit_inputs)
+        share = (max_length - plain.fixed_length - room) // (cfg.per_class * len(splits.labels))
+        why = (f"{max(share, 0)} tokens each: data.max_length={max_length} less {plain.fixed_length} "
+               f"for the template and {room} for the input, which {cfg.fit_inputs:g} of training "
+               "inputs fit")
+        pools = _pools(run_config, splits, template, loaded.tokenizer, share, why)
         rng = random.Random(cfg.seed)
-        demos = []
-        for label_index, label in enumerate(splits.labels):
-            pool = [e for e in splits.train if e.label == label_index]
-            demos += [render(template, e, words[label][0])
-                      for e in rng.sample(pool, min(cfg.per_class, len(pool)))]
+        demos = [d for pool in pools for d in rng.sample(pool, min(cfg.per_class, len(pool)))]
         rng.shuffle(demos)
+        while demos and encoder(demos).fixed_length + room > max_length:
+            demos.remove(max(demos, key=len))  # tokens merge across joins: rarely one too many
         return cfg.model_copy(update={"demonstrations": cfg.separator.join(demos)})
 
     @classmethod
@@ -69,3 +92,29 @@ class InContext(Method):
         if not config.demonstrations:
             return hard
         return Template(hard.source, (Text(config.demonstrations + config.separator), *hard.segments))
+
+
+def _quantile(values: list[int], q: float) -> int:
+    """The smallest value that at least a share `q` of `values` do not exceed (0 if none)."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _pools(run_config, splits, template: Template, tokenizer, share: int, why: str) -> list[list[str]]:
+    """Per label, the training examples rendered as demonstrations that fit `share` tokens."""
+    cfg: InContextConfig = run_config.method
+    words = Verbalizer(splits.labels, run_config.prompt.verbalizer).words
+    pools: list[list[str]] = [[] for _ in splits.labels]
+    for ex in splits.train:
+        demo = render(template, ex, words[splits.labels[ex.label]][0])
+        if len(tokenizer(demo + cfg.separator, add_special_tokens=False)["input_ids"]) <= share:
+            pools[ex.label].append(demo)
+    for label, pool in zip(splits.labels, pools, strict=True):
+        if not pool:
+            raise ConfigError(
+                f"method.per_class={cfg.per_class}: no training example of label {label!r} fits "
+                f"as a demonstration ({why}); raise data.max_length, or lower method.per_class "
+                "or method.fit_inputs")
+    return pools

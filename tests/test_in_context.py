@@ -1,0 +1,75 @@
+"""In-context demonstrations fit data.max_length beside the input, or the run says why not."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import yaml
+from conftest import FILLER, NEG, POS, save_tiny, toy_config, toy_rows, write_jsonl
+
+import cuetune
+from cuetune.encoding import PromptEncoder
+from cuetune.errors import ConfigError
+from cuetune.models import load_model
+from cuetune.templates import parse
+
+TEMPLATE = "{text} sentiment : {answer}"
+
+
+def _rows(n: int, seed: int, long_every: int) -> list[dict]:
+    """Toy rows; every `long_every`-th one padded to ~40 words of filler."""
+    rng = random.Random(seed)
+    rows = toy_rows(n, seed)
+    for i, row in enumerate(rows):
+        if i % long_every == 0:
+            cue = rng.choice(POS if row["label"] == "positive" else NEG)
+            row["text"] = " ".join(rng.choices(FILLER, k=40) + [cue])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("icl")
+    data = {"train": write_jsonl(root / "train.jsonl", _rows(32, 1, long_every=3)),
+            "dev": write_jsonl(root / "dev.jsonl", toy_rows(8, 2)),
+            "test": write_jsonl(root / "test.jsonl", _rows(12, 3, long_every=4))}
+    return save_tiny(root / "causal", "causal"), data
+
+
+def _config(setup, out, max_length: int, **method) -> dict:
+    model_dir, data = setup
+    raw = toy_config(model_dir, data, out, method={"name": "in-context", "per_class": 2, **method})
+    raw["prompt"]["template"] = TEMPLATE
+    raw["data"]["max_length"] = max_length
+    return raw
+
+
+def test_demonstrations_leave_the_input_its_room(setup, tmp_path):
+    cuetune.train(_config(setup, tmp_path / "run", max_length=60, fit_inputs=0.5))
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method"]
+    demos = saved["demonstrations"].split("\n")
+    assert len(demos) == 4  # two per class, none dropped: short examples exist in both
+    assert sum(d.endswith("positive") for d in demos) == 2
+    tok = load_model(str(setup[0])).tokenizer
+    lengths = sorted(len(tok(" " + r["text"], add_special_tokens=False)["input_ids"])
+                     for r in _rows(32, 1, long_every=3))
+    room = lengths[len(lengths) // 2 - 1]  # the median training input; a third are 41 tokens
+    template = parse("\n".join(demos) + "\n" + TEMPLATE)
+    fixed = PromptEncoder(template, tok, "next", max_length=60).fixed_length
+    assert fixed + room <= 60
+    assert all(len(d.split()) < 20 for d in demos)  # the 40-word examples were passed over
+    # the saved run reloads with the same prompt
+    assert cuetune.load(tmp_path / "run").predict(["a good day"])
+
+
+def test_too_short_max_length_names_the_fields(setup, tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.max_length=30.*method\.per_class"):
+        cuetune.train(_config(setup, tmp_path / "run", max_length=30, fit_inputs=1.0))
+
+
+def test_own_demonstrations_are_kept_as_given(setup, tmp_path):
+    mine = "the day was good sentiment : positive"
+    cuetune.train(_config(setup, tmp_path / "run", max_length=60, demonstrations=mine))
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method"]
+    assert saved["demonstrations"] == mine
