@@ -17,8 +17,8 @@ from cuetune.data import Example
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
-class Interrupted(Exception):
-    """Stands in for a crash or Ctrl-C in the middle of the grid."""
+class Interrupted(KeyboardInterrupt):
+    """Stands in for Ctrl-C in the middle of the grid (a crash is recorded, see below)."""
 
 
 def _toy_kshot(root: Path, seeds) -> Path:
@@ -99,6 +99,40 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
     assert {s["method"] for s in summary} == {"zero-shot", "soft"}
     assert all(s["n"] == 2 for s in summary)
     assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_dirs, tmp_path, monkeypatch, capsys):
+    from test_artifacts_cli import run_cli
+
+    from cuetune.errors import ConfigError
+
+    _toy_kshot(tmp_path / "data", [13, 21])
+    out = tmp_path / "out"
+    path = _bench_file(tmp_path, tiny_dirs["causal"], out)
+    real_train = api.train
+
+    def failing_train(raw, *a, **k):
+        if "zero-shot/k16-s13" in raw["output_dir"]:
+            raise ConfigError("data.max_length: too short for this cell")
+        return real_train(raw, *a, **k)
+
+    monkeypatch.setattr(api, "train", failing_train)
+    code, _, err = run_cli(["bench", str(path)], capsys)
+    assert code == 2 and "1 of 4 cells failed" in err, err
+    rows = json.loads((out / "results.json").read_text())["cells"]
+    assert [r["error"] is not None for r in rows] == [True, False, False, False]
+    assert rows[0]["error"] == "ConfigError: data.max_length: too short for this cell"
+    assert all(r["test_score"] is not None for r in rows[1:]), "later cells did not run"
+    md = (out / "results.md").read_text()
+    assert "- sst-2/zero-shot/k16-s13: ConfigError: data.max_length" in md
+    zero = next(line for line in md.split("## Per seed")[1].splitlines() if line.startswith("| zero-shot"))
+    assert "| failed / " in zero and "[1 of 2 seeds]" in zero, zero
+    assert "Failed cells" in (out / "report.html").read_text()
+
+    monkeypatch.setattr(api, "train", real_train)  # the cause is fixed: the rerun retries the cell
+    rows = bench.run_bench(*bench.load_bench(path), out)
+    assert all(r["error"] is None and r["test_score"] is not None for r in rows)
+    assert "Failed cells" not in (out / "results.md").read_text()
 
 
 def test_bench_config_errors_name_the_field(tmp_path):

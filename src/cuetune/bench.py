@@ -7,11 +7,16 @@ trained, and the one with the best dev score is reported; test scores never choo
 Every grid point is an ordinary cuetune run directory under `output_dir/runs/`, so the grid is
 resumable: a run with a manifest is done and is read back; a run with a checkpoint continues
 from it; any other leftover folder is started again. Results are rewritten after every cell.
+
+A cell that fails (a config its task cannot take, a crash) is recorded with its error and the
+grid goes on: an hour of finished cells is not lost to one bad one, and the next run of the
+same command retries it.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -24,9 +29,10 @@ from pydantic import Field, ValidationError
 from cuetune import api, artifacts, atomic, tasks
 from cuetune.checkpoint import CHECKPOINT
 from cuetune.config import Strict, apply_overrides
-from cuetune.errors import ConfigError
+from cuetune.errors import ConfigError, CuetuneError
 from cuetune.objectives import objective_for
 
+log = logging.getLogger(__name__)
 FULL_WEIGHTS_MB = 50
 
 
@@ -173,7 +179,17 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
             "trainable_parameters": best.get("trainable_parameters"),
             "train_examples": best.get("data", {}).get("sizes", {}).get("train"),
             "grid_size": len(results),
-            "wall_seconds": round(sum(r[2].get("wall_seconds", 0.0) for r in results), 1)}
+            "wall_seconds": round(sum(r[2].get("wall_seconds", 0.0) for r in results), 1),
+            "error": None}
+
+
+def failed_row(cfg: BenchConfig, cell: Cell, exc: Exception, seconds: float) -> dict:
+    """The results row of a cell that raised: no scores, and the error in one line."""
+    return {**asdict(cell), "hyperparameters": {}, "run_dir": None,
+            "metric": tasks.get(cell.task).metric, "dev_score": None, "test_score": None,
+            "test_macro_f1": None, "test_size": None, "trainable_parameters": None,
+            "train_examples": None, "grid_size": len(grid_points(cfg.methods[cell.method])),
+            "wall_seconds": round(seconds, 1), "error": f"{type(exc).__name__}: {exc}"}
 
 
 def run_bench(cfg: BenchConfig, root: Path, out: Path,
@@ -192,7 +208,12 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
             eta = (len(todo) - done) * sum(ran) / len(ran) if ran else None
             progress(done, len(todo), cell, eta)
         start = time.perf_counter()
-        rows.append(run_cell(cfg, root, cell, out))
+        try:
+            rows.append(run_cell(cfg, root, cell, out))
+        except Exception as exc:  # recorded in the row and the log; the grid goes on
+            log.error("bench cell %s failed: %s", cell.key, exc,
+                      exc_info=not isinstance(exc, CuetuneError))  # a user's error needs no trace
+            rows.append(failed_row(cfg, cell, exc, time.perf_counter() - start))
         if time.perf_counter() - start > 1.0:
             ran.append(time.perf_counter() - start)
         report.write_all(cfg, rows, out)

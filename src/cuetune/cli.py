@@ -259,6 +259,11 @@ def bench(
         rows = benchmod.run_bench(cfg, root, out_path, progress=update)
     out.print(f"{len(rows)} cells; reports in {out_path}: results.md, results.csv, "
               "results.json, report.html, bars_k*.png")
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        raise CuetuneError(f"{len(failed)} of {len(rows)} cells failed (listed at the end of "
+                           f"{out_path / 'results.md'}); fix the cause and run the same command: "
+                           "finished cells are read back and the failed ones run again")
 
 
 @app.command()

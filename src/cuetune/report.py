@@ -16,7 +16,7 @@ from cuetune.evaluation import _save_png
 
 COLUMNS = ["task", "method", "k", "seed", "metric", "dev_score", "test_score", "test_macro_f1",
            "test_size", "train_examples", "trainable_parameters", "grid_size", "hyperparameters",
-           "wall_seconds", "run_dir"]
+           "wall_seconds", "run_dir", "error"]
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -28,11 +28,23 @@ def summarize(rows: list[dict]) -> dict:
     for key, group in groups.items():
         acc = [r["test_score"] for r in group if r["test_score"] is not None]
         f1 = [r["test_macro_f1"] for r in group if r["test_macro_f1"] is not None]
+        walls = [r["wall_seconds"] for r in group if not r.get("error")]
         out[key] = {"mean": statistics.fmean(acc) if acc else None,
                     "std": statistics.pstdev(acc) if len(acc) > 1 else 0.0, "n": len(acc),
                     "macro_f1": statistics.fmean(f1) if f1 else None,
-                    "wall_s": statistics.fmean(r["wall_seconds"] for r in group)}
+                    "wall_s": statistics.fmean(walls) if walls else None,
+                    "failed": sum(1 for r in group if r.get("error"))}
     return out
+
+
+def failures(rows: list[dict]) -> str:
+    """The failed cells, one line each with the error; empty when none failed."""
+    failed = [r for r in rows if r.get("error")]
+    if not failed:
+        return ""
+    lines = [f"- {r['task']}/{r['method']}/k{r['k']}-s{r['seed']}: {r['error']}" for r in failed]
+    return (f"## Failed cells ({len(failed)}; the same command retries them)\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
@@ -51,7 +63,7 @@ def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
             for t in tasks:
                 s = summary.get((t, m, k))
                 if not s or s["mean"] is None:
-                    cells.append("–")
+                    cells.append("failed" if s and s["failed"] else "–")
                     continue
                 short = f" [{s['n']}]" if seeds_expected and s["n"] < seeds_expected else ""
                 cells.append(_mean_std(s) + short)
@@ -86,14 +98,20 @@ def per_seed(rows: list[dict]) -> str:
             mean = _mean_std(s)
             if s["n"] < len(seeds):
                 mean += f" [{s['n']} of {len(seeds)} seeds]"
-            scores = " / ".join("–" if by_seed.get(x, {}).get("test_score") is None
-                                else f"{100 * by_seed[x]['test_score']:.1f}" for x in seeds)
+            scores = " / ".join(_seed_score(by_seed.get(x)) for x in seeds)
             chosen = [_point(by_seed[x]["hyperparameters"]) if x in by_seed else "–" for x in seeds]
             chosen = chosen[0] if len(set(chosen)) == 1 else " / ".join(chosen)
+            wall = "–" if s["wall_s"] is None else f"{s['wall_s']:.0f}"
             parts.append(f"| {m} | {mean} | {scores} |" + (f" {chosen} |" if grid else "")
-                         + f" {s['wall_s']:.0f} |")
+                         + f" {wall} |")
         parts.append("")
     return "\n".join(parts)
+
+
+def _seed_score(row: dict | None) -> str:
+    if row is None or row["test_score"] is None:
+        return "failed" if row and row.get("error") else "–"
+    return f"{100 * row['test_score']:.1f}"
 
 
 def _mean_std(s: dict) -> str:
@@ -118,7 +136,7 @@ def plot_bars(rows: list[dict], k: int):
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.0, 3.2 * len(tasks)), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        means = [100 * (summary.get((task, m, k)) or {}).get("mean", 0.0) or 0.0 for m in methods]
+        means = [100 * ((summary.get((task, m, k)) or {}).get("mean") or 0.0) for m in methods]
         stds = [100 * (summary.get((task, m, k)) or {}).get("std", 0.0) for m in methods]
         ax.bar(range(len(methods)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.8)
         ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
@@ -167,7 +185,8 @@ def write_all(cfg, rows: list[dict], out: Path) -> None:
         writer.writerow({**r, "hyperparameters": json.dumps(r["hyperparameters"])})
     atomic.write_text(out / "results.csv", buf.getvalue())
     table = markdown(rows, len(cfg.seeds))
-    atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{table}\n## Per seed\n\n{per_seed(rows)}")
+    atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{table}\n## Per seed\n\n{per_seed(rows)}"
+                      + (f"\n{failures(rows)}" if failures(rows) else ""))
     images = {}
     for k in dict.fromkeys(r["k"] for r in rows):
         images[f"bars_k{k}.png"] = plot_bars(rows, k)
@@ -194,6 +213,10 @@ def _html(cfg, table_md: str, images: dict[str, str], rows: list[dict]) -> str:
     body.append("</table>")
     imgs = "".join(f'<h3>{html.escape(n)}</h3><img alt="{html.escape(n)}" src="data:image/png;base64,{b}">'
                    for n, b in images.items())
+    failed = "".join(f"<li>{html.escape(line[2:])}</li>" for line in failures(rows).splitlines()
+                     if line.startswith("- "))
+    if failed:
+        imgs += f"<h3>Failed cells (the same command retries them)</h3><ul>{failed}</ul>"
     config = html.escape(json.dumps(cfg.model_dump(mode="json"), indent=1))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(cfg.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;
