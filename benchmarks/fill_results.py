@@ -35,12 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--task", action="append", help="only these tasks (repeatable)")
     ap.add_argument("--doc", type=Path, default=DOC)
     args = ap.parse_args(argv)
-    rows = json.loads(args.results.read_text(encoding="utf-8"))["cells"]
+    results = json.loads(args.results.read_text(encoding="utf-8"))
+    rows = results["cells"]
     if args.task:
         rows = [r for r in rows if r["task"] in args.task]
     if not rows:
         raise SystemExit(f"{args.results}: no cells for {args.task or 'any task'}")
-    table = report.per_seed(rows)
+    table = report.per_seed(rows, results["bench"]["seeds"])
     atomic.write_text(args.doc, fill(args.doc.read_text(encoding="utf-8"), args.marker, table, args.doc))
     sys.stdout.write(table)
 

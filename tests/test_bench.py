@@ -259,6 +259,9 @@ def test_per_seed_table_shows_spread_choice_and_missing_seeds():
     assert lines[0] == "**sst-2** (test accuracy %, K = 16; per seed 13 / 21)"
     assert "| prefix | 85.0 (5.0) | 80.0 / 90.0 | lr=0.01 / lr=0.003 | 10 |" in lines
     assert "| zero-shot | 50.0 (0.0) [1 of 2 seeds] | 50.0 / – | default / – | 10 |" in lines
+    bench_seeds = report.per_seed(rows, seeds=[13, 21, 42]).splitlines()  # 42: no method finished
+    assert bench_seeds[0].endswith("per seed 13 / 21 / 42)")
+    assert "| prefix | 85.0 (5.0) [2 of 3 seeds] | 80.0 / 90.0 / – |" in bench_seeds[4]
     no_grid = report.per_seed([row("zero-shot", 13, 0.5, {})]).splitlines()
     assert no_grid[2] == "| method | mean (std) | per seed | mean wall s per cell |"
 

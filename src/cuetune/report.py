@@ -76,19 +76,21 @@ def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
     return "\n".join(parts)
 
 
-def per_seed(rows: list[dict]) -> str:
+def per_seed(rows: list[dict], seeds: list[int] | None = None) -> str:
     """Per task and K, each method's mean (std), its score on every seed and what dev chose:
     the spread behind a mean (std), e.g. one seed stuck at chance. docs/RESULTS.md pastes these
-    tables as they are (benchmarks/fill_results.py)."""
+    tables as they are (benchmarks/fill_results.py).
+
+    `seeds`: the bench's seed list, so a seed no method has finished still shows as missing."""
     parts = []
     for task, k in dict.fromkeys((r["task"], r["k"]) for r in rows):
         group = [r for r in rows if r["task"] == task and r["k"] == k]
-        seeds = sorted({r["seed"] for r in group})
+        seeds_shown = sorted(set(seeds or ()) | {r["seed"] for r in group})
         summary = summarize(group)
         grid = any(r["hyperparameters"] for r in group)
         metric = group[0].get("metric", "accuracy")
         parts.append(f"**{task}** (test {metric} %, K = {k}; per seed "
-                     + " / ".join(str(s) for s in seeds) + ")\n")
+                     + " / ".join(str(s) for s in seeds_shown) + ")\n")
         parts.append("| method | mean (std) | per seed |" + (" chosen on dev |" if grid else "")
                      + " mean wall s per cell |")
         parts.append("|---|---:|---|" + ("---|" if grid else "") + "---:|")
@@ -96,10 +98,10 @@ def per_seed(rows: list[dict]) -> str:
             by_seed = {r["seed"]: r for r in group if r["method"] == m}
             s = summary[(task, m, k)]
             mean = _mean_std(s)
-            if s["n"] < len(seeds):
-                mean += f" [{s['n']} of {len(seeds)} seeds]"
-            scores = " / ".join(_seed_score(by_seed.get(x)) for x in seeds)
-            chosen = [_point(by_seed[x]["hyperparameters"]) if x in by_seed else "–" for x in seeds]
+            if s["n"] < len(seeds_shown):
+                mean += f" [{s['n']} of {len(seeds_shown)} seeds]"
+            scores = " / ".join(_seed_score(by_seed.get(x)) for x in seeds_shown)
+            chosen = [_point(by_seed[x]["hyperparameters"]) if x in by_seed else "–" for x in seeds_shown]
             chosen = chosen[0] if len(set(chosen)) == 1 else " / ".join(chosen)
             wall = "–" if s["wall_s"] is None else f"{s['wall_s']:.0f}"
             parts.append(f"| {m} | {mean} | {scores} |" + (f" {chosen} |" if grid else "")
@@ -185,8 +187,9 @@ def write_all(cfg, rows: list[dict], out: Path) -> None:
         writer.writerow({**r, "hyperparameters": json.dumps(r["hyperparameters"])})
     atomic.write_text(out / "results.csv", buf.getvalue())
     table = markdown(rows, len(cfg.seeds))
-    atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{table}\n## Per seed\n\n{per_seed(rows)}"
-                      + (f"\n{failures(rows)}" if failures(rows) else ""))
+    failed = failures(rows)
+    atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{table}\n## Per seed\n\n"
+                      f"{per_seed(rows, cfg.seeds)}" + (f"\n{failed}" if failed else ""))
     images = {}
     for k in dict.fromkeys(r["k"] for r in rows):
         images[f"bars_k{k}.png"] = plot_bars(rows, k)
