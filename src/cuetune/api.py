@@ -61,10 +61,10 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> dict:
     `resume`: a checkpoint of this same run to continue from (see `resume_run`)."""
     cfg = _as_config(config)
     splits = load_splits(cfg.data)
+    run_dir = prepare_run_dir(cfg.output_dir)  # before the model loads: a bad dir fails at once
     loaded = load_for(cfg)
     method = methods.get(cfg.method.name).prepare_config(cfg, splits, loaded)
     cfg = cfg.model_copy(update={"method": method})
-    run_dir = prepare_run_dir(cfg.output_dir)
     pipe = build(cfg, splits.labels, loaded)
     _check_space(run_dir, pipe, cfg)
     enc = {name: pipe.encode(getattr(splits, name), f"{name} examples")
