@@ -207,9 +207,12 @@ def test_prefix_past_a_sliding_window_is_refused_and_soft_is_exact(gen_models, g
         generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=5))
 
 
-def test_generation_rejects_classification_only_methods(gen_models, gen_data):
+def test_generation_rejects_classification_only_methods(gen_models, gen_data, tmp_path):
     with pytest.raises(ConfigError, match="classification only"):
         build(validate(gen_config(gen_models["causal"], gen_data, "x", method={"name": "head"})), [])
+    with pytest.raises(ConfigError, match="classification only"):  # through train's preparation
+        cuetune.train(gen_config(gen_models["causal"], gen_data, tmp_path / "run",
+                                 method={"name": "in-context"}))
 
 
 @pytest.mark.parametrize("kind", ["causal", "seq2seq"])

@@ -63,8 +63,8 @@ class InContext(Method):
     @classmethod
     def prepare_config(cls, run_config, splits, loaded) -> InContextConfig:
         cfg: InContextConfig = run_config.method
-        if cfg.demonstrations is not None:
-            return cfg
+        if cfg.demonstrations is not None or not splits.labels:
+            return cfg  # no labels: generation data, which build() refuses with the reason
         max_length = run_config.data.max_length
         template = parse(run_config.prompt.template)
 
