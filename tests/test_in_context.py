@@ -73,3 +73,12 @@ def test_own_demonstrations_are_kept_as_given(setup, tmp_path):
     cuetune.train(_config(setup, tmp_path / "run", max_length=60, demonstrations=mine))
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method"]
     assert saved["demonstrations"] == mine
+
+
+def test_a_class_without_training_examples_gets_no_demonstration(setup, tmp_path):
+    raw = _config(setup, tmp_path / "run", max_length=60, fit_inputs=0.5)
+    raw["data"]["labels"] = ["negative", "positive", "neutral"]  # no neutral row anywhere
+    raw["prompt"]["verbalizer"] = {"negative": "no", "positive": "yes", "neutral": "question"}
+    cuetune.train(raw)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method"]
+    assert sorted(d.split()[-1] for d in saved["demonstrations"].split("\n")) == ["no", "no", "yes", "yes"]

@@ -107,12 +107,13 @@ def _pools(run_config, splits, template: Template, tokenizer, share: int, why: s
     cfg: InContextConfig = run_config.method
     words = Verbalizer(splits.labels, run_config.prompt.verbalizer).words
     pools: list[list[str]] = [[] for _ in splits.labels]
+    present = {ex.label for ex in splits.train}  # a class with no training example gets no demo
     for ex in splits.train:
         demo = render(template, ex, words[splits.labels[ex.label]][0])
         if len(tokenizer(demo + cfg.separator, add_special_tokens=False)["input_ids"]) <= share:
             pools[ex.label].append(demo)
-    for label, pool in zip(splits.labels, pools, strict=True):
-        if not pool:
+    for index, (label, pool) in enumerate(zip(splits.labels, pools, strict=True)):
+        if not pool and index in present:
             raise ConfigError(
                 f"method.per_class={cfg.per_class}: no training example of label {label!r} fits "
                 f"as a demonstration ({why}); raise data.max_length, or lower method.per_class "
