@@ -184,11 +184,12 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
 
 
 def failed_row(cfg: BenchConfig, cell: Cell, exc: Exception, seconds: float) -> dict:
-    """The results row of a cell that raised: no scores, and the error in one line."""
-    return {**asdict(cell), "hyperparameters": {}, "run_dir": None,
-            "metric": tasks.get(cell.task).metric, "dev_score": None, "test_score": None,
-            "test_macro_f1": None, "test_size": None, "trainable_parameters": None,
-            "train_examples": None, "grid_size": len(grid_points(cfg.methods[cell.method])),
+    """The results row of a cell that raised: every report column, no scores, the error."""
+    from cuetune.report import COLUMNS
+
+    return {**dict.fromkeys(COLUMNS), **asdict(cell), "hyperparameters": {},
+            "metric": tasks.get(cell.task).metric,
+            "grid_size": len(grid_points(cfg.methods[cell.method])),
             "wall_seconds": round(seconds, 1), "error": f"{type(exc).__name__}: {exc}"}
 
 

@@ -242,6 +242,7 @@ def bench(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cuetune import bench as benchmod
+    from cuetune import report
 
     overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
     cfg, root = benchmod.load_bench(config, overrides)
@@ -259,7 +260,7 @@ def bench(
         rows = benchmod.run_bench(cfg, root, out_path, progress=update)
     out.print(f"{len(rows)} cells; reports in {out_path}: results.md, results.csv, "
               "results.json, report.html, bars_k*.png")
-    failed = [r for r in rows if r.get("error")]
+    failed = report.failures(rows)
     if failed:
         raise CuetuneError(f"{len(failed)} of {len(rows)} cells failed (listed at the end of "
                            f"{out_path / 'results.md'}); fix the cause and run the same command: "

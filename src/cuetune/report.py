@@ -37,14 +37,12 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def failures(rows: list[dict]) -> str:
-    """The failed cells, one line each with the error; empty when none failed."""
-    failed = [r for r in rows if r.get("error")]
-    if not failed:
-        return ""
-    lines = [f"- {r['task']}/{r['method']}/k{r['k']}-s{r['seed']}: {r['error']}" for r in failed]
-    return (f"## Failed cells ({len(failed)}; the same command retries them)\n\n"
-            + "\n".join(lines) + "\n")
+def failures(rows: list[dict]) -> list[str]:
+    """One line per failed cell: its key and the error."""
+    from cuetune.bench import Cell
+
+    return [f"{Cell(r['task'], r['method'], r['k'], r['seed']).key}: {r['error']}"
+            for r in rows if r.get("error")]
 
 
 def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
@@ -188,8 +186,12 @@ def write_all(cfg, rows: list[dict], out: Path) -> None:
     atomic.write_text(out / "results.csv", buf.getvalue())
     table = markdown(rows, len(cfg.seeds))
     failed = failures(rows)
+    failed_md = ""
+    if failed:
+        failed_md = (f"\n## Failed cells ({len(failed)}; the same command retries them)\n\n"
+                     + "".join(f"- {line}\n" for line in failed))
     atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{table}\n## Per seed\n\n"
-                      f"{per_seed(rows, cfg.seeds)}" + (f"\n{failed}" if failed else ""))
+                      f"{per_seed(rows, cfg.seeds)}{failed_md}")
     images = {}
     for k in dict.fromkeys(r["k"] for r in rows):
         images[f"bars_k{k}.png"] = plot_bars(rows, k)
@@ -201,10 +203,10 @@ def write_all(cfg, rows: list[dict], out: Path) -> None:
         fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
         inline[name] = base64.b64encode(png.getvalue()).decode()
         _save_png(fig, out / name)
-    atomic.write_text(out / "report.html", _html(cfg, table, inline, rows))
+    atomic.write_text(out / "report.html", _html(cfg, table, inline, rows, failed))
 
 
-def _html(cfg, table_md: str, images: dict[str, str], rows: list[dict]) -> str:
+def _html(cfg, table_md: str, images: dict[str, str], rows: list[dict], failed: list[str]) -> str:
     lines = [line for line in table_md.splitlines() if line.startswith("|") and "---" not in line]
     body = ["<table>"]
     for i, line in enumerate(lines):
@@ -216,10 +218,9 @@ def _html(cfg, table_md: str, images: dict[str, str], rows: list[dict]) -> str:
     body.append("</table>")
     imgs = "".join(f'<h3>{html.escape(n)}</h3><img alt="{html.escape(n)}" src="data:image/png;base64,{b}">'
                    for n, b in images.items())
-    failed = "".join(f"<li>{html.escape(line[2:])}</li>" for line in failures(rows).splitlines()
-                     if line.startswith("- "))
     if failed:
-        imgs += f"<h3>Failed cells (the same command retries them)</h3><ul>{failed}</ul>"
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in failed)
+        imgs += f"<h3>Failed cells (the same command retries them)</h3><ul>{items}</ul>"
     config = html.escape(json.dumps(cfg.model_dump(mode="json"), indent=1))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(cfg.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;
