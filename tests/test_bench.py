@@ -266,6 +266,23 @@ def test_per_seed_table_shows_spread_choice_and_missing_seeds():
     assert no_grid[2] == "| method | mean (std) | per seed | mean wall s per cell |"
 
 
+def test_bars_mark_methods_not_run_and_partial_seeds():
+    from cuetune import report
+
+    def row(task, method, seed, score):
+        return {"task": task, "method": method, "k": 16, "seed": seed, "test_score": score,
+                "test_macro_f1": None, "wall_seconds": 1.0}
+
+    rows = [row("sst-2", m, s, 0.8) for m in ("head", "full") for s in (13, 21)]
+    rows += [row("mr", "head", 13, 0.6)]  # mr: head on one seed, full not run yet
+    fig = report.plot_bars(rows, 16, seeds=[13, 21])
+    sst2, mr = fig.axes
+    assert [round(p.get_height()) for p in sst2.patches] == [80, 80]
+    assert [t.get_text() for t in sst2.texts] == []
+    assert [round(p.get_height()) for p in mr.patches] == [60]  # no bar at 0 for `full`
+    assert sorted(t.get_text() for t in mr.texts) == ["1 of 2", "not run"]
+
+
 def test_fill_results_replaces_only_between_its_markers():
     import importlib.util
 

@@ -124,8 +124,12 @@ def _point(point: dict) -> str:
                      for key, v in point.items()) or "default"
 
 
-def plot_bars(rows: list[dict], k: int):
-    """Per task, one bar per method (mean test accuracy) with std error bars."""
+def plot_bars(rows: list[dict], k: int, seeds: list[int] | None = None):
+    """Per task, one bar per method (mean test accuracy) with std error bars.
+
+    A method with no score yet is marked "not run" rather than drawn as a bar at 0, and a
+    bar over fewer seeds than the bench's (`seeds`, else every seed in `rows`) says "n of N",
+    so a half-finished grid cannot be read as a finished one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,12 +138,20 @@ def plot_bars(rows: list[dict], k: int):
     summary = summarize([r for r in rows if r["k"] == k])
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    n_seeds = len(seeds) if seeds else len({r["seed"] for r in rows})
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.0, 3.2 * len(tasks)), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        means = [100 * ((summary.get((task, m, k)) or {}).get("mean") or 0.0) for m in methods]
-        stds = [100 * (summary.get((task, m, k)) or {}).get("std", 0.0) for m in methods]
-        ax.bar(range(len(methods)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.8)
+        stats = [summary.get((task, m, k)) or {"mean": None, "std": 0.0, "n": 0} for m in methods]
+        for i, st in enumerate(stats):
+            if st["mean"] is None:
+                ax.text(i, 2, "not run", rotation=90, ha="center", va="bottom", fontsize=7, color="gray")
+                continue
+            ax.bar(i, 100 * st["mean"], yerr=100 * st["std"], capsize=3, color="tab:blue", alpha=0.8)
+            if st["n"] < n_seeds:
+                ax.text(i, 100 * (st["mean"] + st["std"]) + 2, f"{st['n']} of {n_seeds}",
+                        ha="center", fontsize=7)
         ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(methods) - 0.4)  # room for a "not run" mark at either end
         ax.set_title(f"{task} (K={k})", fontsize=10)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
@@ -194,7 +206,7 @@ def write_all(cfg, rows: list[dict], out: Path) -> None:
                       f"{per_seed(rows, cfg.seeds)}{failed_md}")
     images = {}
     for k in dict.fromkeys(r["k"] for r in rows):
-        images[f"bars_k{k}.png"] = plot_bars(rows, k)
+        images[f"bars_k{k}.png"] = plot_bars(rows, k, cfg.seeds)
     if len({r["k"] for r in rows}) > 1:
         images["accuracy_vs_k.png"] = plot_vs_k(rows)
     inline = {}
