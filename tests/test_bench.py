@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import toy_rows
 
-from cuetune import api, bench, tasks
+from cuetune import api, artifacts, bench, tasks
 from cuetune.augment import augment
 from cuetune.config import AugmentConfig
 from cuetune.data import Example
@@ -85,6 +85,11 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
         if r["method"] == "soft":
             assert r["grid_size"] == 2
             assert r["hyperparameters"] == {"train.lr": 0.1}, "dev must prefer the lr that learns"
+            chosen = artifacts.read_manifest(r["run_dir"])
+            other = artifacts.read_manifest(Path(r["run_dir"]).parent / "lr1e-05")
+            assert "dev_best" in other["metrics"] and "test" not in other["metrics"], (
+                "only dev's pick is scored on test")
+            assert chosen["metrics"]["test"]["n"] == 24 and chosen["test_seconds"] > 0
     for name in ("results.csv", "results.json", "results.md", "report.html", "bars_k16.png"):
         assert (out / name).stat().st_size > 100, name
     md = (out / "results.md").read_text()

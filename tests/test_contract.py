@@ -1,7 +1,7 @@
 """The contract every method keeps on every model family (a new method adds a row).
 
 - training on the learnable toy task lowers the loss by a clear margin;
-- save then load gives identical predictions;
+- save then load gives identical predictions, and the saved adapter scores test as training did;
 - for parameter-efficient methods the base weights are bit-identical after training and
   only the method's parameters receive gradients;
 - baselines that do not train still run through the same eval and artifact path.
@@ -16,7 +16,7 @@ import torch
 from conftest import KINDS, toy_config
 
 import cuetune
-from cuetune import methods
+from cuetune import api, methods
 from cuetune.config import validate
 from cuetune.data import load_splits
 from cuetune.encoding import collate
@@ -74,6 +74,9 @@ def test_training_lowers_loss_and_round_trips(tiny_dirs, toy_data, tmp_path, fam
     before = cuetune.load(run_dir).predict(texts)
     again = cuetune.load(run_dir).predict(texts)
     assert before == again
+    # The saved adapter scores test exactly as training's in-memory best-dev state did (the
+    # bench relies on it: it scores test from the saved adapter of dev's pick).
+    assert api.score_test(run_dir)["metrics"]["test"] == manifest["metrics"]["test"]
     assert (run_dir / "training_curves.png").stat().st_size > 1000
     assert (run_dir / "confusion_matrix.png").stat().st_size > 1000
 

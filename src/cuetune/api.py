@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import yaml
@@ -100,7 +101,7 @@ def finish_run(run_dir: Path, cfg: RunConfig, pipe: Pipeline, splits, enc: dict,
                training: dict | None, rows: list[dict], extra: dict | None = None) -> dict:
     """Evaluate, write adapter, plots, eval.json and (last) the manifest; return the manifest."""
     for name in ("dev", "test"):
-        if enc[name]:
+        if enc[name] and (name == "dev" or cfg.train.evaluate_test):
             metrics[name] = evaluate(pipe, enc[name], cfg.train.eval_batch_size)
     state = pipe.method.adapter_state()
     sha = artifacts.save_adapter(run_dir, state)
@@ -132,6 +133,30 @@ def finish_run(run_dir: Path, cfg: RunConfig, pipe: Pipeline, splits, enc: dict,
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: nothing to resume
     manifest["run_dir"] = str(run_dir)
     return manifest
+
+
+def score_test(run_dir: str | Path) -> dict:
+    """Score a finished run on its test split (one trained with `train.evaluate_test: false`);
+    eval.json, the confusion plot and the manifest gain the test metrics. Returns the manifest.
+
+    The splits are rebuilt from the run's own data config, so the test set is the one training
+    would have scored, and the adapter is the best-dev state training saved."""
+    start = time.perf_counter()
+    tuned = load(run_dir)
+    cfg = tuned.pipe.config
+    test = load_splits(cfg.data).test
+    if not test:
+        raise CuetuneError(f"{tuned.run_dir}: the run's data config has no test split to score")
+    manifest = artifacts.read_manifest(tuned.run_dir)
+    metrics = {**manifest["metrics"], "test": evaluate(tuned.pipe, tuned.pipe.encode(test, "test examples"),
+                                                      cfg.train.eval_batch_size)}
+    if "confusion_matrix" in metrics["test"]:
+        plot_confusion(metrics["test"], tuned.run_dir / "confusion_matrix.png")
+    atomic.write_json(tuned.run_dir / "eval.json", metrics)
+    manifest = {k: v for k, v in manifest.items() if k not in ("format_version", "cuetune_version")}
+    manifest.update(metrics=metrics, test_seconds=round(time.perf_counter() - start, 1))
+    artifacts.write_manifest(tuned.run_dir, manifest)
+    return {**manifest, "run_dir": str(tuned.run_dir)}
 
 
 def resume_run(run_dir: str | Path, progress=None) -> dict:

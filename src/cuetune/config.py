@@ -128,6 +128,9 @@ class TrainConfig(Strict):
     update and count it (`training.skipped_steps` in the manifest)."""
     zero_shot_baseline: bool = True
     """Also evaluate the hard prompt alone (no trained parameters) on test."""
+    evaluate_test: bool = True
+    """Score the test split when training ends. `cuetune bench` turns it off for the points of
+    a hyperparameter grid and scores test once, on the point dev chose (`api.score_test`)."""
     progress: bool = True
 
 
