@@ -117,6 +117,7 @@ def test_baselines_run_through_eval_and_artifacts(tiny_dirs, toy_data, tmp_path,
     manifest, run_dir = _run(tiny_dirs, toy_data, tmp_path, family, method)
     assert manifest["training"] is None
     assert 0.0 <= manifest["metrics"]["test"]["accuracy"] <= 1.0
+    assert api.score_test(run_dir)["metrics"]["test"] == manifest["metrics"]["test"]
     preds = cuetune.load(run_dir).predict(["the movie was great"])
     assert set(preds[0]["probs"]) == {"negative", "positive"}
 
