@@ -124,6 +124,8 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_dirs, tmp_path, mo
     monkeypatch.setattr(api, "train", failing_train)
     code, _, err = run_cli(["bench", str(path)], capsys)
     assert code == 2 and "1 of 4 cells failed" in err, err
+    assert "bench [1/4] sst-2/zero-shot/k16-s13" in err and "bench [4/4] sst-2/soft/k16-s21" in err, (
+        "a log (no terminal) gets one line per cell")
     rows = json.loads((out / "results.json").read_text())["cells"]
     assert [r["error"] is not None for r in rows] == [True, False, False, False]
     assert rows[0]["error"] == "ConfigError: data.max_length: too short for this cell"

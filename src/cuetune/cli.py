@@ -255,6 +255,8 @@ def bench(
     def update(done, total, cell, eta):
         eta_text = f"ETA {eta / 60:.0f} min" if eta else ""
         bar.update(task, completed=done, total=total, cell=cell.key if cell else "done", eta=eta_text)
+        if cell and not err.is_terminal:  # no live bar in a log file or CI: one line per cell
+            err.print(f"bench [{done + 1}/{total}] {cell.key} {eta_text}".rstrip(), soft_wrap=True)
 
     with bar:
         rows = benchmod.run_bench(cfg, root, out_path, progress=update)
