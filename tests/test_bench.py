@@ -59,6 +59,7 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
     cfg, root = bench.load_bench(path)
     assert len(bench.cells(cfg)) == 4
 
+    monkeypatch.setattr(bench, "FULL_WEIGHTS_MB", 0)  # every adapter counts as full weights
     calls, crashed = [], []
     real_train = api.train
 
@@ -90,6 +91,9 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
             assert "dev_best" in other["metrics"] and "test" not in other["metrics"], (
                 "only dev's pick is scored on test")
             assert chosen["metrics"]["test"]["n"] == 24 and chosen["test_seconds"] > 0
+            for run in (r["run_dir"], Path(r["run_dir"]).parent / "lr1e-05"):  # after test, not before
+                assert not (Path(run) / artifacts.ADAPTER).exists()
+                assert "adapter_removed" in artifacts.read_manifest(run)
     for name in ("results.csv", "results.json", "results.md", "report.html", "bars_k16.png"):
         assert (out / name).stat().st_size > 100, name
     md = (out / "results.md").read_text()

@@ -147,15 +147,13 @@ def score_test(run_dir: str | Path) -> dict:
     test = load_splits(cfg.data).test
     if not test:
         raise CuetuneError(f"{tuned.run_dir}: the run's data config has no test split to score")
-    manifest = artifacts.read_manifest(tuned.run_dir)
-    metrics = {**manifest["metrics"], "test": evaluate(tuned.pipe, tuned.pipe.encode(test, "test examples"),
-                                                      cfg.train.eval_batch_size)}
-    if "confusion_matrix" in metrics["test"]:
-        plot_confusion(metrics["test"], tuned.run_dir / "confusion_matrix.png")
+    scores = evaluate(tuned.pipe, tuned.pipe.encode(test, "test examples"), cfg.train.eval_batch_size)
+    metrics = {**tuned.manifest["metrics"], "test": scores}
+    if "confusion_matrix" in scores:
+        plot_confusion(scores, tuned.run_dir / "confusion_matrix.png")
     atomic.write_json(tuned.run_dir / "eval.json", metrics)
-    manifest = {k: v for k, v in manifest.items() if k not in ("format_version", "cuetune_version")}
-    manifest.update(metrics=metrics, test_seconds=round(time.perf_counter() - start, 1))
-    artifacts.write_manifest(tuned.run_dir, manifest)
+    manifest = artifacts.update_manifest(tuned.run_dir, {
+        "metrics": metrics, "test_seconds": round(time.perf_counter() - start, 1)})
     return {**manifest, "run_dir": str(tuned.run_dir)}
 
 

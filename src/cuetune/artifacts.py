@@ -39,6 +39,14 @@ def write_manifest(run_dir: Path, manifest: dict) -> None:
                                             "cuetune_version": __version__, **manifest})
 
 
+def update_manifest(run_dir: str | Path, changes: dict) -> dict:
+    """Merge `changes` into a finished run's manifest (rewritten atomically; the format and
+    version stay those of the run that wrote it). Returns the new manifest."""
+    manifest = {**read_manifest(run_dir), **changes}
+    atomic.write_json(Path(run_dir) / MANIFEST, manifest)
+    return manifest
+
+
 def read_manifest(run_dir: str | Path) -> dict:
     path = Path(run_dir) / MANIFEST
     if not Path(run_dir).is_dir():

@@ -151,11 +151,9 @@ def drop_full_weights(run_dir: Path) -> None:
     """Delete a scored run's full-weight adapter (hundreds of MB); its manifest says so."""
     adapter = run_dir / artifacts.ADAPTER
     if adapter.exists() and adapter.stat().st_size > FULL_WEIGHTS_MB * 2**20:
-        manifest = artifacts.read_manifest(run_dir)
         adapter.unlink()
-        manifest["adapter_removed"] = "full weights deleted after scoring (keep_full_weights: false)"
-        artifacts.write_manifest(run_dir, {k: v for k, v in manifest.items()
-                                           if k not in ("format_version", "cuetune_version")})
+        artifacts.update_manifest(run_dir, {
+            "adapter_removed": "full weights deleted after scoring (keep_full_weights: false)"})
 
 
 def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
