@@ -109,8 +109,6 @@ def finish_run(run_dir: Path, cfg: RunConfig, pipe: Pipeline, splits, enc: dict,
         keys = pipe.objective.dev_keys
         plot_curves(rows, run_dir / "training_curves.png",
                     cfg.train.metric if cfg.train.metric in keys else keys[0])
-    if "confusion_matrix" in metrics.get("test", {}):
-        plot_confusion(metrics["test"], run_dir / "confusion_matrix.png")
     manifest = {
         "base_model": {"name": cfg.model.name, "fingerprint": pipe.loaded.fingerprint,
                        "family": pipe.loaded.family.name},
@@ -128,11 +126,18 @@ def finish_run(run_dir: Path, cfg: RunConfig, pipe: Pipeline, splits, enc: dict,
         "config": cfg.model_dump(mode="json"),
         **(extra or {}),
     }
-    atomic.write_json(run_dir / "eval.json", metrics)
+    write_eval(run_dir, metrics)
     artifacts.write_manifest(run_dir, manifest)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: nothing to resume
     manifest["run_dir"] = str(run_dir)
     return manifest
+
+
+def write_eval(run_dir: Path, metrics: dict) -> None:
+    """eval.json and, when test was scored on classes, the test confusion plot."""
+    if "confusion_matrix" in metrics.get("test", {}):
+        plot_confusion(metrics["test"], run_dir / "confusion_matrix.png")
+    atomic.write_json(run_dir / "eval.json", metrics)
 
 
 def score_test(run_dir: str | Path) -> dict:
@@ -149,9 +154,7 @@ def score_test(run_dir: str | Path) -> dict:
         raise CuetuneError(f"{tuned.run_dir}: the run's data config has no test split to score")
     scores = evaluate(tuned.pipe, tuned.pipe.encode(test, "test examples"), cfg.train.eval_batch_size)
     metrics = {**tuned.manifest["metrics"], "test": scores}
-    if "confusion_matrix" in scores:
-        plot_confusion(scores, tuned.run_dir / "confusion_matrix.png")
-    atomic.write_json(tuned.run_dir / "eval.json", metrics)
+    write_eval(tuned.run_dir, metrics)
     manifest = artifacts.update_manifest(tuned.run_dir, {
         "metrics": metrics, "test_seconds": round(time.perf_counter() - start, 1)})
     return {**manifest, "run_dir": str(tuned.run_dir)}
