@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,38 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
     assert {s["method"] for s in summary} == {"zero-shot", "soft"}
     assert all(s["n"] == 2 for s in summary)
     assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_cells_whose_run_folders_are_gone_are_read_back_from_results(tiny_dirs, tmp_path, monkeypatch):
+    """Run folders deleted (or left on another machine), results.json kept: finished cells are
+    read back instead of trained again, unless the settings they ran under have changed."""
+    _toy_kshot(tmp_path / "data", [13, 21])
+    out = tmp_path / "out"
+    path = _bench_file(tmp_path, tiny_dirs["causal"], out)
+    first = bench.run_bench(*bench.load_bench(path), out)
+    shutil.rmtree(out / "runs")
+    calls, real_train = [], api.train
+
+    def counting_train(raw, *a, **k):
+        calls.append(raw["output_dir"])
+        return real_train(raw, *a, **k)
+
+    monkeypatch.setattr(api, "train", counting_train)
+    assert bench.run_bench(*bench.load_bench(path), out) == first and calls == []
+    assert json.loads((out / "results.json").read_text())["cells"] == first
+
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["soft"]["grid"] = {"train.lr": [0.1]}  # the soft row's settings change
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    rows = bench.run_bench(*bench.load_bench(path), out)
+    assert len(calls) == 2 and all("/soft/" in c for c in calls), calls
+    assert rows[:2] == first[:2] and [r["grid_size"] for r in rows[2:]] == [1, 1]
+
+    cfg, _ = bench.load_bench(path, ["train.max_steps=6"])  # every cell's result would change
+    assert bench.recorded_rows(cfg, out) == {}
+    (out / "results.json").write_text('{"cells": [')
+    with pytest.raises(bench.ConfigError, match="results.json: not a results.json"):
+        bench.run_bench(*bench.load_bench(path), out)
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_dirs, tmp_path, monkeypatch, capsys):

@@ -7,6 +7,8 @@ trained, and the one with the best dev score is reported; test scores never choo
 Every grid point is an ordinary cuetune run directory under `output_dir/runs/`, so the grid is
 resumable: a run with a manifest is done and is read back; a run with a checkpoint continues
 from it; any other leftover folder is started again. Results are rewritten after every cell.
+A cell whose run folders are gone (deleted to free disk, or left on another machine) is read
+back from the `results.json` kept in the output folder, if its settings there are unchanged.
 
 A cell that fails (a config its task cannot take, a crash) is recorded with its error and the
 grid goes on: an hour of finished cells is not lost to one bad one, and the next run of the
@@ -16,6 +18,7 @@ same command retries it.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import shutil
 import time
@@ -166,7 +169,7 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
     points = grid_points(entry)
     results = []
     for point in points:
-        run_dir = out / "runs" / cell.task / cell.method / f"k{cell.k}-s{cell.seed}" / _point_name(point)
+        run_dir = _cell_dir(out, cell) / _point_name(point)
         raw = run_config(cfg, root, cell, point, run_dir)
         if len(points) > 1:
             raw["train"]["evaluate_test"] = False
@@ -211,6 +214,40 @@ def failed_row(cfg: BenchConfig, cell: Cell, exc: Exception, seconds: float) -> 
             "wall_seconds": round(seconds, 1), "error": f"{type(exc).__name__}: {exc}"}
 
 
+SHARED_SETTINGS = ("model", "train", "data", "generate")
+"""Bench sections that change every cell's result (a method's own entry changes its cells')."""
+
+
+def recorded_rows(cfg: BenchConfig, out: Path) -> dict[str, dict]:
+    """Finished cells of an earlier `results.json` in `out` whose settings match `cfg`, by key.
+
+    Only rows without an error are kept, and only for methods whose entry, and the shared
+    sections, are as in `cfg`: a row trained under other settings is never passed off as this
+    grid's. Tasks, seeds and other methods may differ (the grid was split or has grown)."""
+    path = out / "results.json"
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        old, rows = saved["bench"], saved["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a results.json this bench can read back ({exc}); move it "
+                          "aside to run the grid afresh") from None
+    new = cfg.model_dump(mode="json")
+    changed = [k for k in SHARED_SETTINGS if old.get(k) != new[k]]
+    if changed:
+        log.warning("%s: written with other %s settings; its cells are not read back",
+                    path, "/".join(changed))
+        return {}
+    same = {m for m, entry in new["methods"].items() if old.get("methods", {}).get(m) == entry}
+    return {Cell(r["task"], r["method"], r["k"], r["seed"]).key: r for r in rows
+            if r.get("error") is None and r.get("method") in same}
+
+
+def _cell_dir(out: Path, cell: Cell) -> Path:
+    return out / "runs" / cell.task / cell.method / f"k{cell.k}-s{cell.seed}"
+
+
 def run_bench(cfg: BenchConfig, root: Path, out: Path,
               progress: Callable[[int, int, Cell | None, float | None], None] | None = None) -> list[dict]:
     """Run (or resume) the whole grid; write the reports after every cell; return the rows.
@@ -220,9 +257,13 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
     from cuetune import report
 
     out.mkdir(parents=True, exist_ok=True)
+    recorded = recorded_rows(cfg, out)  # before the first cell rewrites results.json
     atomic.write_text(out / "bench.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     todo, rows, ran = cells(cfg), [], []
     for done, cell in enumerate(todo):
+        if cell.key in recorded and not _cell_dir(out, cell).exists():
+            rows.append(recorded[cell.key])  # no progress line: nothing runs
+            continue
         if progress:
             eta = (len(todo) - done) * sum(ran) / len(ran) if ran else None
             progress(done, len(todo), cell, eta)
@@ -236,6 +277,7 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
         if time.perf_counter() - start > 1.0:
             ran.append(time.perf_counter() - start)
         report.write_all(cfg, rows, out)
+    report.write_all(cfg, rows, out)  # once more: the last cells may all have been read back
     if progress:
         progress(len(todo), len(todo), None, 0.0)
     return rows
