@@ -245,7 +245,7 @@ def recorded_rows(cfg: BenchConfig, out: Path) -> dict[str, dict]:
 
 
 def _cell_dir(out: Path, cell: Cell) -> Path:
-    return out / "runs" / cell.task / cell.method / f"k{cell.k}-s{cell.seed}"
+    return out / "runs" / cell.key  # runs/<task>/<method>/k<K>-s<seed>
 
 
 def run_bench(cfg: BenchConfig, root: Path, out: Path,
@@ -260,9 +260,11 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
     recorded = recorded_rows(cfg, out)  # before the first cell rewrites results.json
     atomic.write_text(out / "bench.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     todo, rows, ran = cells(cfg), [], []
+    unwritten = False  # rows read back since the reports were last written
     for done, cell in enumerate(todo):
         if cell.key in recorded and not _cell_dir(out, cell).exists():
             rows.append(recorded[cell.key])  # no progress line: nothing runs
+            unwritten = True
             continue
         if progress:
             eta = (len(todo) - done) * sum(ran) / len(ran) if ran else None
@@ -277,7 +279,9 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
         if time.perf_counter() - start > 1.0:
             ran.append(time.perf_counter() - start)
         report.write_all(cfg, rows, out)
-    report.write_all(cfg, rows, out)  # once more: the last cells may all have been read back
+        unwritten = False
+    if unwritten:  # the last cells were all read back
+        report.write_all(cfg, rows, out)
     if progress:
         progress(len(todo), len(todo), None, 0.0)
     return rows
