@@ -145,6 +145,28 @@ def test_cells_whose_run_folders_are_gone_are_read_back_from_results(tiny_dirs, 
         bench.run_bench(*bench.load_bench(path), out)
 
 
+def test_full_weights_are_flagged_in_the_manifest_before_the_file_goes(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    artifacts.write_manifest(run, {"base_model": "tiny", "config": {}, "labels": ["a", "b"],
+                                   "adapter_sha256": "0" * 64})
+    (run / artifacts.ADAPTER).write_bytes(b"x" * 2048)
+    monkeypatch.setattr(bench, "FULL_WEIGHTS_MB", 0)
+    real_unlink = Path.unlink
+
+    def interrupted_unlink(self, *a, **k):  # an interrupt lands as the file is deleted
+        raise Interrupted
+
+    monkeypatch.setattr(Path, "unlink", interrupted_unlink)
+    with pytest.raises(Interrupted):
+        bench.drop_full_weights(run)
+    assert "adapter_removed" in artifacts.read_manifest(run), "manifest flagged first"
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    bench.drop_full_weights(run)
+    assert not (run / artifacts.ADAPTER).exists()
+    assert artifacts.read_manifest(run)["labels"] == ["a", "b"]
+
+
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_dirs, tmp_path, monkeypatch, capsys):
     from test_artifacts_cli import run_cli
 

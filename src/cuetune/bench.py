@@ -151,12 +151,15 @@ def run_point(raw: dict, run_dir: Path) -> dict:
 
 
 def drop_full_weights(run_dir: Path) -> None:
-    """Delete a scored run's full-weight adapter (hundreds of MB); its manifest says so."""
+    """Delete a scored run's full-weight adapter (hundreds of MB); its manifest says so.
+
+    The manifest is flagged before the file goes: an interrupt in between leaves a manifest
+    that says "removed" beside a file still there, never one that points at a missing file."""
     adapter = run_dir / artifacts.ADAPTER
     if adapter.exists() and adapter.stat().st_size > FULL_WEIGHTS_MB * 2**20:
-        adapter.unlink()
         artifacts.update_manifest(run_dir, {
             "adapter_removed": "full weights deleted after scoring (keep_full_weights: false)"})
+        adapter.unlink()
 
 
 def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
