@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -143,6 +144,40 @@ def test_cells_whose_run_folders_are_gone_are_read_back_from_results(tiny_dirs, 
     (out / "results.json").write_text('{"cells": [')
     with pytest.raises(bench.ConfigError, match="results.json: not a results.json"):
         bench.run_bench(*bench.load_bench(path), out)
+
+
+def test_an_interrupted_resume_keeps_read_back_rows_and_counts_only_cells_to_run(
+        tiny_dirs, tmp_path, monkeypatch):
+    """results.json is rewritten after every cell run; the read-back rows of cells not reached
+    yet must stay in it (their run folders are gone, so a lost row is a cell to train again),
+    and the ETA counts only the cells that will run."""
+    _toy_kshot(tmp_path / "data", [13, 21])
+    out = tmp_path / "out"
+    path = _bench_file(tmp_path, tiny_dirs["causal"], out)
+    first = bench.run_bench(*bench.load_bench(path), out)
+    shutil.rmtree(out / "runs")
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["zero-shot"]["prompt"]["template"] = "{text} sentiment : {answer}"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))  # zero-shot reruns, soft is read back
+
+    clock, calls, etas, real_train = [0.0], [], [], api.train
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def thirty_seconds_then_interrupted(raw, *a, **k):
+        calls.append(raw["output_dir"])
+        if len(calls) == 2:
+            raise Interrupted  # during the second zero-shot cell
+        clock[0] += 30.0
+        return real_train(raw, *a, **k)
+
+    monkeypatch.setattr(api, "train", thirty_seconds_then_interrupted)
+    with pytest.raises(Interrupted):
+        bench.run_bench(*bench.load_bench(path), out,
+                        progress=lambda done, total, cell, eta: etas.append((done, eta)))
+    assert etas == [(0, None), (1, 30.0)], "one cell of 30 s left to run, not three"
+    saved = json.loads((out / "results.json").read_text())["cells"]
+    assert [(r["method"], r["seed"]) for r in saved] == [("zero-shot", 13), ("soft", 13), ("soft", 21)]
+    assert saved[1:] == first[2:]
 
 
 def test_full_weights_are_flagged_in_the_manifest_before_the_file_goes(tmp_path, monkeypatch):

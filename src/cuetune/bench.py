@@ -256,22 +256,24 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
     """Run (or resume) the whole grid; write the reports after every cell; return the rows.
 
     `progress(done, total, current cell, eta seconds)`: the ETA averages the cells that ran in
-    this session (cells read back from an earlier session take no time)."""
+    this session over the cells left to run (cells read back from an earlier session take no
+    time). The reports written after each cell also hold the read-back rows of cells not
+    reached yet, so an interrupt never drops a finished cell from results.json."""
     from cuetune import report
 
     out.mkdir(parents=True, exist_ok=True)
     recorded = recorded_rows(cfg, out)  # before the first cell rewrites results.json
     atomic.write_text(out / "bench.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     todo, rows, ran = cells(cfg), [], []
-    unwritten = False  # rows read back since the reports were last written
+    kept = {c.key: recorded[c.key] for c in todo  # read back: their run folders are gone
+            if c.key in recorded and not _cell_dir(out, c).exists()}
+    left = len(todo) - len(kept)  # cells still to run (or resume from their folders)
     for done, cell in enumerate(todo):
-        if cell.key in recorded and not _cell_dir(out, cell).exists():
-            rows.append(recorded[cell.key])  # no progress line: nothing runs
-            unwritten = True
+        if cell.key in kept:
+            rows.append(kept[cell.key])  # no progress line: nothing runs
             continue
         if progress:
-            eta = (len(todo) - done) * sum(ran) / len(ran) if ran else None
-            progress(done, len(todo), cell, eta)
+            progress(done, len(todo), cell, left * sum(ran) / len(ran) if ran else None)
         start = time.perf_counter()
         try:
             rows.append(run_cell(cfg, root, cell, out))
@@ -279,11 +281,12 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
             log.error("bench cell %s failed: %s", cell.key, exc,
                       exc_info=not isinstance(exc, CuetuneError))  # a user's error needs no trace
             rows.append(failed_row(cfg, cell, exc, time.perf_counter() - start))
+        left -= 1
         if time.perf_counter() - start > 1.0:
             ran.append(time.perf_counter() - start)
-        report.write_all(cfg, rows, out)
-        unwritten = False
-    if unwritten:  # the last cells were all read back
+        later = [kept[c.key] for c in todo[done + 1:] if c.key in kept]
+        report.write_all(cfg, rows + later, out)
+    if len(kept) == len(todo):  # every cell was read back: the reports are still written
         report.write_all(cfg, rows, out)
     if progress:
         progress(len(todo), len(todo), None, 0.0)
