@@ -141,9 +141,12 @@ def test_cells_whose_run_folders_are_gone_are_read_back_from_results(tiny_dirs, 
 
     cfg, _ = bench.load_bench(path, ["train.max_steps=6"])  # every cell's result would change
     assert bench.recorded_rows(cfg, out) == {}
-    (out / "results.json").write_text('{"cells": [')
-    with pytest.raises(bench.ConfigError, match="results.json: not a results.json"):
-        bench.run_bench(*bench.load_bench(path), out)
+    saved = json.loads((out / "results.json").read_text())
+    del saved["cells"][0]["seed"]  # a hand-edited row that names no cell
+    for text in ('{"cells": [', json.dumps(saved)):
+        (out / "results.json").write_text(text)
+        with pytest.raises(bench.ConfigError, match="results.json: not a results.json"):
+            bench.run_bench(*bench.load_bench(path), out)
 
 
 def test_an_interrupted_resume_keeps_read_back_rows_and_counts_only_cells_to_run(

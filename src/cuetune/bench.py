@@ -232,8 +232,9 @@ def recorded_rows(cfg: BenchConfig, out: Path) -> dict[str, dict]:
         return {}
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-        old, rows = saved["bench"], saved["cells"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        old = saved["bench"]
+        rows = {Cell(r["task"], r["method"], r["k"], r["seed"]).key: r for r in saved["cells"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a row without its cell, too
         raise ConfigError(f"{path}: not a results.json this bench can read back ({exc}); move it "
                           "aside to run the grid afresh") from None
     new = cfg.model_dump(mode="json")
@@ -243,8 +244,7 @@ def recorded_rows(cfg: BenchConfig, out: Path) -> dict[str, dict]:
                     path, "/".join(changed))
         return {}
     same = {m for m, entry in new["methods"].items() if old.get("methods", {}).get(m) == entry}
-    return {Cell(r["task"], r["method"], r["k"], r["seed"]).key: r for r in rows
-            if r.get("error") is None and r.get("method") in same}
+    return {key: r for key, r in rows.items() if r.get("error") is None and r["method"] in same}
 
 
 def _cell_dir(out: Path, cell: Cell) -> Path:
