@@ -282,8 +282,8 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
                       exc_info=not isinstance(exc, CuetuneError))  # a user's error needs no trace
             rows.append(failed_row(cfg, cell, exc, time.perf_counter() - start))
         left -= 1
-        if time.perf_counter() - start > 1.0:
-            ran.append(time.perf_counter() - start)
+        if (seconds := time.perf_counter() - start) > 1.0:  # a cell read back from its folders is not timed
+            ran.append(seconds)
         later = [kept[c.key] for c in todo[done + 1:] if c.key in kept]
         report.write_all(cfg, rows + later, out)
     if len(kept) == len(todo):  # every cell was read back: the reports are still written
