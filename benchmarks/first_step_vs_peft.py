@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from cuetune.checkpoint import BatchOrder
 from cuetune.encoding import collate
-from cuetune.engine import build
 from cuetune.models import load_model
+from cuetune.pipeline import build
 
 
 def main() -> None:

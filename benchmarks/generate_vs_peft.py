@@ -27,9 +27,9 @@ import torch
 import cuetune
 from cuetune.config import GenerateConfig
 from cuetune.data import Example, read_rows
-from cuetune.engine import build
 from cuetune.generation import generate_ids
 from cuetune.models import load_model
+from cuetune.pipeline import build
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "e2e" / "testset_w_refs.csv"
 TEMPLATE = "{soft:20} Facts: {text}\nSentence: {answer}"

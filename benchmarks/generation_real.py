@@ -103,7 +103,7 @@ def run(task: str, args, tmp: Path) -> dict:
            "output_dir": str(tmp / f"run-{task}")}
     start = time.perf_counter()
     manifest = cuetune.train(cfg)
-    metrics = manifest["metrics"]
+    metrics = manifest.metrics
     keys = ("bleu", "chrf", "rouge_l", "exact_match", "token_f1", "token_nll", "n", "references_per_input")
     return {"task": task, "method": args.method, "steps": args.steps, "train_examples": args.train,
             "seconds": round(time.perf_counter() - start, 1),

@@ -31,14 +31,14 @@ def run(method: str, steps: int, model: str, out_root: Path) -> dict:
     start = time.perf_counter()
     manifest = cuetune.train(cfg)
     wall = time.perf_counter() - start
-    training = manifest["training"] or {}
+    training = manifest.training
     examples = steps * cfg.train.batch_size
-    return {"method": method, "trainable_parameters": manifest["trainable_parameters"],
-            "adapter_bytes": manifest["adapter_bytes"],
-            "train_examples_per_s": round(examples / training["seconds"], 2) if training else None,
-            "train_seconds": training.get("seconds"), "wall_seconds": round(wall, 1),
-            "test_accuracy": manifest["metrics"]["test"]["accuracy"],
-            "dev_best": (manifest["metrics"].get("dev_best") or {}).get("accuracy")}
+    return {"method": method, "trainable_parameters": manifest.trainable_parameters,
+            "adapter_bytes": manifest.adapter_bytes,
+            "train_examples_per_s": round(examples / training.seconds, 2) if training else None,
+            "train_seconds": training.seconds if training else None, "wall_seconds": round(wall, 1),
+            "test_accuracy": manifest.metrics["test"]["accuracy"],
+            "dev_best": (manifest.metrics.get("dev_best") or {}).get("accuracy")}
 
 
 def main() -> None:

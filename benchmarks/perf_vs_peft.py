@@ -42,8 +42,9 @@ import cuetune
 from cuetune.checkpoint import BatchOrder
 from cuetune.data import Example, read_rows
 from cuetune.encoding import collate
-from cuetune.engine import build, predict_probs
+from cuetune.inference import predict_probs
 from cuetune.models import load_model
+from cuetune.pipeline import build
 from cuetune.training import MetricsLog, fit
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2"

@@ -133,8 +133,8 @@ def pretrain(model, tok, kind: str, steps: int, seed: int) -> float:
     family.setup(tok)
     loaded = LoadedModel("tiny", model, tok, family, "")
     verbalizer = Verbalizer(["negative", "positive"]).bind(tok, True)
-    encoders = [PromptEncoder(parse(f"{trigger} : {{text}} sentiment : {{answer}}"), tok,
-                              family.answer_style) for trigger in ("review", "question")]
+    encoders = [PromptEncoder(parse(f"{trigger} : {{text}} sentiment : {{answer}}"), tok, family)
+                for trigger in ("review", "question")]
     prompt_model = PromptModel(loaded, Method(None, loaded, None, None), verbalizer)
     rows = toy_rows(256, seed + 100)
     items = []

@@ -7,7 +7,7 @@ import pytest
 from conftest import save_tiny, toy_config
 
 import cuetune
-from cuetune import cli
+from cuetune import artifacts, cli
 from cuetune.errors import ArtifactError
 
 
@@ -37,9 +37,9 @@ def test_run_dir_contents(trained):
     assert {"adapter.safetensors", "cuetune.json", "metrics.jsonl", "config.yaml", "eval.json",
             "training_curves.png", "confusion_matrix.png"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
-    manifest = json.loads((trained / "cuetune.json").read_text())
-    assert manifest["trainable_parameters"] == 4 * 32
-    assert manifest["base_model"]["fingerprint"] and manifest["verbalizer"]["labels"]
+    manifest = artifacts.read_manifest(trained)
+    assert manifest.trainable_parameters == 4 * 32 and manifest.format_version == 2
+    assert manifest.base_model.fingerprint and manifest.verbalizer["labels"]
 
 
 def test_adapter_on_other_base_is_refused(trained, tmp_path):

@@ -15,6 +15,8 @@ from cuetune import api, artifacts, bench, tasks
 from cuetune.augment import augment
 from cuetune.config import AugmentConfig
 from cuetune.data import Example
+from cuetune.errors import ConfigError
+from cuetune.manifest import Manifest
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -44,7 +46,7 @@ def _bench_file(tmp_path, model_dir, out) -> Path:
                   "warmup_ratio": 0.0},
         "methods": {
             "zero-shot": {"method": {"name": "zero-shot"}, "prompt": {"verbalizer": words}},
-            "soft": {"method": {"name": "soft", "num_tokens": 4},
+            "soft": {"method": {"name": "soft"},
                      "prompt": {"template": "{soft:4} {text} sentiment : {answer}", "verbalizer": words},
                      "grid": {"train.lr": [0.1, 1e-5]}},
         },
@@ -90,12 +92,12 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
             assert r["hyperparameters"] == {"train.lr": 0.1}, "dev must prefer the lr that learns"
             chosen = artifacts.read_manifest(r["run_dir"])
             other = artifacts.read_manifest(Path(r["run_dir"]).parent / "lr1e-05")
-            assert "dev_best" in other["metrics"] and "test" not in other["metrics"], (
+            assert "dev_best" in other.metrics and "test" not in other.metrics, (
                 "only dev's pick is scored on test")
-            assert chosen["metrics"]["test"]["n"] == 24 and chosen["test_seconds"] > 0
+            assert chosen.metrics["test"]["n"] == 24 and chosen.test_seconds > 0
             for run in (r["run_dir"], Path(r["run_dir"]).parent / "lr1e-05"):  # after test, not before
                 assert not (Path(run) / artifacts.ADAPTER).exists()
-                assert "adapter_removed" in artifacts.read_manifest(run)
+                assert artifacts.read_manifest(run).adapter_removed
     for name in ("results.csv", "results.json", "results.md", "report.html", "bars_k16.png"):
         assert (out / name).stat().st_size > 100, name
     md = (out / "results.md").read_text()
@@ -186,8 +188,10 @@ def test_an_interrupted_resume_keeps_read_back_rows_and_counts_only_cells_to_run
 def test_full_weights_are_flagged_in_the_manifest_before_the_file_goes(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
-    artifacts.write_manifest(run, {"base_model": "tiny", "config": {}, "labels": ["a", "b"],
-                                   "adapter_sha256": "0" * 64})
+    artifacts.write_manifest(run, Manifest(
+        base_model={"name": "tiny", "fingerprint": "0", "family": "causal"}, method={"name": "full"},
+        template="{text} {answer}", labels=["a", "b"], trainable_parameters=1, adapter_bytes=2048,
+        adapter_sha256="0" * 64, config={}))
     (run / artifacts.ADAPTER).write_bytes(b"x" * 2048)
     monkeypatch.setattr(bench, "FULL_WEIGHTS_MB", 0)
     real_unlink = Path.unlink
@@ -198,11 +202,11 @@ def test_full_weights_are_flagged_in_the_manifest_before_the_file_goes(tmp_path,
     monkeypatch.setattr(Path, "unlink", interrupted_unlink)
     with pytest.raises(Interrupted):
         bench.drop_full_weights(run)
-    assert "adapter_removed" in artifacts.read_manifest(run), "manifest flagged first"
+    assert artifacts.read_manifest(run).adapter_removed, "manifest flagged first"
     monkeypatch.setattr(Path, "unlink", real_unlink)
     bench.drop_full_weights(run)
     assert not (run / artifacts.ADAPTER).exists()
-    assert artifacts.read_manifest(run)["labels"] == ["a", "b"]
+    assert artifacts.read_manifest(run).labels == ["a", "b"]
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_dirs, tmp_path, monkeypatch, capsys):
@@ -401,3 +405,36 @@ def test_fill_results_replaces_only_between_its_markers():
         "intro\n<!-- t -->\nnew\n<!-- /t -->\nafter <!-- u -->x<!-- /u -->\n")
     with pytest.raises(SystemExit, match="<!-- v -->"):
         fill_results.fill(doc, "v", "new")
+
+
+def test_a_task_declared_in_the_bench_yaml_runs_like_a_named_one(tiny_dirs, toy_data, tmp_path):
+    """`custom_tasks`: the user's own files (relative to the bench file), columns, labels,
+    template, label words and metric; K per class is sampled per seed."""
+    (tmp_path / "mine").mkdir()
+    for split, src in toy_data.items():
+        rows = [json.loads(x) for x in src.read_text().splitlines()]
+        (tmp_path / "mine" / f"{split}.csv").write_text(
+            "review,stars\n" + "".join(f"{r['text']},{'5' if r['label'] == 'positive' else '1'}\n"
+                                       for r in rows))
+    spec = {"train": "mine/train.csv", "dev": "mine/dev.csv", "test": "mine/test.csv",
+            "data": {"text_column": "review", "label_column": "stars", "labels": ["1", "5"]},
+            "template": "review : {text} sentiment : {answer}",
+            "verbalizer": {"1": "negative", "5": "positive"}, "metric": "macro_f1"}
+    raw = {"model": {"name": str(tiny_dirs["causal"])}, "tasks": ["stars"], "custom_tasks": {"stars": spec},
+           "k": [4], "seeds": [13], "output_dir": str(tmp_path / "out"),
+           "methods": {"zero-shot": {"method": {"name": "zero-shot"}}}}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg, root = bench.load_bench(path)
+    [row] = bench.run_bench(cfg, root, tmp_path / "out")
+    assert row["error"] is None and row["metric"] == "macro_f1"
+    assert row["train_examples"] == 8 and row["test_size"] == 24
+    assert row["test_score"] >= 0.85  # the pretrained "review :" skill with the user's label words
+    raw["custom_tasks"]["sst-2"] = spec
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="custom_tasks.sst-2: shadows the named task"):
+        bench.load_bench(path)
+    raw["custom_tasks"] = {"stars": {**spec, "tempalte": "x"}}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="tempalte"):
+        bench.load_bench(path)

@@ -20,7 +20,7 @@ from cuetune import api, methods
 from cuetune.config import validate
 from cuetune.data import load_splits
 from cuetune.encoding import collate
-from cuetune.engine import build
+from cuetune.pipeline import build
 
 FAMILIES = list(KINDS)
 # One row per method: its settings for the toy task (learning rates suit 32-wide tiny models;
@@ -69,14 +69,14 @@ def test_training_lowers_loss_and_round_trips(tiny_dirs, toy_data, tmp_path, fam
     first = sum(r["loss"] for r in rows[:5]) / 5
     last = sum(r["loss"] for r in rows[-5:]) / 5
     assert last < 0.8 * first, (first, last)
-    assert manifest["metrics"]["test"]["accuracy"] > 0.7
+    assert manifest.metrics["test"]["accuracy"] > 0.7
     texts = ["the movie was great", "the food was awful and dull", "a very poor day"]
     before = cuetune.load(run_dir).predict(texts)
     again = cuetune.load(run_dir).predict(texts)
     assert before == again
     # The saved adapter scores test exactly as training's in-memory best-dev state did (the
     # bench relies on it: it scores test from the saved adapter of dev's pick).
-    assert api.score_test(run_dir)["metrics"]["test"] == manifest["metrics"]["test"]
+    assert api.score_test(run_dir).metrics["test"] == manifest.metrics["test"]
     assert (run_dir / "training_curves.png").stat().st_size > 1000
     assert (run_dir / "confusion_matrix.png").stat().st_size > 1000
 
@@ -84,40 +84,42 @@ def test_training_lowers_loss_and_round_trips(tiny_dirs, toy_data, tmp_path, fam
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", TRAINED)
 def test_only_the_intended_parameters_train(tiny_dirs, toy_data, family, method):
+    """Every method trains its own tensors beside the base model: the base's weights, gradients
+    and requires_grad flags are as loaded after training steps, full fine-tuning included."""
     cfg = validate(_raw(tiny_dirs, toy_data, "unused", family, method))
     splits = load_splits(cfg.data)
     pipe = build(cfg, splits.labels)
-    adapter = {id(p) for p in pipe.method.trainable_parameters()}
+    base = pipe.loaded.model
+    adapter = pipe.method.trainable_parameters()
     assert adapter, "a trained method must have trainable parameters"
-    base = {n: p for n, p in pipe.loaded.model.named_parameters() if id(p) not in adapter}
-    if pipe.method.freezes_base:
-        assert base, "a parameter-efficient method must leave base weights untrained"
-    else:
-        assert id(pipe.loaded.model.get_input_embeddings().weight) in adapter
-    before = {n: p.detach().clone() for n, p in base.items()}
+    assert not {id(p) for p in adapter} & {id(p) for p in base.parameters()}, "adapter inside base"
+    if not pipe.method.freezes_base:  # its adapter holds a copy of every base weight
+        embedding = next(n for n, p in base.named_parameters() if p is base.get_input_embeddings().weight)
+        assert f"base.{embedding}" in pipe.method.adapter_tensors()
+    flags = {n: p.requires_grad for n, p in base.named_parameters()}
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
     batch = collate(pipe.encode(splits.train[:8]), pipe.loaded.tokenizer.pad_token_id)
     pipe.model.train()
-    optimizer = torch.optim.AdamW(pipe.method.trainable_parameters(), lr=0.1)
+    optimizer = torch.optim.AdamW(adapter, lr=0.1)
     for _ in range(2):  # the second pass reaches factors initialised to zero (LoRA's B, p-tuning)
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(pipe.model(batch), batch["labels"]).backward()
         optimizer.step()
-    for name, p in pipe.model.named_parameters():
-        if id(p) in adapter:
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
-        else:
-            assert p.grad is None, f"{name} received a gradient"
-    for n, p in base.items():
+    for name, p in pipe.method.adapter_tensors().items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    for n, p in base.named_parameters():
+        assert p.grad is None, f"base weight {n} received a gradient"
         assert torch.equal(p, before[n]), f"base weight {n} changed"
+        assert p.requires_grad == flags[n] is False, f"base weight {n}: requires_grad changed"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", BASELINES)
 def test_baselines_run_through_eval_and_artifacts(tiny_dirs, toy_data, tmp_path, family, method):
     manifest, run_dir = _run(tiny_dirs, toy_data, tmp_path, family, method)
-    assert manifest["training"] is None
-    assert 0.0 <= manifest["metrics"]["test"]["accuracy"] <= 1.0
-    assert api.score_test(run_dir)["metrics"]["test"] == manifest["metrics"]["test"]
+    assert manifest.training is None
+    assert 0.0 <= manifest.metrics["test"]["accuracy"] <= 1.0
+    assert api.score_test(run_dir).metrics["test"] == manifest.metrics["test"]
     preds = cuetune.load(run_dir).predict(["the movie was great"])
     assert set(preds[0]["probs"]) == {"negative", "positive"}
 
@@ -142,7 +144,7 @@ def test_sentence_pairs_reach_the_model(tiny_dirs, tmp_path, family):
     raw["data"]["text_pair_column"] = "pair"
     raw["prompt"]["template"] = "{text_pair} : {text} sentiment : {answer}"
     manifest = cuetune.train(raw)
-    assert manifest["metrics"]["test"]["accuracy"] >= 0.85
+    assert manifest.metrics["test"]["accuracy"] >= 0.85
     model = cuetune.load(tmp_path / "run")
     review, question = model.predict(["the food was superb"] * 2, ["review", "question"])
     assert review["label"] != question["label"]

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from conftest import save_tiny, toy_config, toy_rows
 
-from cuetune import families
 from cuetune.config import validate
 from cuetune.data import Example
 from cuetune.encoding import collate
-from cuetune.engine import build, predict_probs
-from cuetune.families import Causal
+from cuetune.families import fastpath
+from cuetune.inference import predict_probs
+from cuetune.pipeline import build
 
 METHODS = {
     "soft": {"name": "soft"},
@@ -82,31 +82,31 @@ def test_fast_path_equals_plain_path(models, toy_data, monkeypatch, kind, method
     pipe.model.eval()  # GPT-2's dropout would otherwise switch the shared path off
 
     calls, passes = [], []
-    original = Causal.shared_kv
-    monkeypatch.setattr(Causal, "shared_kv", lambda *a: calls.append(1) or original(*a))
-    for name in ("_packed", "_rows"):
-        real = getattr(Causal, name)
-        monkeypatch.setattr(Causal, name, lambda *a, real=real, name=name: passes.append(name) or real(*a))
+    original = fastpath.shared_kv
+    monkeypatch.setattr(fastpath, "shared_kv", lambda *a: calls.append(1) or original(*a))
+    for name in ("packed", "rows"):
+        real = getattr(fastpath, name)
+        monkeypatch.setattr(fastpath, name, lambda *a, real=real, name=name: passes.append(name) or real(*a))
 
     def fast():  # packed into one unpadded sequence, or split into groups of similar length
-        monkeypatch.setattr(families, "PACK_WASTE", 0.0 if mode == "pack" else float("inf"))
-        monkeypatch.setattr(families, "GROUP_OVERHEAD_TOKENS", 0)
+        monkeypatch.setattr(fastpath, "PACK_WASTE", 0.0 if mode == "pack" else float("inf"))
+        monkeypatch.setattr(fastpath, "GROUP_OVERHEAD_TOKENS", 0)
 
     def plain():  # one padded pass over the batch as it is
-        monkeypatch.setattr(families, "PACK_WASTE", float("inf"))
-        monkeypatch.setattr(families, "GROUP_OVERHEAD_TOKENS", 10**9)
+        monkeypatch.setattr(fastpath, "PACK_WASTE", float("inf"))
+        monkeypatch.setattr(fastpath, "GROUP_OVERHEAD_TOKENS", 10**9)
 
     fast()
     fast_loss, fast_grads = _loss_and_grads(pipe, batch)
     assert calls, "the shared path was not taken"
     packs = kind != "gemma3"  # a sliding-window layer is never packed
-    assert passes == (["_packed"] if mode == "pack" and packs else ["_rows"] * len(passes))
+    assert passes == (["packed"] if mode == "pack" and packs else ["rows"] * len(passes))
     assert mode == "pack" or len(passes) > 1, "the batch was not split by length"
     shared, pipe.model.shared_len = pipe.model.shared_len, 0
     plain()
     passes.clear()
     plain_loss, plain_grads = _loss_and_grads(pipe, batch)
-    assert len(calls) == 1 and passes == ["_rows"]
+    assert len(calls) == 1 and passes == ["rows"]
 
     torch.testing.assert_close(fast_loss, plain_loss, atol=1e-5, rtol=1e-5)
     for got, want in zip(fast_grads, plain_grads, strict=True):
@@ -124,9 +124,9 @@ def test_fast_path_equals_plain_path(models, toy_data, monkeypatch, kind, method
 def test_inference_computes_the_shared_prompt_once(models, toy_data, monkeypatch):
     pipe = _pipeline(models["causal"], toy_data, "soft", False)
     calls = []
-    original = Causal.shared_kv
-    monkeypatch.setattr(Causal, "shared_kv", lambda self, model, inputs, *a: calls.append(
-        inputs["memo"] is not None and len(inputs["memo"])) or original(self, model, inputs, *a))
+    original = fastpath.shared_kv
+    monkeypatch.setattr(fastpath, "shared_kv", lambda model, inputs, *a: calls.append(
+        inputs["memo"] is not None and len(inputs["memo"])) or original(model, inputs, *a))
     items = pipe.encode(_examples(False, 24))
     predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, 4)
     assert calls == [0, 1, 1, 1, 1, 1]  # 6 batches; computed in the first, reused after
@@ -134,7 +134,7 @@ def test_inference_computes_the_shared_prompt_once(models, toy_data, monkeypatch
 
 def test_sliding_window_shorter_than_the_input_takes_the_plain_path(tiny_dirs, toy_data, monkeypatch):
     pipe = _pipeline(tiny_dirs["gemma3"], toy_data, "soft", False)  # window 8
-    monkeypatch.setattr(Causal, "shared_kv", lambda *a: pytest.fail("a window of 8 cannot share"))
+    monkeypatch.setattr(fastpath, "shared_kv", lambda *a: pytest.fail("a window of 8 cannot share"))
     items = pipe.encode(_examples(False))
     pipe.model(collate(items, pipe.loaded.tokenizer.pad_token_id))
 
@@ -142,7 +142,7 @@ def test_sliding_window_shorter_than_the_input_takes_the_plain_path(tiny_dirs, t
 def test_dropout_in_training_turns_the_shared_path_off(tiny_dirs, toy_data, monkeypatch):
     pipe = _pipeline(tiny_dirs["gpt2"], toy_data, "soft", False)
     pipe.model.train()
-    monkeypatch.setattr(Causal, "shared_kv", lambda *a: pytest.fail("dropout differs per row"))
+    monkeypatch.setattr(fastpath, "shared_kv", lambda *a: pytest.fail("dropout differs per row"))
     pipe.model(collate(pipe.encode(_examples(False)), pipe.loaded.tokenizer.pad_token_id))
 
 

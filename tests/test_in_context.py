@@ -9,6 +9,7 @@ import yaml
 from conftest import FILLER, NEG, POS, save_tiny, toy_config, toy_rows, write_jsonl
 
 import cuetune
+from cuetune import families
 from cuetune.encoding import PromptEncoder
 from cuetune.errors import ConfigError
 from cuetune.models import load_model
@@ -56,7 +57,7 @@ def test_demonstrations_leave_the_input_its_room(setup, tmp_path):
                      for r in _rows(32, 1, long_every=3))
     room = lengths[len(lengths) // 2 - 1]  # the median training input; a third are 41 tokens
     template = parse("\n".join(demos) + "\n" + TEMPLATE)
-    fixed = PromptEncoder(template, tok, "next", max_length=60).fixed_length
+    fixed = PromptEncoder(template, tok, families.get("causal"), max_length=60).fixed_length
     assert fixed + room <= 60
     assert all(len(d.split()) < 20 for d in demos)  # the 40-word examples were passed over
     # the saved run reloads with the same prompt

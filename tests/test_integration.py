@@ -42,7 +42,7 @@ def test_few_steps_lower_the_loss(real_run):
 
 def test_adapter_is_small_and_predictions_round_trip(real_run):
     manifest, out = real_run
-    assert manifest["trainable_parameters"] == 20 * 576
+    assert manifest.trainable_parameters == 20 * 576
     assert (out / "adapter.safetensors").stat().st_size < 100_000
     texts = ["An absolute delight from start to finish.", "Cold food and a rude waiter.",
              "The battery died after a week."]
@@ -85,6 +85,6 @@ def test_every_method_on_the_real_model(tmp_path, method):
                   "zero_shot_baseline": False, "warmup_ratio": 0.0},
         "output_dir": str(tmp_path / "run"),
     })
-    assert manifest["metrics"]["test"]["accuracy"] >= 0.5
+    assert manifest.metrics["test"]["accuracy"] >= 0.5
     preds = cuetune.load(tmp_path / "run").predict(["An absolute delight.", "Cold food."])
     assert all(set(p["probs"]) == {"negative", "positive"} for p in preds)

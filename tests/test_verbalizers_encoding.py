@@ -2,6 +2,7 @@ import pytest
 import torch
 from conftest import toy_tokenizer
 
+from cuetune import families
 from cuetune.data import Example
 from cuetune.encoding import PromptEncoder, collate
 from cuetune.errors import TemplateError, VerbalizerError
@@ -36,16 +37,22 @@ def test_verbalizer_errors_name_the_field():
         Verbalizer(["negative", "positive"], {"negative": "bad"})
 
 
-@pytest.mark.parametrize("kind, style", [("causal", "next"), ("masked", "mask"), ("seq2seq", "sentinel")])
-def test_layout_per_family(kind, style):
+def _family(kind, tok):
+    family = families.get(kind)
+    family.setup(tok)
+    return family
+
+
+@pytest.mark.parametrize("kind", ["causal", "masked", "seq2seq"])
+def test_layout_per_family(kind):
     tok = toy_tokenizer(kind)
-    enc = PromptEncoder(parse("{soft:2} review : {text} sentiment : {answer} ."), tok, style)
+    enc = PromptEncoder(parse("{soft:2} review : {text} sentiment : {answer} ."), tok, _family(kind, tok))
     e = enc.encode(Example("the movie was good", label=1))
     toks = tok.convert_ids_to_tokens(e.input_ids)
     assert e.soft_index.count(-1) == len(toks) - 2 and max(e.soft_index) == 1
-    if style == "next":
+    if kind == "causal":
         assert toks[0] == "<s>" and toks[e.answer_pos] == ":" and e.answer_pos == len(toks) - 1
-    elif style == "mask":
+    elif kind == "masked":
         assert toks[0] == "[CLS]" and toks[-1] == "[SEP]" and toks[e.answer_pos] == "[MASK]"
         assert toks[e.answer_pos + 1] == "."
     else:
@@ -54,8 +61,8 @@ def test_layout_per_family(kind, style):
 
 def test_truncation_keeps_template_and_answer(caplog):
     tok = toy_tokenizer("masked")
-    enc = PromptEncoder(parse("review : {text} {text_pair} sentiment : {answer}"), tok, "mask",
-                        max_length=16)
+    enc = PromptEncoder(parse("review : {text} {text_pair} sentiment : {answer}"), tok,
+                        _family("masked", tok), max_length=16)
     long = " ".join(["good"] * 50)
     e = enc.encode_all([Example(long, "bad bad", 1), Example("fine", "bad", 0)], "test rows")
     toks = tok.convert_ids_to_tokens(e[0].input_ids)
@@ -64,18 +71,18 @@ def test_truncation_keeps_template_and_answer(caplog):
     assert e[0].truncated and not e[1].truncated
     assert "1 of 2 test rows were truncated" in caplog.text
     with pytest.raises(TemplateError, match="needs .* tokens but data.max_length is 4"):
-        PromptEncoder(parse("{soft:5} {text} {answer}"), tok, "mask", max_length=4).encode(
+        PromptEncoder(parse("{soft:5} {text} {answer}"), tok, _family("masked", tok), max_length=4).encode(
             Example("good"))
 
 
 def test_causal_answer_must_follow_text():
     with pytest.raises(TemplateError, match="put {text}"):
-        PromptEncoder(parse("{answer} : {text}"), toy_tokenizer("causal"), "next")
+        PromptEncoder(parse("{answer} : {text}"), toy_tokenizer("causal"), families.get("causal"))
 
 
 def test_collate_right_pads():
     tok = toy_tokenizer("causal")
-    enc = PromptEncoder(parse("{soft:1} {text} {answer}"), tok, "next")
+    enc = PromptEncoder(parse("{soft:1} {text} {answer}"), tok, families.get("causal"))
     b = collate(enc.encode_all([Example("good", label=1), Example("the movie was bad", label=0)]), 0)
     assert b["input_ids"].shape == (2, 6) and b["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0]
     assert b["answer_pos"].tolist() == [2, 5] and b["labels"].tolist() == [1, 0]

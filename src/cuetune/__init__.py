@@ -1,7 +1,6 @@
 """cuetune: prompt-based, parameter-efficient fine-tuning of pretrained language models."""
 
-__version__ = "0.1.0"
-
-from cuetune.api import load, train  # noqa: E402
+from cuetune._version import __version__
+from cuetune.api import load, train
 
 __all__ = ["__version__", "load", "train"]

@@ -17,10 +17,14 @@ from cuetune.config import RunConfig
 from cuetune.config import load as load_config
 from cuetune.config import validate as validate_config
 from cuetune.data import Example, clean, group_refs, load_splits, read_rows, to_examples
-from cuetune.engine import Pipeline, build, load_for, predict_probs
 from cuetune.errors import ArtifactError, CuetuneError
 from cuetune.evaluation import plot_confusion, plot_curves
 from cuetune.generation import generate
+from cuetune.inference import predict_probs
+from cuetune.manifest import BaseModelRef, ImportRecord, Manifest, TrainingRecord
+from cuetune.methods import check_settings
+from cuetune.models import LoadedModel
+from cuetune.pipeline import Pipeline, build, load_for
 from cuetune.training import MetricsLog, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -56,11 +60,13 @@ def prepare_run_dir(path: str | Path) -> Path:
     return run_dir
 
 
-def train(config=None, progress=None, resume: Checkpoint | None = None) -> dict:
+def train(config=None, progress=None, resume: Checkpoint | None = None) -> Manifest:
     """Train (or, for baselines, just evaluate) as the config says; return the manifest.
 
     `resume`: a checkpoint of this same run to continue from (see `resume_run`)."""
     cfg = _as_config(config)
+    if resume is None:  # a resumed run's saved config was checked when it started
+        check_settings(cfg)
     splits = load_splits(cfg.data)
     run_dir = prepare_run_dir(cfg.output_dir)  # before the model loads: a bad dir fails at once
     loaded = load_for(cfg)
@@ -87,10 +93,10 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> dict:
     try:
         if pipe.method.trains:
             result = fit(pipe, enc["train"], enc["dev"], mlog, progress, run_dir, resume)
-            training = {"steps": result.steps, "best_step": result.best_step,
-                        "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2),
-                        "skipped_steps": result.skipped,
-                        "resumed_from": resume.state["step"] if resume else None}
+            training = TrainingRecord(
+                steps=result.steps, best_step=result.best_step, stopped_early=result.stopped_early,
+                seconds=round(result.seconds, 2), skipped_steps=result.skipped,
+                resumed_from=resume.state["step"] if resume else None, phases=result.phases)
             metrics["dev_best"] = result.best_dev
     finally:
         mlog.close()
@@ -98,7 +104,8 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> dict:
 
 
 def finish_run(run_dir: Path, cfg: RunConfig, pipe: Pipeline, splits, enc: dict, metrics: dict,
-               training: dict | None, rows: list[dict], extra: dict | None = None) -> dict:
+               training: TrainingRecord | None, rows: list[dict],
+               imported_from: ImportRecord | None = None) -> Manifest:
     """Evaluate, write adapter, plots, eval.json and (last) the manifest; return the manifest."""
     for name in ("dev", "test"):
         if enc[name] and (name == "dev" or cfg.train.evaluate_test):
@@ -109,28 +116,27 @@ def finish_run(run_dir: Path, cfg: RunConfig, pipe: Pipeline, splits, enc: dict,
         keys = pipe.objective.dev_keys
         plot_curves(rows, run_dir / "training_curves.png",
                     cfg.train.metric if cfg.train.metric in keys else keys[0])
-    manifest = {
-        "base_model": {"name": cfg.model.name, "fingerprint": pipe.loaded.fingerprint,
-                       "family": pipe.loaded.family.name},
-        "method": cfg.method.model_dump(mode="json"),
-        "template": pipe.encoder.template.source,
-        "task": cfg.data.task,
-        "verbalizer": pipe.verbalizer.to_json() if pipe.verbalizer is not None else None,
-        "labels": pipe.labels,
-        "trainable_parameters": int(sum(t.numel() for t in state.values())),
-        "adapter_sha256": sha,
-        "adapter_bytes": (run_dir / artifacts.ADAPTER).stat().st_size,
-        "data": splits.report,
-        "training": training,
-        "metrics": metrics,
-        "config": cfg.model_dump(mode="json"),
-        **(extra or {}),
-    }
+    manifest = Manifest(
+        base_model=BaseModelRef(name=cfg.model.name, fingerprint=pipe.loaded.fingerprint,
+                                family=pipe.loaded.family.name),
+        method=cfg.method.model_dump(mode="json"),
+        template=pipe.encoder.template.source,
+        task=cfg.data.task,
+        verbalizer=pipe.verbalizer.to_json() if pipe.verbalizer is not None else None,
+        labels=pipe.labels,
+        trainable_parameters=int(sum(t.numel() for t in state.values())),
+        adapter_sha256=sha,
+        adapter_bytes=(run_dir / artifacts.ADAPTER).stat().st_size,
+        data=splits.report,
+        training=training,
+        metrics=metrics,
+        config=cfg.model_dump(mode="json"),
+        imported_from=imported_from,
+    )
     write_eval(run_dir, metrics)
     artifacts.write_manifest(run_dir, manifest)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: nothing to resume
-    manifest["run_dir"] = str(run_dir)
-    return manifest
+    return manifest.model_copy(update={"run_dir": str(run_dir)})
 
 
 def write_eval(run_dir: Path, metrics: dict) -> None:
@@ -140,7 +146,7 @@ def write_eval(run_dir: Path, metrics: dict) -> None:
     atomic.write_json(run_dir / "eval.json", metrics)
 
 
-def score_test(run_dir: str | Path) -> dict:
+def score_test(run_dir: str | Path) -> Manifest:
     """Score a finished run on its test split (one trained with `train.evaluate_test: false`);
     eval.json, the confusion plot and the manifest gain the test metrics. Returns the manifest.
 
@@ -153,14 +159,13 @@ def score_test(run_dir: str | Path) -> dict:
     if not test:
         raise CuetuneError(f"{tuned.run_dir}: the run's data config has no test split to score")
     scores = evaluate(tuned.pipe, tuned.pipe.encode(test, "test examples"), cfg.train.eval_batch_size)
-    metrics = {**tuned.manifest["metrics"], "test": scores}
+    metrics = {**tuned.manifest.metrics, "test": scores}
     write_eval(tuned.run_dir, metrics)
-    manifest = artifacts.update_manifest(tuned.run_dir, {
-        "metrics": metrics, "test_seconds": round(time.perf_counter() - start, 1)})
-    return {**manifest, "run_dir": str(tuned.run_dir)}
+    return artifacts.update_manifest(tuned.run_dir, metrics=metrics,
+                                     test_seconds=round(time.perf_counter() - start, 1))
 
 
-def resume_run(run_dir: str | Path, progress=None) -> dict:
+def resume_run(run_dir: str | Path, progress=None) -> Manifest:
     """Continue an interrupted run from its last checkpoint, with the config it was started
     with; the result equals the uninterrupted run's (on CPU, bit for bit)."""
     run_dir = Path(run_dir)
@@ -196,7 +201,7 @@ def _check_space(run_dir: Path, pipe: Pipeline, cfg: RunConfig) -> None:
 class TunedModel:
     """A trained prompt on its base model, ready to predict."""
 
-    def __init__(self, pipe: Pipeline, manifest: dict, run_dir: Path):
+    def __init__(self, pipe: Pipeline, manifest: Manifest, run_dir: Path):
         self.pipe = pipe
         self.manifest = manifest
         self.run_dir = run_dir
@@ -261,19 +266,23 @@ def _examples(texts, text_pairs) -> list[Example]:
             for t, p in zip(texts, pairs, strict=True)]
 
 
-def load(run_dir: str | Path, device: str | None = None) -> TunedModel:
-    """Load a run directory; refuses an adapter whose base weights differ from the loaded ones."""
+def load(run_dir: str | Path, device: str | None = None, base: LoadedModel | None = None) -> TunedModel:
+    """Load a run directory; refuses an adapter whose base weights differ from the loaded ones.
+
+    `base`: a base model already loaded (by `models.load_model` or another run's `.pipe.loaded`)
+    to load this run over instead of loading its own; runs of any methods share it side by side,
+    since no method changes the base model."""
     run_dir = Path(run_dir)
     manifest = artifacts.read_manifest(run_dir)
     try:
-        cfg = RunConfig.model_validate(manifest["config"])
+        cfg = RunConfig.model_validate(manifest.config)
     except Exception as exc:  # pydantic errors: report as a damaged manifest
         raise ArtifactError(f"{run_dir / artifacts.MANIFEST}: config is invalid ({exc})") from None
     if device:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": device})})
-    loaded = load_for(cfg)
+    loaded = base if base is not None else load_for(cfg)
     artifacts.check_base(manifest, loaded.fingerprint, run_dir)
-    pipe = build(cfg, manifest["labels"], loaded=loaded)
+    pipe = build(cfg, manifest.labels, loaded=loaded)
     state = artifacts.read_adapter(run_dir, manifest)
     try:
         pipe.method.load_adapter_state(state)

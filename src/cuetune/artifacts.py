@@ -16,12 +16,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from cuetune import __version__, atomic
+from cuetune import atomic
 from cuetune.errors import ArtifactError
+from cuetune.manifest import Manifest, parse
 
 MANIFEST = "cuetune.json"
 ADAPTER = "adapter.safetensors"
-FORMAT_VERSION = 1
 
 
 def save_adapter(run_dir: Path, state: dict[str, torch.Tensor]) -> str:
@@ -34,20 +34,20 @@ def save_adapter(run_dir: Path, state: dict[str, torch.Tensor]) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_manifest(run_dir: Path, manifest: dict) -> None:
-    atomic.write_json(run_dir / MANIFEST, {"format_version": FORMAT_VERSION,
-                                            "cuetune_version": __version__, **manifest})
+def write_manifest(run_dir: Path, manifest: Manifest) -> None:
+    atomic.write_json(run_dir / MANIFEST, manifest.to_json())
 
 
-def update_manifest(run_dir: str | Path, changes: dict) -> dict:
-    """Merge `changes` into a finished run's manifest (rewritten atomically; the format and
-    version stay those of the run that wrote it). Returns the new manifest."""
-    manifest = {**read_manifest(run_dir), **changes}
-    atomic.write_json(Path(run_dir) / MANIFEST, manifest)
-    return manifest
+def update_manifest(run_dir: str | Path, **changes) -> Manifest:
+    """Set fields of a finished run's manifest (rewritten atomically, checked as a whole; the
+    cuetune version stays that of the run that wrote it). Returns the new manifest."""
+    manifest = read_manifest(run_dir)
+    updated = Manifest.model_validate({**manifest.to_json(), **changes})
+    write_manifest(Path(run_dir), updated)
+    return updated.model_copy(update={"run_dir": manifest.run_dir})
 
 
-def read_manifest(run_dir: str | Path) -> dict:
+def read_manifest(run_dir: str | Path) -> Manifest:
     path = Path(run_dir) / MANIFEST
     if not Path(run_dir).is_dir():
         raise ArtifactError(f"{run_dir}: run directory not found")
@@ -55,35 +55,35 @@ def read_manifest(run_dir: str | Path) -> dict:
         raise ArtifactError(f"{path}: missing; {run_dir} is not a finished cuetune run "
                             "(training may have stopped early)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        manifest = parse(raw, str(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
-    for key in ("base_model", "config", "labels", "adapter_sha256"):
-        if key not in manifest:
-            raise ArtifactError(f"{path}: field '{key}' missing; the manifest is damaged")
-    return manifest
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from None
+    return manifest.model_copy(update={"run_dir": str(run_dir)})
 
 
-def read_adapter(run_dir: str | Path, manifest: dict) -> dict[str, torch.Tensor]:
+def read_adapter(run_dir: str | Path, manifest: Manifest) -> dict[str, torch.Tensor]:
     path = Path(run_dir) / ADAPTER
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; the run directory is incomplete")
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest["adapter_sha256"]:
+    if digest != manifest.adapter_sha256:
         raise ArtifactError(f"{path}: SHA-256 {digest[:12]}... does not match the manifest's "
-                            f"{manifest['adapter_sha256'][:12]}...; the file was changed or damaged")
+                            f"{manifest.adapter_sha256[:12]}...; the file was changed or damaged")
     try:
         return load(data)
     except SafetensorError as exc:
         raise ArtifactError(f"{path}: not a valid safetensors file ({exc})") from None
 
 
-def check_base(manifest: dict, fingerprint: str, run_dir) -> None:
+def check_base(manifest: Manifest, fingerprint: str, run_dir) -> None:
     """Refuse an adapter trained on other base weights."""
-    want = manifest["base_model"]["fingerprint"]
+    want = manifest.base_model.fingerprint
     if want != fingerprint:
         raise ArtifactError(
             f"{Path(run_dir) / MANIFEST}: adapter was trained on base model "
-            f"'{manifest['base_model']['name']}' (weights {want}), but the loaded weights are "
+            f"'{manifest.base_model.name}' (weights {want}), but the loaded weights are "
             f"{fingerprint}; load it on the same base model")

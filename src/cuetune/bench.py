@@ -23,17 +23,19 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError
 
-from cuetune import api, artifacts, atomic, tasks
+from cuetune import api, artifacts, atomic, report, tasks
 from cuetune.checkpoint import CHECKPOINT
-from cuetune.config import Strict, apply_overrides
+from cuetune.config import RunConfig, Strict, apply_overrides
 from cuetune.errors import ConfigError, CuetuneError
+from cuetune.manifest import Manifest
 from cuetune.objectives import objective_for
+from cuetune.report import Cell
 
 log = logging.getLogger(__name__)
 FULL_WEIGHTS_MB = 50
@@ -56,6 +58,8 @@ class BenchConfig(Strict):
     data_root: str = "../shared/data"
     """Folder holding the task data (relative to the bench config file, else to the cwd)."""
     tasks: list[str]
+    custom_tasks: dict[str, tasks.TaskSpec] = Field(default_factory=dict)
+    """Tasks declared here (files relative to this config's folder), usable in `tasks`."""
     methods: dict[str, MethodEntry]
     k: list[int] = Field(default_factory=lambda: [16])
     seeds: list[int] = Field(default_factory=lambda: list(tasks.LMBFF_SEEDS))
@@ -67,18 +71,12 @@ class BenchConfig(Strict):
     output_dir: str = "bench-out"
     keep_full_weights: bool = False
     """Full-weight adapters (hundreds of MB per run) are deleted once scored unless true."""
+    _folder: Path = PrivateAttr(default_factory=Path)
+    """The bench config file's folder: custom tasks' files are relative to it."""
 
-
-@dataclass(frozen=True)
-class Cell:
-    task: str
-    method: str
-    k: int
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.task}/{self.method}/k{self.k}-s{self.seed}"
+    def task(self, name: str) -> tasks.Task:
+        spec = self.custom_tasks.get(name)
+        return spec.to_task(name, self._folder) if spec is not None else tasks.get(name)
 
 
 def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[BenchConfig, Path]:
@@ -97,8 +95,12 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(f"{p}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+    cfg._folder = p.parent
+    for name in cfg.custom_tasks:
+        if name in tasks.TASKS:
+            raise ConfigError(f"{p}: custom_tasks.{name}: shadows the named task {name!r}; rename it")
     for name in cfg.tasks:
-        tasks.get(name)
+        cfg.task(name)
     root = Path(cfg.data_root)
     if not root.is_absolute() and (p.parent / root).is_dir():
         root = p.parent / root
@@ -121,7 +123,7 @@ def _point_name(point: dict) -> str:
 def run_config(cfg: BenchConfig, root: Path, cell: Cell, point: dict, run_dir: Path) -> dict:
     """The raw run config of one grid point of one cell."""
     entry = cfg.methods[cell.method]
-    raw = {"model": {**cfg.model, **entry.model}, **tasks.get(cell.task).sections(root, cell.k, cell.seed)}
+    raw = {"model": {**cfg.model, **entry.model}, **cfg.task(cell.task).sections(root, cell.k, cell.seed)}
     raw["data"].update(cfg.data)
     raw["prompt"].update(entry.prompt)
     if "generate" in raw or cfg.generate:
@@ -133,21 +135,19 @@ def run_config(cfg: BenchConfig, root: Path, cell: Cell, point: dict, run_dir: P
     return apply_overrides(raw, [f"{k}={v}" for k, v in point.items()])
 
 
-def run_point(raw: dict, run_dir: Path) -> dict:
+def run_point(raw: dict, run_dir: Path) -> Manifest:
     """Finish one run (resuming or restarting a leftover) and return its manifest."""
     manifest_path = run_dir / artifacts.MANIFEST
     if manifest_path.exists():
         return artifacts.read_manifest(run_dir)
     start = time.perf_counter()
     if (run_dir / CHECKPOINT).exists():
-        manifest = api.resume_run(run_dir)
+        api.resume_run(run_dir)
     else:
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        manifest = api.train(raw)
-    manifest["wall_seconds"] = round(time.perf_counter() - start, 1)
-    artifacts.write_manifest(run_dir, {k: v for k, v in manifest.items() if k != "run_dir"})
-    return manifest
+        api.train(raw)
+    return artifacts.update_manifest(run_dir, wall_seconds=round(time.perf_counter() - start, 1))
 
 
 def drop_full_weights(run_dir: Path) -> None:
@@ -157,8 +157,8 @@ def drop_full_weights(run_dir: Path) -> None:
     that says "removed" beside a file still there, never one that points at a missing file."""
     adapter = run_dir / artifacts.ADAPTER
     if adapter.exists() and adapter.stat().st_size > FULL_WEIGHTS_MB * 2**20:
-        artifacts.update_manifest(run_dir, {
-            "adapter_removed": "full weights deleted after scoring (keep_full_weights: false)"})
+        artifacts.update_manifest(
+            run_dir, adapter_removed="full weights deleted after scoring (keep_full_weights: false)")
         adapter.unlink()
 
 
@@ -177,42 +177,40 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
         if len(points) > 1:
             raw["train"]["evaluate_test"] = False
         results.append((point, run_dir, run_point(raw, run_dir)))
-    metric = (results[0][2]["config"]["train"] or {}).get("metric", "accuracy")
-    objective = objective_for(results[0][2].get("task", "classification"))
+    metric = RunConfig.model_validate(results[0][2].config).train.metric
+    objective = objective_for(results[0][2].task)
 
     def dev_score(item):
-        m = item[2]["metrics"]
+        m = item[2].metrics
         dev = m.get("dev_best") or m.get("dev")
         return objective.score(dev, metric) if dev else float("-inf")
 
     point, run_dir, best = max(results, key=dev_score)
-    if "test" not in best["metrics"] and best["data"]["sizes"]["test"]:
+    if "test" not in best.metrics and best.data["sizes"]["test"]:
         best = api.score_test(run_dir)
     if not cfg.keep_full_weights:
         for _, path, _ in results:
             drop_full_weights(path)
-    test = best["metrics"].get("test") or {}
-    headline = tasks.get(cell.task).metric
+    test = best.metrics.get("test") or {}
+    headline = cfg.task(cell.task).metric
     score = test.get(headline)
     scale = 1.0 if headline in ("accuracy", "macro_f1") else 0.01  # generation metrics are 0-100
     return {**asdict(cell), "hyperparameters": point, "run_dir": str(run_dir),
             "metric": headline, "dev_score": dev_score((point, run_dir, best)),
             "test_score": None if score is None else score * scale,
             "test_macro_f1": test.get("macro_f1"), "test_size": test.get("n"),
-            "trainable_parameters": best.get("trainable_parameters"),
-            "train_examples": best.get("data", {}).get("sizes", {}).get("train"),
+            "trainable_parameters": best.trainable_parameters,
+            "train_examples": best.data.get("sizes", {}).get("train"),
             "grid_size": len(results),
-            "wall_seconds": round(sum(r[2].get("wall_seconds", 0.0) for r in results)
-                                  + best.get("test_seconds", 0.0), 1),
+            "wall_seconds": round(sum(r[2].wall_seconds or 0.0 for r in results)
+                                  + (best.test_seconds or 0.0), 1),
             "error": None}
 
 
 def failed_row(cfg: BenchConfig, cell: Cell, exc: Exception, seconds: float) -> dict:
     """The results row of a cell that raised: every report column, no scores, the error."""
-    from cuetune.report import COLUMNS
-
-    return {**dict.fromkeys(COLUMNS), **asdict(cell), "hyperparameters": {},
-            "metric": tasks.get(cell.task).metric,
+    return {**dict.fromkeys(report.COLUMNS), **asdict(cell), "hyperparameters": {},
+            "metric": cfg.task(cell.task).metric,
             "grid_size": len(grid_points(cfg.methods[cell.method])),
             "wall_seconds": round(seconds, 1), "error": f"{type(exc).__name__}: {exc}"}
 
@@ -259,8 +257,6 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
     this session over the cells left to run (cells read back from an earlier session take no
     time). The reports written after each cell also hold the read-back rows of cells not
     reached yet, so an interrupt never drops a finished cell from results.json."""
-    from cuetune import report
-
     out.mkdir(parents=True, exist_ok=True)
     recorded = recorded_rows(cfg, out)  # before the first cell rewrites results.json
     atomic.write_text(out / "bench.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -92,23 +92,28 @@ def train(
             manifest = api.train(cfg, progress=update)
         finally:
             stop()
-    metrics = manifest["metrics"]
-    summary = {"run_dir": manifest["run_dir"], "method": manifest["method"]["name"],
-               "trainable_parameters": manifest["trainable_parameters"],
-               "adapter_bytes": manifest["adapter_bytes"]}
-    for key in ("zero_shot_test", "dev_best", "test"):
-        for name in HEADLINE:
-            if isinstance((metrics.get(key) or {}).get(name), float):
-                summary[f"{key}_{name}"] = round(metrics[key][name], 4)
-    out.print_json(json.dumps(summary))
-    if "zero_shot_test" in metrics and "test" in metrics:
-        name = next(n for n in HEADLINE if n in metrics["test"])
-        out.print(f"test {name}: zero-shot {metrics['zero_shot_test'][name]:.3f} -> "
-                  f"tuned {metrics['test'][name]:.3f}")
+    out.print_json(json.dumps(_summary(manifest)))
+    name = next((n for n in HEADLINE if manifest.score("test", n) is not None), None)
+    if name and manifest.score("zero_shot_test", name) is not None:
+        out.print(f"test {name}: zero-shot {manifest.score('zero_shot_test', name):.3f} -> "
+                  f"tuned {manifest.score('test', name):.3f}")
 
 
 HEADLINE = ("accuracy", "macro_f1", "bleu", "chrf", "rouge_l", "exact_match", "token_f1", "token_nll")
 """The metrics `train` prints: classification's, then generation's."""
+
+
+def _summary(manifest) -> dict:
+    """A finished run in one JSON line: where, which method, size, and every headline metric
+    the run has (classification and generation runs have different ones)."""
+    summary = {"run_dir": manifest.run_dir, "method": manifest.method_name,
+               "trainable_parameters": manifest.trainable_parameters,
+               "adapter_bytes": manifest.adapter_bytes}
+    for key in ("zero_shot_test", "dev_best", "test"):
+        for name in HEADLINE:
+            if (value := manifest.score(key, name)) is not None:
+                summary[f"{key}_{name}"] = round(value, 4)
+    return summary
 
 
 @app.command("eval")
@@ -225,11 +230,7 @@ def import_peft(
     from cuetune import interop
 
     overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
-    manifest = interop.import_peft(peft_dir, cfgmod.load(config, overrides))
-    summary = {"run_dir": manifest["run_dir"], "method": manifest["method"]["name"]}
-    if manifest["metrics"].get("test"):
-        summary["test_accuracy"] = round(manifest["metrics"]["test"]["accuracy"], 4)
-    out.print_json(json.dumps(summary))
+    out.print_json(json.dumps(_summary(interop.import_peft(peft_dir, cfgmod.load(config, overrides)))))
 
 
 @app.command()

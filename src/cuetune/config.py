@@ -158,6 +158,17 @@ class MethodConfig(Strict):
     name: str = "soft"
 
 
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+"""Method name -> its config class; filled by `cuetune.methods.register`."""
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    if name not in METHOD_CONFIGS:
+        raise ConfigError(f"method.name: unknown method {name!r};"
+                          f"{did_you_mean(name, METHOD_CONFIGS) or ''} known: {sorted(METHOD_CONFIGS)}")
+    return METHOD_CONFIGS[name]
+
+
 class RunConfig(Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -172,15 +183,13 @@ class RunConfig(Strict):
     @field_validator("method", mode="before")
     @classmethod
     def _method_by_name(cls, value: Any) -> Any:
-        from cuetune.methods import config_class
-
         if isinstance(value, MethodConfig):
             value = value.model_dump()
         if value is None:
             value = {}
         if not isinstance(value, dict):
             raise ValueError("method must be a mapping with a 'name'")
-        return config_class(value.get("name", "soft")).model_validate(value)
+        return method_config_class(value.get("name", "soft")).model_validate(value)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -228,8 +237,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def _model_at(loc: tuple, raw: dict) -> type[BaseModel] | None:
     """The config model that holds the last key of `loc` (the method's own for `method.*`)."""
-    from cuetune.methods import config_class
-
     model: type[BaseModel] | None = RunConfig
     node: Any = raw
     for part in loc[:-1]:
@@ -238,7 +245,7 @@ def _model_at(loc: tuple, raw: dict) -> type[BaseModel] | None:
         if model is RunConfig and part == "method":
             name = node.get("method", {}).get("name", "soft") if isinstance(node, dict) else "soft"
             try:
-                model = config_class(name)
+                model = method_config_class(name)
             except ConfigError:
                 return None
             node = node.get("method", {})

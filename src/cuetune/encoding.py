@@ -1,6 +1,6 @@
 """Turn (template, example) into token ids for a model family.
 
-Layout per family (see families.py): causal models see the prompt up to the answer and read the
+Layout per family (see cuetune.families): causal models see the prompt up to the answer and read the
 label word from the last position; masked models see a mask token at the answer; seq2seq
 models see a sentinel there. Inputs are tokenised once, truncated by an explicit policy that
 never cuts the template or the answer slot, and padded on the right.
@@ -60,12 +60,13 @@ def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
 class PromptEncoder:
     """Encodes examples with one template for one tokenizer and family."""
 
-    def __init__(self, template: Template, tokenizer, answer_style: str, *,
+    def __init__(self, template: Template, tokenizer, family, *,
                  instruction: str | None = None, chat: bool = False, max_length: int = 256,
                  target_length: int | None = None):
         self.template = template.check(need_answer=True)
         self.tok = tokenizer
-        self.style = answer_style
+        self.family = family
+        self.answer_next = family.answer_is_next
         self.chat = chat
         self.max_length = max_length
         self.target_length = target_length
@@ -75,14 +76,14 @@ class PromptEncoder:
         self.truncated_count = 0
         segs = list(template.segments)
         answer_at = next(i for i, s in enumerate(segs) if isinstance(s, Slot) and s.name == "answer")
-        if self.style == "next":
+        if self.answer_next:
             if any(isinstance(s, Slot) and s.name != "answer" for s in segs[answer_at:]):
                 raise TemplateError(
                     f"template {template.source!r}: a causal model reads the answer after the "
                     "input, so put {text} (and {text_pair}) before {answer}"
                 )
             segs = segs[: answer_at + 1]  # what follows the answer is never seen
-        if chat and self.style != "next":
+        if chat and not self.answer_next:
             raise TemplateError("prompt.chat: chat templates need a causal (decoder) model")
         if chat and not getattr(tokenizer, "chat_template", None):
             raise TemplateError("prompt.chat: this tokenizer has no chat template; set chat: false")
@@ -98,13 +99,13 @@ class PromptEncoder:
         self.prefix, self.suffix = _special_affixes(tokenizer)
         if chat:
             self.prefix, self.suffix = self._chat_affixes()
-        elif self.style == "next":
+        elif self.answer_next:
             self.suffix = []
         self._literal_ids = {id(s): self._ids(s.text) for s in self.segments
                              if isinstance(s, Literal)}
         self.shared_len = self._shared_len()
         self.fixed_length = len(self.prefix) + len(self.suffix) + self.num_soft + sum(
-            len(v) for v in self._literal_ids.values()) + (0 if self.style == "next" else 1)
+            len(v) for v in self._literal_ids.values()) + (0 if self.answer_next else 1)
         """Tokens every example takes besides its input text: special tokens, template words,
         soft tokens and (mask and span styles) the answer token."""
 
@@ -112,7 +113,7 @@ class PromptEncoder:
     def for_run(cls, cfg, template: Template, loaded) -> PromptEncoder:
         """The encoder a run config asks for (`cfg`: a RunConfig; `loaded`: its LoadedModel)."""
         generation = cfg.data.task == "generation"
-        return cls(template, loaded.tokenizer, loaded.family.answer_style,
+        return cls(template, loaded.tokenizer, loaded.family,
                    instruction=cfg.prompt.instruction, chat=cfg.prompt.chat,
                    max_length=cfg.data.max_length,
                    target_length=cfg.data.max_target_length if generation else None)
@@ -160,7 +161,7 @@ class PromptEncoder:
             return enc
         lead = " " if self.answer_space else ""
         target = self._ids(lead + ex.target)[: self.target_length] + [self.tok.eos_token_id]
-        if self.style == "next":  # the last prompt token predicts the first answer token
+        if self.answer_next:  # the last prompt token predicts the first answer token
             enc.target_pos = list(range(enc.answer_pos, enc.answer_pos + len(target)))
             enc.input_ids = enc.input_ids + target[:-1]
             enc.soft_index = enc.soft_index + [-1] * (len(target) - 1)
@@ -204,7 +205,7 @@ class PromptEncoder:
                 piece = self._literal_ids[id(seg)]
             elif isinstance(seg, TextSlot):
                 piece = texts[seg.name]
-            elif self.style == "next":  # the answer: predicted from the last prompt token
+            elif self.answer_next:  # the answer: predicted from the last prompt token
                 answer_pos = len(ids) + len(self.suffix) - 1
                 continue
             else:
@@ -219,11 +220,7 @@ class PromptEncoder:
         return Encoded(ids, soft, answer_pos, ex.label, bool(truncated), refs=ex.refs)
 
     def _answer_token(self) -> int:
-        if self.style == "mask":
-            if self.tok.mask_token_id is None:
-                raise TemplateError("this tokenizer has no mask token for {answer}")
-            return self.tok.mask_token_id
-        return self.tok.convert_tokens_to_ids("<extra_id_0>")
+        return self.family.answer_token_id(self.tok)
 
     def encode_all(self, examples: list[Example], what: str = "examples",
                    with_target: bool = True) -> list[Encoded]:

@@ -5,126 +5,34 @@ forward the model was trained with: the method's `prepare_inputs` (soft prompt r
 keys and values, LoRA) and the shared-prompt cache. PEFT users see `generate()` drop soft
 prompts or fail with caches; here one code path serves training and decoding.
 
-A decoding state (`CausalState`, `Seq2SeqState`) runs the prompt once and then one token per
-step against its key/value cache. On a decoder, the prompt's shared tokens run once for the
-whole `generate` call (`PromptModel.reuse_shared`). Batches are padded on the left, so every
-row's next token is read from the last column. Sampling draws row i from its own generator
-seeded with `seed + i`, so an output never depends on how inputs were batched.
+A decoding state (built by the model's family: `Family.decoding_state`) runs the prompt once
+and then one token per step against its key/value cache. On a decoder, the prompt's shared
+tokens run once for the whole `generate` call (`PromptModel.reuse_shared`). Batches are padded
+on the left, so every row's next token is read from the last column. Sampling draws row i from
+its own generator seeded with `seed + i`, so an output never depends on how inputs were batched.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import DynamicCache, EncoderDecoderCache
 
 from cuetune.config import GenerateConfig
-from cuetune.encoding import Encoded, collate
-from cuetune.engine import Pipeline, PromptModel, batches_by_length
-from cuetune.errors import ModelError
-from cuetune.families import prefix_len, window_allows
+from cuetune.encoding import Encoded
+from cuetune.inference import run_batches
 
-
-class CausalState:
-    """A decoder's cache after the prompt; `step` appends one token per row."""
-
-    def __init__(self, model: PromptModel, batch: dict, max_new: int):
-        base, family = model.base, model.family
-        inputs = model.inputs(batch)
-        prefix, length = inputs.get("prefix"), inputs["inputs_embeds"].size(1)
-        if prefix is not None and not window_allows(base.config, prefix_len(prefix) + length + max_new):
-            raise ModelError("generate: prefix keys plus the prompt and max_new_tokens exceed this "
-                             "model's sliding attention window, where cached and teacher-forced "
-                             "attention to the prefix differ; lower generate.max_new_tokens or "
-                             "data.max_length, or use a soft prompt")
-        prefix, embeds, mask, past, _ = family.share_prompt(base, inputs, inputs["answer_pos"], max_new)
-        rows = embeds.size(0)
-        self.cache = _full_cache(prefix, rows)
-        self.mask = torch.cat([mask.new_ones(rows, past), mask], 1)  # [B, past + T]
-        positions = past + (mask.cumsum(1) - 1).clamp(min=0)  # [B, T]
-        out = base.base_model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
-                              past_key_values=self.cache, use_cache=True)
-        self.next_pos = positions[:, -1] + 1  # [B]
-        self.model = model
-        self.logits = family.token_logits(base, out.last_hidden_state[:, -1], None)  # [B, V]
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B] -> next-token logits [B, V]."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.size(0), 1)], 1)
-        out = self.model.base.base_model(input_ids=tokens[:, None], attention_mask=self.mask,
-                                         position_ids=self.next_pos[:, None],
-                                         past_key_values=self.cache, use_cache=True)
-        self.next_pos = self.next_pos + 1
-        return self.model.family.token_logits(self.model.base, out.last_hidden_state[:, -1], None)
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep (and repeat) these rows: beams expand and reorder."""
-        _select_cache(self.cache, rows)
-        self.mask, self.next_pos = self.mask[rows], self.next_pos[rows]
-
-
-class Seq2SeqState:
-    """An encoder's output and the decoder's cache after [start, sentinel]."""
-
-    def __init__(self, model: PromptModel, batch: dict, max_new: int):
-        base, family = model.base, model.family
-        inputs = model.inputs(batch)
-        embeds, self.enc_mask = inputs["inputs_embeds"], inputs["attention_mask"]
-        self.enc = base.get_encoder()(inputs_embeds=embeds,
-                                      attention_mask=self.enc_mask).last_hidden_state  # [B, T, H]
-        rows, prefix = embeds.size(0), inputs.get("prefix")
-        own = _full_cache(prefix, rows)
-        self.cache = EncoderDecoderCache(own, DynamicCache(config=base.config))
-        start = base.config.decoder_start_token_id
-        dec = torch.tensor([[start, family.sentinel_id]] * rows, device=embeds.device)
-        self.model = model
-        self.logits = self._decode(dec)
-
-    def _decode(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self.model.base.get_decoder()(input_ids=ids, encoder_hidden_states=self.enc,
-                                            encoder_attention_mask=self.enc_mask,
-                                            past_key_values=self.cache, use_cache=True)
-        return self.model.family.token_logits(self.model.base, out.last_hidden_state[:, -1], None)
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._decode(tokens[:, None])
-
-    def select(self, rows: torch.Tensor) -> None:
-        _select_cache(self.cache.self_attention_cache, rows)
-        _select_cache(self.cache.cross_attention_cache, rows)
-        self.enc, self.enc_mask = self.enc[rows], self.enc_mask[rows]
-
-
-STATES = {"causal": CausalState, "seq2seq": Seq2SeqState}
-
-
-def _full_cache(prefix: list | None, rows: int) -> DynamicCache:
-    """A cache that keeps every key. Sliding-window layers then see the window through the
-    attention mask, as in training; a sliding cache would drop keys the way training does not
-    when prefix or shared keys sit in it."""
-    cache = DynamicCache()
-    for layer, (keys, values) in enumerate(prefix or []):
-        cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), layer)
-    return cache
-
-
-def _select_cache(cache: DynamicCache, rows: torch.Tensor) -> None:
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+if TYPE_CHECKING:
+    from cuetune.pipeline import Pipeline
 
 
 class Stops:
     """When a text ends (an end token, or a stop string), and the text it ends with."""
 
-    def __init__(self, tokenizer, stop: list[str], family_name: str):
+    def __init__(self, tokenizer, stop: list[str], family):
         self.tok = tokenizer
         self.strings = [s for s in stop if s]
-        ends = {tokenizer.eos_token_id}
-        if family_name == "seq2seq":  # T5 closes an infilled span with the next sentinel
-            nxt = tokenizer.convert_tokens_to_ids("<extra_id_1>")
-            if nxt is not None and nxt != tokenizer.unk_token_id:
-                ends.add(nxt)
-        self.end_ids = {i for i in ends if i is not None}
+        self.end_ids = family.end_token_ids(tokenizer)
 
     def ended(self, tokens: list[int]) -> bool:
         if tokens and tokens[-1] in self.end_ids:
@@ -145,34 +53,28 @@ class Stops:
 def generate(pipe: Pipeline, items: list[Encoded], cfg: GenerateConfig) -> list[str]:
     """Texts the model writes after each encoded prompt (teacher-forced targets are ignored),
     cut at the end token or the first stop string."""
-    stops = Stops(pipe.loaded.tokenizer, cfg.stop, pipe.model.family.name)
+    stops = Stops(pipe.loaded.tokenizer, cfg.stop, pipe.model.family)
     return [stops.finish(seq) for seq in generate_ids(pipe, items, cfg, stops)]
 
 
-@torch.inference_mode()
 def generate_ids(pipe: Pipeline, items: list[Encoded], cfg: GenerateConfig,
-                 stops: Stops | None = None) -> list[list[int]]:
+                stops: Stops | None = None) -> list[list[int]]:
     """The token ids written after each prompt, the end token included when one was written."""
     model = pipe.model
-    was_training = model.training
-    model.eval()
-    tok = pipe.loaded.tokenizer
-    stops = stops or Stops(tok, cfg.stop, model.family.name)
-    state_cls = STATES[model.family.name]
-    device = model.token_ids.device
-    prompts = [prompt_only(e) for e in items]
+    stops = stops or Stops(pipe.loaded.tokenizer, cfg.stop, model.family)
+
+    def decode(batch, idx):
+        state = model.family.decoding_state(model, batch, cfg.max_new_tokens)
+        if cfg.strategy == "beam":
+            return _beam(state, cfg, stops)
+        return _greedy_or_sample(state, cfg, stops, [cfg.seed + i for i in idx])
+
     out: list[list[int]] = [[] for _ in items]
-    with model.reuse_shared():
-        for idx, chunk in batches_by_length(prompts, cfg.batch_size):
-            batch = {k: v.to(device) for k, v in collate(chunk, tok.pad_token_id, side="left").items()}
-            state = state_cls(model, batch, cfg.max_new_tokens)
-            if cfg.strategy == "beam":
-                seqs = _beam(state, cfg, stops)
-            else:
-                seqs = _greedy_or_sample(state, cfg, stops, [cfg.seed + i for i in idx])
-            for i, seq in zip(idx, seqs, strict=True):
-                out[i] = seq
-    model.train(was_training)
+    prompts = [prompt_only(e) for e in items]
+    for idx, seqs in run_batches(model, prompts, pipe.loaded.tokenizer.pad_token_id, cfg.batch_size,
+                                 decode, side="left"):
+        for i, seq in zip(idx, seqs, strict=True):
+            out[i] = seq
     return out
 
 

@@ -21,8 +21,9 @@ from safetensors.torch import load_file, save_file
 from cuetune import api, methods
 from cuetune.config import RunConfig
 from cuetune.data import load_splits
-from cuetune.engine import build
 from cuetune.errors import ArtifactError, ConfigError
+from cuetune.manifest import ImportRecord, Manifest
+from cuetune.pipeline import build
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -35,7 +36,7 @@ def export_peft(run_dir: str | Path, out_dir: str | Path) -> Path:
         raise ArtifactError(f"{out}: already exists; choose a new folder for the PEFT adapter")
     tuned = api.load(run_dir)
     peft_config, tensors = tuned.pipe.method.peft_export()
-    peft_config.base_model_name_or_path = tuned.manifest["base_model"]["name"]
+    peft_config.base_model_name_or_path = tuned.manifest.base_model.name
     peft_config.inference_mode = True
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -80,7 +81,7 @@ def importer_for(peft_type: str) -> type:
     raise ArtifactError(f"PEFT adapter type {peft_type!r} cannot be imported; supported: {known}")
 
 
-def import_peft(peft_dir: str | Path, config=None) -> dict:
+def import_peft(peft_dir: str | Path, config=None) -> Manifest:
     """Make a cuetune run from a PEFT adapter: the config gives model, data, template and labels;
     the method comes from the adapter. Evaluates on dev/test when the config has them."""
     peft_config, tensors = read_peft(peft_dir)
@@ -102,8 +103,7 @@ def import_peft(peft_dir: str | Path, config=None) -> dict:
                             f"template {cfg.prompt.template!r}: {exc}") from None
     enc = {name: pipe.encode(getattr(splits, name), f"{name} examples") for name in ("dev", "test")}
     return api.finish_run(run_dir, cfg, pipe, splits, enc, {}, None, [],
-                          extra={"imported_from": {"peft_dir": str(peft_dir),
-                                                   "peft_type": peft_config["peft_type"]}})
+                          ImportRecord(peft_dir=str(peft_dir), peft_type=peft_config["peft_type"]))
 
 
 def _check_layout(method) -> None:

@@ -19,15 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
+from cuetune import families
 from cuetune.errors import ModelError, did_you_mean
 from cuetune.families import Family, family_for
 
@@ -166,7 +160,7 @@ def _convert(alias: Alias) -> Path:
         gguf = _joined_gguf(alias, root, work) if alias.chunks else root / alias.gguf
         log.warning("converting %s from GGUF once (this takes up to a minute)", alias.name)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = _auto_class(alias.family).from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = families.get(alias.family).auto_class.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # A dequantized GGUF model is plain fp32; drop the quantizer so it saves as safetensors.
         model.hf_quantizer = None
         model.is_quantized = False
@@ -208,11 +202,6 @@ def resolve(name: str) -> tuple[str, str | None]:
     return name, None  # a hub id: transformers downloads it where there is a network
 
 
-def _auto_class(family: str):
-    return {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM,
-            "seq2seq": AutoModelForSeq2SeqLM}[family]
-
-
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -244,7 +233,7 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto",
         raise ModelError(f"model '{name}': cannot read its config ({exc})") from None
     family = family_for(config, family_hint)
     dev = pick_device(device)
-    model, info = _auto_class(family.name).from_pretrained(
+    model, info = family.auto_class.from_pretrained(
         path, dtype=pick_dtype(dtype, dev), trust_remote_code=trust_remote_code,
         output_loading_info=True,
     )

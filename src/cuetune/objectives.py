@@ -19,6 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from cuetune.errors import ConfigError
+from cuetune.evaluation import classification_metrics
+from cuetune.generation import generate
+from cuetune.inference import predict_probs, token_nll
+from cuetune.textmetrics import generation_metrics
 
 
 class Objective:
@@ -49,9 +53,6 @@ class Classification(Objective):
         return F.cross_entropy(scores, batch["labels"], label_smoothing=label_smoothing)
 
     def evaluate(self, pipe, items, batch_size, final=True):
-        from cuetune.engine import predict_probs
-        from cuetune.evaluation import classification_metrics
-
         probs = predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, batch_size)
         return classification_metrics(pipe.labels, [e.label for e in items], probs)
 
@@ -64,7 +65,7 @@ class Generation(Objective):
     dev_keys = ("token_nll",)
 
     def check(self, cfg, method_cls, family):
-        if family.name not in ("causal", "seq2seq"):
+        if not family.generates:
             raise ConfigError(f"data.task=generation: a {family.name} model cannot write text; use a "
                               "decoder (causal) or encoder-decoder (seq2seq) model")
         if not method_cls.generates:
@@ -76,31 +77,9 @@ class Generation(Objective):
         target = batch["target"][batch["target"] != -100]  # [N]
         return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
-    @torch.inference_mode()
-    def token_nll(self, pipe, items, batch_size: int) -> float:
-        """Mean negative log-likelihood per answer token under teacher forcing."""
-        from cuetune.encoding import collate
-        from cuetune.engine import batches_by_length
-
-        model = pipe.model
-        was_training = model.training
-        model.eval()
-        device, pad = model.token_ids.device, pipe.loaded.tokenizer.pad_token_id
-        total, count = 0.0, 0
-        with model.reuse_shared():
-            for _, chunk in batches_by_length([e for e in items if e.target], batch_size):
-                batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
-                target = batch["target"][batch["target"] != -100]
-                total += F.cross_entropy(model.target_logits(batch), target, reduction="sum").item()
-                count += target.numel()
-        model.train(was_training)
-        return total / max(count, 1)
-
     def evaluate(self, pipe, items, batch_size, final=True):
-        from cuetune.generation import generate
-        from cuetune.textmetrics import generation_metrics
-
-        metrics = {"token_nll": round(self.token_nll(pipe, items, batch_size), 6)}
+        pad = pipe.loaded.tokenizer.pad_token_id
+        metrics = {"token_nll": round(token_nll(pipe.model, items, pad, batch_size), 6)}
         if final:
             texts = generate(pipe, items, pipe.config.generate)
             metrics.update(generation_metrics(texts, [e.refs for e in items]))

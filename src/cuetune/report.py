@@ -9,6 +9,7 @@ import html
 import io
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from cuetune import atomic
@@ -17,6 +18,20 @@ from cuetune.evaluation import _save_png
 COLUMNS = ["task", "method", "k", "seed", "metric", "dev_score", "test_score", "test_macro_f1",
            "test_size", "train_examples", "trainable_parameters", "grid_size", "hyperparameters",
            "wall_seconds", "run_dir", "error"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One bench cell: a method on a task at K shots with one seed (`key` names its folder)."""
+
+    task: str
+    method: str
+    k: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.method}/k{self.k}-s{self.seed}"
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -39,8 +54,6 @@ def summarize(rows: list[dict]) -> dict:
 
 def failures(rows: list[dict]) -> list[str]:
     """One line per failed cell: its key and the error."""
-    from cuetune.bench import Cell
-
     return [f"{Cell(r['task'], r['method'], r['k'], r['seed']).key}: {r['error']}"
             for r in rows if r.get("error")]
 

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from cuetune.errors import ConfigError, did_you_mean
 
 LMBFF_SEEDS = (13, 21, 42, 87, 100)
@@ -70,7 +72,7 @@ class Task:
             data.update(k_shot=k, k_shot_dev=k, k_shot_seed=seed)
         if dev is None:  # no dev file: a seeded tenth of the training file
             data.update(dev_fraction=0.1, split_seed=seed)
-        prompt = {"template": self.template, "verbalizer": dict(self.verbalizer)}
+        prompt = {"template": self.template, "verbalizer": dict(self.verbalizer) or None}
         if self.generate is not None:
             return {"data": data, "prompt": {"template": self.template}, "generate": dict(self.generate)}
         return {"data": data, "prompt": prompt}
@@ -181,3 +183,34 @@ def get(name: str) -> Task:
         raise ConfigError(f"task {name!r} is not known;{did_you_mean(name, TASKS) or ''} "
                           f"known: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+class TaskSpec(BaseModel):
+    """A task declared in a bench config (`custom_tasks:`), beside the named ones above, so users
+    benchmark their own data without editing this module. File paths are relative to the bench
+    config's folder; `data` takes any `data.*` run-config key (format, columns, text_column,
+    text_pair_column, label_column, labels, task, ...), validated as a run config is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: str
+    dev: str | None = None
+    """None: a seeded tenth of the training file is the dev split."""
+    test: str
+    data: dict = Field(default_factory=dict)
+    template: str
+    verbalizer: dict[str, str] | None = None
+    """label -> word; None for generation tasks (and for labels that are words already)."""
+    metric: str = "accuracy"
+    """The test metric the bench reports (generation: bleu, chrf, rouge_l, exact_match, ...)."""
+    k_shot: bool = True
+    """Sample K examples per class (generation: K examples) per seed from the files; false: the
+    files are the few-shot split already and K only labels the results."""
+    generate: dict | None = None
+
+    def to_task(self, name: str, folder: Path) -> Task:
+        generation = self.data.get("task") == "generation"
+        generate = {} if generation and self.generate is None else self.generate
+        return Task(name, str(folder.resolve()), (self.train, self.dev, self.test), dict(self.data),
+                    self.template, dict(self.verbalizer or {}), split_k=None, fixed=not self.k_shot,
+                    metric=self.metric, generate=generate, notes="declared in the bench config")

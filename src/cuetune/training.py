@@ -24,9 +24,10 @@ from transformers import get_scheduler
 from cuetune import atomic
 from cuetune.checkpoint import CHECKPOINT, BatchOrder, Checkpoint, rng_state, save_checkpoint, set_rng_state
 from cuetune.encoding import Encoded, collate
-from cuetune.engine import Pipeline
 from cuetune.errors import CuetuneError
 from cuetune.evaluation import finite
+from cuetune.manifest import PhaseRecord
+from cuetune.pipeline import Pipeline
 
 
 @dataclass
@@ -38,6 +39,8 @@ class TrainResult:
     seconds: float
     log: list[dict] = field(default_factory=list)
     skipped: int = 0
+    phases: list[PhaseRecord] = field(default_factory=list)
+    """Each phase's learning rate as used and its step budget."""
 
 
 class MetricsLog:
@@ -128,6 +131,7 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
     order = BatchOrder(len(train), cfg.batch_size, cfg.seed, *state["order"], lengths=lengths)
     all_params = method.trainable_parameters()
     counts = _phase_steps(phases, total_steps(cfg, len(train)))
+    rates = [phase.lr or cfg.lr or method.default_lr for phase in phases]
     stopped, start, ran = False, time.perf_counter(), state["step"]
     model.train()
     for index, (phase, count) in enumerate(zip(phases, counts, strict=True)):
@@ -136,8 +140,7 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
         active = {id(p) for p in phase.params}
         for p in all_params:
             p.requires_grad_(id(p) in active)
-        optimizer = torch.optim.AdamW(phase.params, lr=phase.lr or cfg.lr or method.default_lr,
-                                      weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(phase.params, lr=rates[index], weight_decay=cfg.weight_decay)
         end = sum(counts[:index + 1])
         scheduler = get_scheduler(cfg.scheduler, optimizer, num_training_steps=count,
                                   num_warmup_steps=int(cfg.warmup_ratio * count))
@@ -201,8 +204,9 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
     for p in all_params:
         p.requires_grad_(True)
     model.eval()
+    used = [PhaseRecord(name=p.name, lr=lr, steps=n) for p, lr, n in zip(phases, rates, counts, strict=True)]
     return TrainResult(ran, best.step, best.dev, stopped, time.perf_counter() - start,
-                       log.rows, state["skipped"])
+                       log.rows, state["skipped"], used)
 
 
 def _train_step(model, next_batch, optimizer, scheduler, accelerator, params,

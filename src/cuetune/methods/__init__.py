@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cuetune.config import METHOD_CONFIGS
 from cuetune.errors import ConfigError, did_you_mean
 
 REGISTRY: dict[str, type] = {}
@@ -9,7 +10,9 @@ REGISTRY: dict[str, type] = {}
 
 def register(method_cls: type) -> type:
     """Make a method available as `method.name: <its config's name>`."""
-    REGISTRY[method_cls.config_class.model_fields["name"].default] = method_cls
+    name = method_cls.config_class.model_fields["name"].default
+    REGISTRY[name] = method_cls
+    METHOD_CONFIGS[name] = method_cls.config_class
     return method_cls
 
 
@@ -20,8 +23,20 @@ def get(name: str) -> type:
     return REGISTRY[name]
 
 
-def config_class(name: str) -> type:
-    return get(name).config_class
+def check_settings(run_config) -> None:
+    """Refuse a new run that sets a key its method would ignore, naming the key and why:
+    a setting without an effect is a silent misconfiguration (a user asking for 10 soft tokens
+    whose template says {soft:20} trains 20)."""
+    from cuetune.templates import parse
+
+    unused = get(run_config.method.name).unused_settings(run_config, parse(run_config.prompt.template))
+    sections = {"method": run_config.method, "train": run_config.train}
+    given = {f"{name}.{k}" for name, section in sections.items()  # an explicit null is unset
+             for k in section.model_fields_set if getattr(section, k) is not None}
+    wrong = [f"{key}: has no effect with method {run_config.method.name} ({why}); remove it"
+             for key, why in unused.items() if key in given]
+    if wrong:
+        raise ConfigError("; ".join(wrong))
 
 
 def _register_builtin() -> None:

@@ -8,8 +8,14 @@ The trainer, evaluator and artifact code talk to every method through these hook
   sees the same prompt);
 - `adapt_template(config, template)`: the template this method runs with (zero-shot drops
   soft slots; soft prompting adds a block when the template has none);
+- `unused_settings(run_config, template)`: settings that would have no effect with this
+  template, with the reason; a new run that sets one is refused (`check_settings`);
 - `prepare_inputs(inputs, batch)`: change the model inputs (`inputs_embeds`,
   `attention_mask`, `answer_pos`, and `prefix`: per-layer keys and values);
+- `patch()`: a context in which the base model computes with this method's weight changes
+  (LoRA's low-rank updates as forward hooks, full fine-tuning's own copy of the weights). The
+  engine enters it through `applied()` around every forward; outside it the base model is
+  exactly as loaded, so several methods share one base model side by side;
 - `scores(hidden, model)`: label scores from the answer-position hidden state (the default
   reads label-word logits through the verbalizer; a classification head replaces it);
 - `adapter_tensors()`: the parameters this method trains, by the name the adapter file uses;
@@ -23,6 +29,7 @@ A new method is one module with a config subclass and a `register(...)` call.
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,7 +59,8 @@ class Method(nn.Module):
     trains: ClassVar[bool] = True
     """False for baselines that only evaluate (zero-shot, in-context)."""
     freezes_base: ClassVar[bool] = True
-    """False when the base model's own weights are trained (full and prompt-based fine-tuning)."""
+    """False when the adapter holds (a trained copy of) the base model's own weights: full and
+    prompt-based fine-tuning. The loaded base model itself is never changed."""
     uses_verbalizer: ClassVar[bool] = True
     generates: ClassVar[bool] = True
     """False when the method's answer can only be a label (a classification head; in-context
@@ -68,6 +76,7 @@ class Method(nn.Module):
         self.encoder = encoder
         # The base model is not a submodule: its weights are not part of this method's state.
         self._loaded = (loaded,)
+        self._applied = False
 
     @property
     def loaded(self):
@@ -81,8 +90,31 @@ class Method(nn.Module):
     def adapt_template(cls, config: MethodConfig, template: Template) -> Template:
         return template
 
+    @classmethod
+    def unused_settings(cls, run_config, template: Template) -> dict[str, str]:
+        """`section.key` -> why it would do nothing here (the user's template as written)."""
+        return {}
+
     def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
         return inputs
+
+    def patch(self):
+        """A context manager in which the base model computes with this method's weight
+        changes; the default changes nothing."""
+        return nullcontext()
+
+    @contextmanager
+    def applied(self):
+        """`patch()`, entered once however deeply calls nest (a decoding loop around forwards)."""
+        if self._applied:
+            yield
+            return
+        self._applied = True
+        try:
+            with self.patch():
+                yield
+        finally:
+            self._applied = False
 
     def scores(self, hidden: torch.Tensor, model) -> torch.Tensor:
         """Answer hidden states [B, H] -> label scores [B, L]: label-word logits only."""
@@ -125,6 +157,17 @@ class Method(nn.Module):
                 own[name].copy_(tensor)
 
 
+def soft_settings_unused(method, template: Template) -> dict[str, str]:
+    """Soft-prompt keys the template makes moot: its own {soft:N} blocks fix the length, and
+    init words are read only with init=words."""
+    unused = {}
+    if template.soft_segments and method.num_tokens is not None:
+        unused["method.num_tokens"] = "the template's {soft:N} blocks set the number of soft tokens"
+    if method.init != "words" and method.init_words is not None:
+        unused["method.init_words"] = "read only with method.init=words"
+    return unused
+
+
 def plain_template(template: Template) -> Template:
     """The inputs and the answer with no prompt words: `{text} {text_pair} {answer}`."""
     segs: list = []
@@ -134,6 +177,35 @@ def plain_template(template: Template) -> Template:
     return Template(template.source, tuple(segs))
 
 
-def base_parameters(loaded) -> dict[str, nn.Parameter]:
-    """Every base weight once (tied embeddings appear once), under `base.` in the adapter."""
-    return {f"base.{n}": p for n, p in loaded.model.named_parameters()}
+class WeightCopy(nn.Module):
+    """A method's own trainable copy of base weights, used in place of the base's own.
+
+    Full and prompt-based fine-tuning train every weight, yet the loaded base model must stay
+    as loaded (other adapters share it, the zero-shot baseline reads it). So the method trains
+    a copy, and `patch()` puts the copy into the base model's modules for the duration of a
+    forward and puts the originals back after: the same swap `torch.func.functional_call`
+    makes. Tied weights share one copy. Names are `base.<parameter name>` in the adapter file.
+    """
+
+    def __init__(self, model: nn.Module, skip: set[int] = frozenset()):
+        super().__init__()
+        named = {n: p for n, p in model.named_parameters() if id(p) not in skip}  # tied: once
+        self.names = list(named)
+        self.params = nn.ParameterList([nn.Parameter(p.detach().clone()) for p in named.values()])
+        index = {id(p): i for i, p in enumerate(named.values())}
+        self._slots = [(module, key, index[id(p)]) for module in model.modules()
+                       for key, p in module._parameters.items() if p is not None and id(p) in index]
+
+    def tensors(self) -> dict[str, nn.Parameter]:
+        return {f"base.{n}": p for n, p in zip(self.names, self.params, strict=True)}
+
+    @contextmanager
+    def patch(self):
+        saved = [(module, key, module._parameters[key]) for module, key, _ in self._slots]
+        for module, key, i in self._slots:
+            module._parameters[key] = self.params[i]
+        try:
+            yield
+        finally:
+            for module, key, original in saved:
+                module._parameters[key] = original

@@ -9,6 +9,7 @@
   token (decoders), the first token ([CLS], encoders) or the decoder's first step (T5).
 
 Their adapter file holds every base weight (prefixed `base.`), so it is as large as the model.
+They train a copy of the weights (`WeightCopy`), never the loaded base model itself.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import Field
 from torch import nn
 
 from cuetune.config import MethodConfig
-from cuetune.methods.base import Method, base_parameters, plain_template
+from cuetune.methods.base import Method, WeightCopy, plain_template
 from cuetune.templates import Template
 
 
@@ -49,11 +50,18 @@ class PromptFinetune(Method):
 
     def __init__(self, config, loaded, encoder, labels=None):
         super().__init__(config, loaded, encoder, labels)
-        loaded.model.requires_grad_(True)
+        self.weights = WeightCopy(loaded.model, self._unused(loaded))
+
+    @staticmethod
+    def _unused(loaded) -> set[int]:
+        """Base weights this method never trains (none: every weight)."""
+        return set()
+
+    def patch(self):
+        return self.weights.patch()
 
     def adapter_tensors(self) -> dict[str, nn.Parameter]:
-        own = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        return {**base_parameters(self.loaded), **own}
+        return self.weights.tensors()
 
 
 class Full(PromptFinetune):
@@ -82,19 +90,19 @@ class Head(PromptFinetune):
         with torch.no_grad():
             self.classifier.weight.copy_(torch.randn(len(labels), hidden, generator=gen) * 0.02)
             self.classifier.bias.zero_()
-        self.first_token = loaded.family.answer_style == "mask"
-        kept = {id(p) for p in self.adapter_tensors().values()}
-        for p in loaded.model.parameters():
-            p.requires_grad_(id(p) in kept)
+        self.first_token = loaded.family.pools_first_token
+
+    @staticmethod
+    def _unused(loaded) -> set[int]:
+        """The LM head is not used (tied input embeddings stay: they are the backbone's)."""
+        model = loaded.model
+        unused = {id(p) for p in loaded.family.output_head(model).parameters()}
+        unused.discard(id(model.get_input_embeddings().weight))
+        return unused
 
     def adapter_tensors(self) -> dict[str, nn.Parameter]:
-        """The backbone and the new head; the unused LM head is left out (tied input
-        embeddings stay in: they are the backbone's)."""
-        model = self.loaded.model
-        unused = {id(p) for p in self.loaded.family.output_head(model).parameters()}
-        unused.discard(id(model.get_input_embeddings().weight))
-        backbone = {n: p for n, p in base_parameters(self.loaded).items() if id(p) not in unused}
-        return {**backbone, "classifier.weight": self.classifier.weight,
+        """The backbone and the new head."""
+        return {**self.weights.tensors(), "classifier.weight": self.classifier.weight,
                 "classifier.bias": self.classifier.bias}
 
     def prepare_inputs(self, inputs: dict, batch: dict) -> dict:

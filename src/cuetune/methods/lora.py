@@ -1,23 +1,32 @@
-"""LoRA (Hu et al. 2021) through the peft library, with a hard or a soft template.
+"""LoRA (Hu et al. 2021), applied beside the base model, with a hard or a soft template.
 
-peft injects low-rank adapters into the base model's linear layers in place; only those (and
-the soft prompt, when the template has `{soft}` blocks) are trained. Target modules default to
-peft's per-architecture choice (the attention query and value projections).
+The low-rank factors live in this method, not in the base model: while the method is applied
+(`Method.applied`), a forward hook on each target layer adds `B(A(dropout(x))) * alpha / r` to
+the layer's output, and leaving the context removes the hooks, so the loaded base model is
+never changed and other adapters can share it. Initialisation, target selection and the
+arithmetic are peft's (A: Kaiming-uniform, B: zero, created in the same order from the same
+seed), so a seeded run gives the numbers peft's injected layers gave, and PEFT export is a copy.
+Target modules default to peft's per-architecture choice (the attention query and value
+projections). Only those factors (and the soft prompt, when the template has `{soft}` blocks)
+are trained.
 """
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig as PeftLoraConfig
-from peft import inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from pydantic import Field
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from cuetune.config import MethodConfig
-from cuetune.errors import ArtifactError, ConfigError, ModelError
+from cuetune.errors import ArtifactError, ConfigError
 from cuetune.methods.base import Method
 from cuetune.methods.soft import SoftBlock
 
@@ -36,46 +45,107 @@ class LoraConfig(MethodConfig):
     seed: int = 0
 
 
-def peft_lora_config(cfg) -> PeftLoraConfig:
-    return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=cfg.target_modules, bias="none")
+def _features(name: str, module: nn.Module) -> tuple[int, int]:
+    """(in, out) features of a layer LoRA can adapt: nn.Linear, or GPT-2's Conv1D [in, out]."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, Conv1D):
+        return module.weight.size(0), module.weight.size(1)
+    raise ConfigError(f"method.target_modules: {name} is a {type(module).__name__}; LoRA adapts "
+                      "linear layers only")
 
 
-def inject_lora(model: nn.Module, cfg) -> None:
-    """Add LoRA layers to `model` in place, seeded, refusing a model that already has some."""
-    if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
-        raise ModelError("the base model already carries adapter layers; load a fresh base model")
-    state = torch.random.get_rng_state()
-    torch.manual_seed(cfg.seed)  # lora_A's random init is part of the run's seed
-    try:
-        inject_adapter_in_model(peft_lora_config(cfg), model)
-    except ValueError as exc:  # peft: target modules not found
-        raise ConfigError(f"method.target_modules: {exc}") from None
-    finally:
-        torch.random.set_rng_state(state)
-    for name, p in model.named_parameters():
-        p.requires_grad_("lora_" in name)
+def target_layers(model: nn.Module, targets: list[str] | None) -> list[tuple[str, nn.Module]]:
+    """The layers peft would adapt: names equal to or ending in `.<target>`, in module order."""
+    if targets is None:
+        targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model.config.model_type)
+        if targets is None:
+            raise ConfigError(f"method.target_modules: no default for model type "
+                              f"{model.config.model_type!r}; name the layers, e.g. [q_proj, v_proj]")
+    found = [(n, m) for n, m in model.named_modules()
+             if any(n == t or n.endswith("." + t) for t in targets)]
+    if not found:
+        raise ConfigError(f"method.target_modules: none of {list(targets)} is a layer of this model")
+    return found
 
 
-def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {f"base.{n}": p for n, p in model.named_parameters() if "lora_" in n}
+class LoraWeights(nn.Module):
+    """The low-rank factors of every target layer, and the hooks that apply them."""
+
+    def __init__(self, model: nn.Module, cfg):
+        super().__init__()
+        layers = target_layers(model, cfg.target_modules)
+        self.names = [n for n, _ in layers]
+        self._layers = [m for _, m in layers]  # a plain list: the base's layers are not ours
+        self.scaling, self.p = cfg.alpha / cfg.r, cfg.dropout
+        device = next(model.parameters()).device
+        self.a, self.b = nn.ParameterList(), nn.ParameterList()
+        state = torch.random.get_rng_state()
+        torch.manual_seed(cfg.seed)  # lora_A's random init is part of the run's seed
+        try:
+            for name, layer in layers:  # peft's order of draws: A's and B's default init, then A's
+                fan_in, fan_out = _features(name, layer)
+                a, b = nn.Linear(fan_in, cfg.r, bias=False), nn.Linear(cfg.r, fan_out, bias=False)
+                nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+                nn.init.zeros_(b.weight)
+                self.a.append(nn.Parameter(a.weight.detach().to(device)))  # [r, in]
+                self.b.append(nn.Parameter(b.weight.detach().to(device)))  # [out, r]
+        finally:
+            torch.random.set_rng_state(state)
+
+    def tensors(self) -> dict[str, nn.Parameter]:
+        """By peft's names for an injected adapter, under `base.` (old adapter files load)."""
+        out = {}
+        for name, a, b in zip(self.names, self.a, self.b, strict=True):
+            out[f"base.{name}.lora_A.default.weight"] = a
+            out[f"base.{name}.lora_B.default.weight"] = b
+        return out
+
+    def _hook(self, i: int):
+        def add_update(layer, args, output):
+            x = args[0]  # [..., in]
+            if self.p:
+                x = F.dropout(x, self.p, layer.training)
+            a, b = self.a[i], self.b[i]
+            update = F.linear(F.linear(x.to(a.dtype), a), b) * self.scaling  # [..., out]
+            return output + update.to(output.dtype)
+        return add_update
+
+    @contextmanager
+    def patch(self):
+        handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self._layers)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 class Lora(Method):
     config_class = LoraConfig
     default_lr = 5e-4
 
+    @classmethod
+    def unused_settings(cls, run_config, template):
+        if template.soft_segments:
+            return {}
+        why = "a soft-prompt option, read only when the template has {soft} blocks"
+        return {f"method.{k}": why for k in ("init", "init_words", "vocab_top")}
+
     def __init__(self, config: LoraConfig, loaded, encoder, labels=None):
         super().__init__(config, loaded, encoder, labels)
         self.soft = SoftBlock(config, loaded, encoder) if encoder.soft_specs else None
-        inject_lora(loaded.model, config)
+        self.lora = LoraWeights(loaded.model, config)
 
     def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
         return self.soft.fill(inputs, batch) if self.soft is not None else inputs
 
+    def patch(self):
+        return self.lora.patch()
+
     def adapter_tensors(self) -> dict[str, nn.Parameter]:
-        own = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        return {**own, **lora_parameters(self.loaded.model)}
+        soft = {"soft.prompt": self.soft.prompt} if self.soft is not None else {}
+        return {**soft, **self.lora.tensors()}
 
     peft_imports = ("LORA",)
 
@@ -83,14 +153,12 @@ class Lora(Method):
         if self.soft is not None:
             raise ArtifactError("PEFT export: PEFT's LoRA adapters hold no soft prompt; export a "
                                 "LoRA run whose template has no {soft} block")
-        model = self.loaded.model
-        targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                          if isinstance(m, BaseTunerLayer)})
-        task = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}.get(self.loaded.family.name)
-        cfg = PeftLoraConfig(r=self.config.r, lora_alpha=self.config.alpha, task_type=task,
+        targets = sorted({n.rsplit(".", 1)[-1] for n in self.lora.names})
+        cfg = PeftLoraConfig(r=self.config.r, lora_alpha=self.config.alpha,
+                             task_type=self.loaded.family.peft_task_type,
                              lora_dropout=self.config.dropout, target_modules=targets, bias="none")
         tensors = {"base_model.model." + n[len("base."):].replace(".default.", "."): p.detach().float()
-                   for n, p in lora_parameters(model).items()}
+                   for n, p in self.lora.tensors().items()}
         return cfg, tensors
 
     @classmethod

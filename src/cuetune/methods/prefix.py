@@ -45,6 +45,17 @@ class Prefix(Method):
     def adapt_template(cls, config, template: Template) -> Template:
         return template.without_soft()
 
+    @classmethod
+    def unused_settings(cls, run_config, template):
+        cfg, unused = run_config.method, {}
+        if not cfg.projection:
+            unused["method.projection_hidden"] = "read only with method.projection=true"
+        if cfg.init == "random" or cfg.projection:
+            unused["method.vocab_top"] = "read only by init=activations without projection"
+        if cfg.projection:
+            unused["method.init"] = "the projection MLP starts from its own random init"
+        return unused
+
     def __init__(self, config: PrefixConfig, loaded, encoder, labels=None):
         super().__init__(config, loaded, encoder, labels)
         self.layers, self.kv_heads, self.head_dim = loaded.family.kv_layout(loaded.model)
@@ -91,12 +102,12 @@ class Prefix(Method):
     def peft_export(self):
         from peft import PrefixTuningConfig
 
-        family = self.loaded.family.name
-        if family != "causal":
+        family = self.loaded.family
+        if not family.peft_prompts:
             raise ArtifactError(f"PEFT export: prefix adapters are supported for causal models here; "
-                                f"this is a {family} model")
+                                f"this is a {family.name} model")
         flat = self.flat_prefix().detach().float()
-        cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=flat.size(0),
+        cfg = PrefixTuningConfig(task_type=family.peft_task_type, num_virtual_tokens=flat.size(0),
                                  token_dim=self.kv_heads * self.head_dim, num_layers=self.layers,
                                  num_attention_heads=self.kv_heads, num_transformer_submodules=1)
         return cfg, {"prompt_embeddings": flat}

@@ -62,7 +62,8 @@ class PTuning(SoftPrompt):
 
         check_peft_prompt_layout(self, "PEFT export")
         prompt = self.prompt_embeddings().detach().float()
-        cfg = PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt.size(0),
+        cfg = PromptEncoderConfig(task_type=self.loaded.family.peft_task_type,
+                                  num_virtual_tokens=prompt.size(0),
                                   token_dim=prompt.size(1), num_transformer_submodules=1,
                                   encoder_hidden_size=self.config.hidden_size or prompt.size(1))
         return cfg, {"prompt_embeddings": prompt}

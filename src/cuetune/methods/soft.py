@@ -19,14 +19,15 @@ from torch import nn
 
 from cuetune.config import MethodConfig
 from cuetune.errors import ArtifactError, ConfigError
-from cuetune.methods.base import Method
+from cuetune.methods.base import Method, soft_settings_unused
 from cuetune.templates import Template
 
 
 class SoftConfig(MethodConfig):
     name: Literal["soft"] = "soft"
-    num_tokens: int = Field(20, ge=1, le=1000)
-    """Soft tokens put before the template when it has no {soft} slot."""
+    num_tokens: int | None = Field(None, ge=1, le=1000)
+    """Soft tokens put before the template when it has no {soft} slot (None: 20); a template
+    with {soft:N} blocks sets the count itself, and setting this too is refused."""
     init: Literal["vocab", "words", "random"] = "vocab"
     init_words: str | None = None
     """For init=words: text whose tokens (repeated) initialise the prompt."""
@@ -81,9 +82,14 @@ class SoftBlock(nn.Module):
         return inputs
 
 
-def with_soft(template: Template, num_tokens: int) -> Template:
-    """The template, with a leading soft block of `num_tokens` if it has none."""
-    return template if template.soft_segments else template.with_leading_soft(num_tokens)
+DEFAULT_SOFT_TOKENS = 20
+
+
+def with_soft(template: Template, num_tokens: int | None) -> Template:
+    """The template, with a leading soft block of `num_tokens` (default 20) if it has none."""
+    if template.soft_segments:
+        return template
+    return template.with_leading_soft(num_tokens or DEFAULT_SOFT_TOKENS)
 
 
 class SoftPrompt(Method):
@@ -93,6 +99,10 @@ class SoftPrompt(Method):
     @classmethod
     def adapt_template(cls, config: SoftConfig, template: Template) -> Template:
         return with_soft(template, config.num_tokens)
+
+    @classmethod
+    def unused_settings(cls, run_config, template):
+        return soft_settings_unused(run_config.method, template)
 
     def __init__(self, config: SoftConfig, loaded, encoder, labels=None):
         super().__init__(config, loaded, encoder, labels)
@@ -112,7 +122,8 @@ class SoftPrompt(Method):
 
         check_peft_prompt_layout(self, "PEFT export")
         prompt = self.prompt_embeddings().detach().float()
-        cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt.size(0),
+        cfg = PromptTuningConfig(task_type=self.loaded.family.peft_task_type,
+                                 num_virtual_tokens=prompt.size(0),
                                  token_dim=prompt.size(1), num_transformer_submodules=1)
         return cfg, {"prompt_embeddings": prompt}
 
@@ -128,7 +139,7 @@ def check_peft_prompt_layout(method, what: str) -> None:
     PEFT would compute other logits than we do."""
     enc = method.encoder
     leading = bool(enc.segments) and enc.segments[0].__class__.__name__ == "Soft"
-    if method.loaded.family.name != "causal":
+    if not method.loaded.family.peft_prompts:
         raise ArtifactError(f"{what}: PEFT prompt adapters are supported for causal models here; "
                             f"this is a {method.loaded.family.name} model")
     if len(enc.soft_specs) != 1 or not leading or enc.prefix:

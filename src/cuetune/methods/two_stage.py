@@ -13,8 +13,8 @@ from pydantic import Field
 from torch import nn
 
 from cuetune.config import MethodConfig
-from cuetune.methods.base import Method, Phase, base_parameters
-from cuetune.methods.lora import inject_lora, lora_parameters
+from cuetune.methods.base import Method, Phase, WeightCopy, soft_settings_unused
+from cuetune.methods.lora import LoraWeights
 from cuetune.methods.soft import SoftBlock, with_soft
 from cuetune.templates import Template
 
@@ -26,7 +26,8 @@ class TwoStageConfig(MethodConfig):
     soft_lr: float = Field(3e-2, gt=0)
     tune_lr: float | None = Field(None, gt=0)
     """Second-stage rate; default 5e-4 for LoRA, 2e-5 for full fine-tuning."""
-    num_tokens: int = Field(20, ge=1, le=1000)
+    num_tokens: int | None = Field(None, ge=1, le=1000)
+    """As soft prompting's: used when the template has no {soft} block (None: 20)."""
     init: Literal["vocab", "words", "random"] = "vocab"
     init_words: str | None = None
     vocab_top: int = Field(5000, ge=10)
@@ -44,21 +45,26 @@ class TwoStage(Method):
     def adapt_template(cls, config: TwoStageConfig, template: Template) -> Template:
         return with_soft(template, config.num_tokens)
 
+    @classmethod
+    def unused_settings(cls, run_config, template):
+        return {"train.lr": "each stage has its own rate: set method.soft_lr and method.tune_lr",
+                **soft_settings_unused(run_config.method, template)}
+
     def __init__(self, config: TwoStageConfig, loaded, encoder, labels=None):
         super().__init__(config, loaded, encoder, labels)
         self.soft = SoftBlock(config, loaded, encoder)
         self.freezes_base = config.second == "lora"  # the instance knows; the class cannot
-        if config.second == "lora":
-            inject_lora(loaded.model, config)
-        else:
-            loaded.model.requires_grad_(True)
+        lora = config.second == "lora"
+        self.tuned = LoraWeights(loaded.model, config) if lora else WeightCopy(loaded.model)
 
     def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
         return self.soft.fill(inputs, batch)
 
+    def patch(self):
+        return self.tuned.patch()
+
     def _tuned(self) -> dict[str, nn.Parameter]:
-        model = self.loaded.model
-        return lora_parameters(model) if self.config.second == "lora" else base_parameters(self.loaded)
+        return self.tuned.tensors()
 
     def adapter_tensors(self) -> dict[str, nn.Parameter]:
         return {"soft.prompt": self.soft.prompt, **self._tuned()}
