@@ -252,6 +252,7 @@ def test_cli_generate_and_eval(gen_models, gen_data, tmp_path, capsys):
 
     cfg = gen_config(gen_models["causal"], gen_data, tmp_path / "run",
                      method={"name": "lora", "r": 4},
+                     prompt={"template": "review : {text} answer : {answer}"},  # PEFT's LoRA: no soft
                      train={"max_steps": 10, "lr": 3e-3, "zero_shot_baseline": True})
     config_file = tmp_path / "gen.yaml"
     config_file.write_text(__import__("yaml").safe_dump(cfg))
@@ -262,6 +263,14 @@ def test_cli_generate_and_eval(gen_models, gen_data, tmp_path, capsys):
     code, out, _ = run_cli(["eval", str(tmp_path / "run"), "--data", str(gen_data["test"])], capsys)
     metrics = json.loads(out)
     assert code == 0 and {"bleu", "chrf", "rouge_l", "exact_match", "token_f1"} <= set(metrics)
+    # through PEFT and back: a generation run has no accuracy, and nothing may ask for one
+    code, out, err = run_cli(["export", str(tmp_path / "run"), str(tmp_path / "peft")], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["import-peft", str(tmp_path / "peft"), str(config_file),
+                              "--out", str(tmp_path / "imported")], capsys)
+    assert code == 0, err
+    imported = json.loads(out)
+    assert imported["method"] == "lora" and imported["test_bleu"] == summary["test_bleu"]
     inp = tmp_path / "in.txt"
     inp.write_text("the movie good was\n\nawful day and\n")
     dest = tmp_path / "out.jsonl"
