@@ -1,9 +1,11 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from cuetune import config
+from cuetune import bench, config
 from cuetune.errors import ConfigError
+from cuetune.methods import check_settings
 from cuetune.methods.soft import SoftConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,9 +20,22 @@ def test_default_config_loads():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_every_shipped_config_loads(path):
-    cfg = config.load(path)
-    assert cfg.prompt.template
+def test_every_shipped_config_loads(path, tmp_path):
+    """Run configs: their data files exist and no key is one the method would ignore. Bench
+    configs: every cell's run config validates the same way."""
+    if "tasks" in yaml.safe_load(path.read_text()):
+        bench_cfg, root = bench.load_bench(path)
+        raws = [bench.run_config(bench_cfg, root, cell, point, tmp_path / "run")
+                for cell in bench.cells(bench_cfg)
+                for point in bench.grid_points(bench_cfg.methods[cell.method])]
+        runs = [config.validate(raw) for raw in raws]
+    else:
+        runs = [config.load(path)]
+    for cfg in runs:
+        check_settings(cfg)
+        for split in ("train", "dev", "test"):
+            name = getattr(cfg.data, split)
+            assert name is None or Path(name).is_file(), f"{path.name}: data.{split} {name} missing"
 
 
 def test_packaged_generation_config_loads_with_its_data():
