@@ -5,6 +5,7 @@ mixed types, empty labels, ragged CSV; plus huge lines and deep nesting. 2,600 c
 
 from __future__ import annotations
 
+import csv
 import json
 import string
 
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cuetune.config import DataConfig
-from cuetune.data import load_splits
+from cuetune.data import load_splits, read_rows
 from cuetune.errors import CuetuneError
 from cuetune.templates import parse
 
@@ -80,6 +81,34 @@ def test_ragged_and_quoted_delimited_files(tmp_path_factory, table, delimiter, b
     body = "\n".join(delimiter.join(row) for row in [["text", "label"], *table])
     path.write_bytes(("\ufeff" if bom else "").encode() + body.encode("utf-8", "surrogatepass"))
     _load(path)
+
+
+words = st.text(alphabet=string.ascii_letters + string.digits + " ,;\"'\n\r\täé€", max_size=12)
+
+
+@CASES
+@given(table=st.lists(st.tuples(words, words), max_size=8), delimiter=st.sampled_from([",", "\t"]),
+       crlf=st.booleans())
+def test_what_loads_is_what_the_file_says(tmp_path_factory, table, delimiter, crlf):
+    """A table written by the csv module (quoting as it must: delimiters, quotes and line
+    breaks inside fields) reads back row for row and field for field."""
+    path = tmp_path_factory.mktemp("w") / ("train.csv" if delimiter == "," else "train.tsv")
+    if delimiter == "\t":  # TSV has no quoting: a field cannot hold a tab or a line break
+        table = [tuple(c.translate({9: None, 10: None, 13: None}) for c in row) for row in table]
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        csv.writer(f, delimiter=delimiter, quoting=quoting, escapechar=None if delimiter == "," else "\\",
+                   lineterminator="\r\n" if crlf else "\n").writerows([("text", "label"), *table])
+    if delimiter == "\t" and any('"' in c or "\\" in c for row in table for c in row):
+        return  # the writer escaped them; TSV readers here take fields as they are
+    assert [tuple(r.values()) for _, r in read_rows(path)] == table
+
+
+def test_an_unclosed_quote_is_refused_at_its_line(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text('text,label\nfine,0\n"an unterminated quote,1\nmore,0\nrows,1\n', encoding="utf-8")
+    with pytest.raises(CuetuneError, match=rf"{path}:3: a quoted field opened on this line is never closed"):
+        read_rows(path)
 
 
 @CASES

@@ -8,6 +8,7 @@ Readers for CSV, TSV, JSONL, JSON and `datasets.load_dataset` sources turn rows 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import random
@@ -114,18 +115,37 @@ def _json(path: Path, text: str) -> list[tuple[str, dict]]:
     return rows
 
 
-def _delimited(path: Path, text: str, delimiter: str,
-               columns: list[str] | None) -> list[tuple[str, dict]]:
+def _records(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+    """(first line, fields) per record, parsed strictly (RFC 4180 quoting for CSV, none for
+    TSV): a quote that is never closed is an error at the line where it opened, instead of a
+    field that silently swallows the rest of the file."""
+    kind = "TSV" if delimiter == "\t" else "CSV"
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     csv.field_size_limit(1 << 28)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting,
+                        strict=True)
+    records, start = [], 1
     try:
-        records = list(csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting))
+        for rec in reader:
+            records.append((start, rec))
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise DataError(f"{path}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({exc})") from None
-    header, first = (columns, 1) if columns else ([h.strip() for h in records[0]], 2)
-    body = records if columns else records[1:]
+        if "unexpected end of data" in str(exc):
+            raise DataError(f"{path}:{start}: a quoted field opened on this line is never closed, "
+                            f"so the rest of the file would be one {kind} field; close the quote "
+                            "(a quote inside a field is written twice: \"\")") from None
+        raise DataError(f"{path}:{reader.line_num}: malformed {kind} ({exc})") from None
+    return records
+
+
+def _delimited(path: Path, text: str, delimiter: str,
+               columns: list[str] | None) -> list[tuple[str, dict]]:
+    records = _records(path, text, delimiter)
+    if not records:
+        raise DataError(f"{path}: no rows; it needs a header and at least one row")
+    header = columns if columns else [h.strip() for h in records[0][1]]
     rows = []
-    for n, rec in enumerate(body, first):
+    for n, rec in records if columns else records[1:]:
         if not rec or (len(rec) == 1 and not rec[0].strip()):
             continue
         if len(rec) != len(header):
