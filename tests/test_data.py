@@ -89,3 +89,23 @@ def test_load_splits_end_to_end(tmp_path):
     assert s.labels == ["neg", "pos"]
     assert s.report["train"]["dropped_in_test"] == 1
     assert len(s.dev) == 6 and len(s.train) == 23 and len(s.test) == 1
+
+
+def test_training_on_one_class_is_refused_and_an_unjudged_run_is_warned(tiny_dirs, toy_data, tmp_path,
+                                                                         caplog):
+    from conftest import toy_config
+
+    import cuetune
+
+    one = write(tmp_path / "one.jsonl", "".join(json.dumps({"text": f"good day {i}", "label": "positive"})
+                                                + "\n" for i in range(8)))
+    raw = toy_config(tiny_dirs["causal"], {**toy_data, "train": one}, tmp_path / "run")
+    with pytest.raises(DataError, match=rf"{one}: every training example has label 'positive'"):
+        cuetune.train(raw)
+    assert not (tmp_path / "run").exists()
+    raw = toy_config(tiny_dirs["causal"], toy_data, tmp_path / "unjudged", train={"max_steps": 2})
+    raw["data"].update(dev=None, test=None)
+    with caplog.at_level("WARNING"):
+        manifest = cuetune.train(raw)
+    warned = [r for r in caplog.records if "nothing will score this run" in r.getMessage()]
+    assert len(warned) == 1 and manifest.training.best_step is None

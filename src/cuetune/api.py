@@ -17,7 +17,7 @@ from cuetune.config import RunConfig
 from cuetune.config import load as load_config
 from cuetune.config import validate as validate_config
 from cuetune.data import Example, clean, group_refs, load_splits, read_rows, to_examples
-from cuetune.errors import ArtifactError, CuetuneError
+from cuetune.errors import ArtifactError, CuetuneError, DataError
 from cuetune.evaluation import plot_confusion, plot_curves
 from cuetune.generation import generate
 from cuetune.inference import predict_probs
@@ -68,6 +68,7 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> Manif
     if resume is None:  # a resumed run's saved config was checked when it started
         check_settings(cfg)
     splits = load_splits(cfg.data)
+    _check_splits(cfg, splits)
     run_dir = prepare_run_dir(cfg.output_dir)  # before the model loads: a bad dir fails at once
     loaded = load_for(cfg)
     method = methods.get(cfg.method.name).prepare_config(cfg, splits, loaded)
@@ -184,6 +185,21 @@ def resume_run(run_dir: str | Path, progress=None) -> Manifest:
     if ckpt is None:
         log.warning("%s: no checkpoint yet; training starts from the beginning", run_dir)
     return train(cfg, progress, resume=ckpt)
+
+
+def _check_splits(cfg: RunConfig, splits) -> None:
+    """Refuse training on one class (the model can only learn to say it; accuracy then
+    measures the test set's class balance) and say when no split will judge the run."""
+    if methods.get(cfg.method.name).trains and cfg.data.task == "classification":
+        present = sorted({e.label for e in splits.train})
+        if len(present) == 1:
+            raise DataError(f"{cfg.data.train or 'data.train'}: every training example has label "
+                            f"{splits.labels[present[0]]!r}; training needs examples of at least two "
+                            f"of the labels {splits.labels}")
+    if not splits.dev and not splits.test:
+        log.warning("no dev and no test split: nothing will score this run and the best-dev "
+                    "checkpoint cannot be chosen (the last step is kept); set data.dev or "
+                    "data.dev_fraction, and data.test or data.test_fraction")
 
 
 def _check_space(run_dir: Path, pipe: Pipeline, cfg: RunConfig) -> None:
