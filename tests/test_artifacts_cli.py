@@ -68,15 +68,20 @@ def test_tampered_adapter_is_refused(trained, tmp_path):
 
 
 def test_cli_predict_and_eval(trained, toy_data, tmp_path, capsys):
+    """`eval` on the run's own test file scores what training scored on it; `predict` writes
+    one row per non-empty line, exactly what the Python API predicts."""
     code, out, _ = run_cli(["eval", str(trained), "--data", str(toy_data["test"])], capsys)
-    assert code == 0 and 0 <= json.loads(out)["accuracy"] <= 1
+    scored = artifacts.read_manifest(trained).metrics["test"]
+    assert code == 0
+    assert {k: v for k, v in json.loads(out).items() if k in scored} == scored
     inp = tmp_path / "in.txt"
     inp.write_text("the movie was great\n\nthe food was awful\n")
     dest = tmp_path / "pred.jsonl"
     code, _, _ = run_cli(["predict", str(trained), "--input", str(inp), "-o", str(dest)], capsys)
     rows = [json.loads(x) for x in dest.read_text().splitlines()]
-    assert code == 0 and len(rows) == 2 and set(rows[0]["probs"]) == {"negative", "positive"}
-    assert rows[0]["label"] in {"negative", "positive"}
+    want = cuetune.load(trained).predict(["the movie was great", "the food was awful"])
+    assert code == 0 and [{"label": r["label"], "probs": r["probs"]} for r in rows] == want
+    assert all(abs(sum(r["probs"].values()) - 1) < 1e-5 for r in rows)
 
 
 @pytest.mark.parametrize("case, fragment", [

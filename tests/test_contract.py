@@ -118,9 +118,14 @@ def test_only_the_intended_parameters_train(tiny_dirs, toy_data, family, method)
 def test_baselines_run_through_eval_and_artifacts(tiny_dirs, toy_data, tmp_path, family, method):
     manifest, run_dir = _run(tiny_dirs, toy_data, tmp_path, family, method)
     assert manifest.training is None
-    assert 0.0 <= manifest.metrics["test"]["accuracy"] <= 1.0
     assert api.score_test(run_dir).metrics["test"] == manifest.metrics["test"]
-    preds = cuetune.load(run_dir).predict(["the movie was great"])
+    # the reported accuracy is what the saved run's predictions score on the test file
+    model = cuetune.load(run_dir)
+    test = model.read(toy_data["test"])
+    preds = model.predict([e.text for e in test])
+    hits = sum(p["label"] == model.labels[e.label] for p, e in zip(preds, test, strict=True))
+    assert manifest.metrics["test"]["n"] == len(test)
+    assert manifest.metrics["test"]["accuracy"] == pytest.approx(hits / len(test))
     assert set(preds[0]["probs"]) == {"negative", "positive"}
 
 

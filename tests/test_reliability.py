@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,20 +184,44 @@ def test_only_safetensors_and_json_are_written_or_read(tiny_dirs, toy_data, tmp_
         assert "torch.load(" not in text and "import pickle" not in text, path
 
 
-def test_remote_code_is_off_unless_asked(monkeypatch):
-    from typer.testing import CliRunner
+MARKER_CODE = """
+import os
+from pathlib import Path
 
-    from cuetune import cli, config
+from transformers import LlamaConfig, LlamaForCausalLM
 
-    seen = []
+Path(os.environ["CUETUNE_TEST_MARKER"]).write_text("the model's own code ran")
 
-    def fake_train(cfg, progress=None):
-        seen.append(cfg.model.trust_remote_code)
-        raise CuetuneError("stop here")
 
-    monkeypatch.setattr(api, "train", fake_train)
-    assert config.load(None).model.trust_remote_code is False
-    runner = CliRunner()
-    runner.invoke(cli.app, ["train", "--set", "train.progress=false"])
-    runner.invoke(cli.app, ["train", "--trust-remote-code", "--set", "train.progress=false"])
-    assert seen == [False, True]
+class MarkerConfig(LlamaConfig):
+    model_type = "markerllama"
+
+
+class MarkerForCausalLM(LlamaForCausalLM):
+    config_class = MarkerConfig
+"""
+
+
+def test_remote_code_is_off_unless_asked(tiny_dirs, toy_data, tmp_path, monkeypatch, capsys):
+    """A model folder that ships its own Python code: `cuetune train` refuses it, naming the
+    flag, and its code never runs; with --trust-remote-code it runs and trains."""
+    from test_artifacts_cli import run_cli
+
+    model = tmp_path / "custom"
+    shutil.copytree(tiny_dirs["causal"], model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(model_type="markerllama", architectures=["MarkerForCausalLM"],
+               auto_map={"AutoConfig": "marker.MarkerConfig",
+                         "AutoModelForCausalLM": "marker.MarkerForCausalLM"})
+    (model / "config.json").write_text(json.dumps(cfg))
+    (model / "marker.py").write_text(MARKER_CODE)
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("CUETUNE_TEST_MARKER", str(marker))
+    raw = toy_config(model, toy_data, tmp_path / "run", train={"max_steps": 2})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    code, _, err = run_cli(["train", str(tmp_path / "run.yaml")], capsys)
+    assert code != 0 and "--trust-remote-code" in err, err
+    assert not marker.exists(), "the model's code ran without being trusted"
+    code, out, err = run_cli(["train", str(tmp_path / "run.yaml"), "--trust-remote-code"], capsys)
+    assert code == 0, err
+    assert marker.read_text() == "the model's own code ran"

@@ -183,6 +183,14 @@ def _convert(alias: Alias) -> Path:
     return final
 
 
+def source_gguf(name: str) -> Path | None:
+    """The single-file GGUF a packaged alias was converted from (None for other models)."""
+    alias = ALIASES.get(name)
+    if alias is None or not alias.gguf or alias.chunks or not is_installed(alias):
+        return None
+    return _package_dir(alias.module) / alias.gguf
+
+
 def resolve(name: str) -> tuple[str, str | None]:
     """Map a model name to (path or hub id, family hint), converting a GGUF alias if needed."""
     alias = ALIASES.get(name)
@@ -230,6 +238,10 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto",
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
+        if not trust_remote_code and "trust_remote_code" in str(exc):
+            raise ModelError(f"model '{name}' ships its own Python code, which cuetune runs only when "
+                             "asked: read it, then pass --trust-remote-code (model.trust_remote_code: "
+                             "true)") from None
         raise ModelError(f"model '{name}': cannot read its config ({exc})") from None
     family = family_for(config, family_hint)
     dev = pick_device(device)
