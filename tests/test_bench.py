@@ -393,6 +393,25 @@ def test_bars_mark_methods_not_run_and_partial_seeds():
     assert sorted(t.get_text() for t in mr.texts) == ["1 of 2", "not run"]
 
 
+def test_bars_show_each_seed_the_majority_class_and_a_reference():
+    from cuetune import report
+
+    rows = [{"task": "sst-2", "method": m, "k": 16, "seed": seed, "test_score": score,
+             "test_majority": 0.5, "test_macro_f1": None, "wall_seconds": 1.0}
+            for m, seed, score in (("soft", 13, 0.7), ("soft", 21, 0.9), ("lora", 13, 0.8))]
+    fig = report.plot_bars(rows, 16, seeds=[13, 21],
+                           references={"sst-2": {"score": 92.7, "label": "LM-BFF RoBERTa-large"}})
+    from matplotlib.collections import PathCollection
+
+    [ax] = fig.axes
+    seeds = [sorted(round(y) for _, y in c.get_offsets()) for c in ax.collections
+             if isinstance(c, PathCollection)]  # the scatter points, not the error bars
+    assert seeds == [[70, 90], [80]]
+    lines = {round(line.get_ydata()[0], 1): line.get_label() for line in ax.get_lines()
+             if not line.get_label().startswith("_")}  # labelled lines, not error-bar caps
+    assert lines == {50.0: "majority class 50.0", 92.7: "LM-BFF RoBERTa-large 92.7"}
+
+
 def test_fill_results_replaces_only_between_its_markers():
     import importlib.util
 

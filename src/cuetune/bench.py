@@ -52,6 +52,13 @@ class MethodEntry(Strict):
     """Dotted keys (`train.lr`) -> values; every combination runs and the best dev wins."""
 
 
+class Reference(Strict):
+    score: float
+    """In percent, on the task's metric (the bars' scale)."""
+    label: str
+    """What the score is, e.g. "LM-BFF RoBERTa-large, K=16"."""
+
+
 class BenchConfig(Strict):
     name: str = "bench"
     model: dict = Field(default_factory=lambda: {"name": "smollm2-135m"})
@@ -71,6 +78,8 @@ class BenchConfig(Strict):
     output_dir: str = "bench-out"
     keep_full_weights: bool = False
     """Full-weight adapters (hundreds of MB per run) are deleted once scored unless true."""
+    references: dict[str, Reference] = Field(default_factory=dict)
+    """Per task, a score to draw as a line on the bar plots (e.g. a published result)."""
     _folder: Path = PrivateAttr(default_factory=Path)
     """The bench config file's folder: custom tasks' files are relative to it."""
 
@@ -101,6 +110,10 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
             raise ConfigError(f"{p}: custom_tasks.{name}: shadows the named task {name!r}; rename it")
     for name in cfg.tasks:
         cfg.task(name)
+    for name in cfg.references:
+        if name not in cfg.tasks:
+            raise ConfigError(f"{p}: references.{name}: not one of the bench's tasks {cfg.tasks}; "
+                              "a reference for it would be drawn nowhere")
     root = Path(cfg.data_root)
     if not root.is_absolute() and (p.parent / root).is_dir():
         root = p.parent / root
@@ -199,12 +212,19 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
             "metric": headline, "dev_score": dev_score((point, run_dir, best)),
             "test_score": None if score is None else score * scale,
             "test_macro_f1": test.get("macro_f1"), "test_size": test.get("n"),
+            "test_majority": _majority(test),
             "trainable_parameters": best.trainable_parameters,
             "train_examples": best.data.get("sizes", {}).get("train"),
             "grid_size": len(results),
             "wall_seconds": round(sum(r[2].wall_seconds or 0.0 for r in results)
                                   + (best.test_seconds or 0.0), 1),
             "error": None}
+
+
+def _majority(test: dict) -> float | None:
+    """The share of the test set's largest class (what always answering it scores)."""
+    support = [c["support"] for c in (test.get("per_class") or {}).values()]
+    return max(support) / sum(support) if support and sum(support) else None
 
 
 def failed_row(cfg: BenchConfig, cell: Cell, exc: Exception, seconds: float) -> dict:

@@ -16,8 +16,8 @@ from cuetune import atomic
 from cuetune.evaluation import _save_png
 
 COLUMNS = ["task", "method", "k", "seed", "metric", "dev_score", "test_score", "test_macro_f1",
-           "test_size", "train_examples", "trainable_parameters", "grid_size", "hyperparameters",
-           "wall_seconds", "run_dir", "error"]
+           "test_majority", "test_size", "train_examples", "trainable_parameters", "grid_size",
+           "hyperparameters", "wall_seconds", "run_dir", "error"]
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,11 @@ def _point(point: dict) -> str:
                      for key, v in point.items()) or "default"
 
 
-def plot_bars(rows: list[dict], k: int, seeds: list[int] | None = None):
-    """Per task, one bar per method (mean test accuracy) with std error bars.
+def plot_bars(rows: list[dict], k: int, seeds: list[int] | None = None, references: dict | None = None):
+    """Per task, one bar per method (mean test score) with std error bars and each seed's score
+    as a point; a dashed line at the majority-class rate of the test set (chance for a
+    classifier that learnt only the class balance) and, where `references` names one for the
+    task, a dotted line at that score (e.g. a published result) with its label.
 
     A method with no score yet is marked "not run" rather than drawn as a bar at 0, and a
     bar over fewer seeds than the bench's (`seeds`, else every seed in `rows`) says "n of N",
@@ -159,10 +162,15 @@ def plot_bars(rows: list[dict], k: int, seeds: list[int] | None = None):
             if st["mean"] is None:
                 ax.text(i, 2, "not run", rotation=90, ha="center", va="bottom", fontsize=7, color="gray")
                 continue
-            ax.bar(i, 100 * st["mean"], yerr=100 * st["std"], capsize=3, color="tab:blue", alpha=0.8)
+            ax.bar(i, 100 * st["mean"], yerr=100 * st["std"], capsize=3, color="tab:blue", alpha=0.6)
+            points = [100 * r["test_score"] for r in rows if (r["task"], r["method"], r["k"]) ==
+                      (task, methods[i], k) and r["test_score"] is not None]
+            ax.scatter([i + 0.18 * (j / max(len(points) - 1, 1) - 0.5) for j in range(len(points))], points,
+                       s=9, color="black", zorder=3, label="seeds" if i == 0 else None)
             if st["n"] < n_seeds:
                 ax.text(i, 100 * (st["mean"] + st["std"]) + 2, f"{st['n']} of {n_seeds}",
                         ha="center", fontsize=7)
+        _baselines(ax, [r for r in rows if r["task"] == task and r["k"] == k], (references or {}).get(task))
         ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(methods) - 0.4)  # room for a "not run" mark at either end
         ax.set_title(f"{task} (K={k})", fontsize=10)
@@ -170,6 +178,19 @@ def plot_bars(rows: list[dict], k: int, seeds: list[int] | None = None):
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test score % (the task's metric)")
     return fig
+
+
+def _baselines(ax, rows: list[dict], reference: dict | None) -> None:
+    """The chance line (mean majority-class rate of the cells' test sets) and a reference."""
+    majority = [r["test_majority"] for r in rows if r.get("test_majority") is not None]
+    if majority:
+        chance = 100 * sum(majority) / len(majority)
+        ax.axhline(chance, color="tab:red", ls="--", lw=1, label=f"majority class {chance:.1f}")
+    if reference:
+        ax.axhline(reference["score"], color="tab:green", ls=":", lw=1.5,
+                   label=f"{reference['label']} {reference['score']:g}")
+    if majority or reference:
+        ax.legend(fontsize=6, loc="lower right")
 
 
 def plot_vs_k(rows: list[dict]):
@@ -219,7 +240,8 @@ def write_all(cfg, rows: list[dict], out: Path) -> None:
                       f"{per_seed(rows, cfg.seeds)}{failed_md}")
     images = {}
     for k in dict.fromkeys(r["k"] for r in rows):
-        images[f"bars_k{k}.png"] = plot_bars(rows, k, cfg.seeds)
+        references = {t: r.model_dump() for t, r in cfg.references.items()}
+        images[f"bars_k{k}.png"] = plot_bars(rows, k, cfg.seeds, references)
     if len({r["k"] for r in rows}) > 1:
         images["accuracy_vs_k.png"] = plot_vs_k(rows)
     inline = {}
