@@ -6,6 +6,8 @@ our soft block must be first for the two to compute the same thing.
 
 from __future__ import annotations
 
+import json
+import runpy
 import warnings
 from contextlib import contextmanager
 
@@ -102,6 +104,29 @@ def test_export_loads_in_peft_with_the_same_logits(nobos_dir, toy_data, tmp_path
                                                         attention_mask=batch["attention_mask"][:, strip:])
         .logits[torch.arange(len(TEXTS)), batch["answer_pos"] - strip][:, tuned.pipe.model.token_ids])
     assert not torch.allclose(ours, zero, atol=1e-3), "the adapter must change the logits"
+
+
+@pytest.mark.parametrize("kind", ["soft", "prefix", "lora"])
+def test_the_exported_example_reproduces_cuetune_with_peft_alone(nobos_dir, toy_data, tmp_path, kind):
+    """The folder says how cuetune built its input (fixed token ids, where the text goes and
+    whether a space precedes it, label words and their ids); its example.py, run as a PEFT
+    user would, gives cuetune's probabilities."""
+    settings, template, lr = EXPORTS[kind]
+    raw = toy_config(nobos_dir, toy_data, tmp_path / "run", method=dict(settings),
+                     prompt={"template": template.replace("{text}", "review : {text}")})
+    raw["train"].update(lr=lr, max_steps=10)
+    cuetune.train(raw)
+    peft_dir = interop.export_peft(tmp_path / "run", tmp_path / "peft")
+    recipe = json.loads((peft_dir / "cuetune_prompt.json").read_text())
+    assert {"slot": "text", "lead_space": True} in recipe["pieces"]
+    assert {w["word"] for words in recipe["label_words"].values() for w in words} == {"negative", "positive"}
+    with peft_calls():
+        example = runpy.run_path(str(peft_dir / "example.py"), run_name="example")
+        theirs = [example["label_probs"](t) for t in TEXTS]
+    ours = cuetune.load(tmp_path / "run").predict(TEXTS)
+    for got, want in zip(theirs, ours, strict=True):
+        assert got == pytest.approx(want["probs"], abs=1e-5)
+    assert len({round(p["positive"], 3) for p in theirs}) > 1, "inputs must change the answer"
 
 
 IMPORTS = {  # PEFT config, template cuetune runs it with

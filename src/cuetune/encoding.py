@@ -219,6 +219,26 @@ class PromptEncoder:
             raise TemplateError(f"template {self.template.source!r}: nothing before {{answer}}")
         return Encoded(ids, soft, answer_pos, ex.label, bool(truncated), refs=ex.refs)
 
+    def pieces(self) -> list[dict]:
+        """The prompt as another library must build it to get our token ids: fixed token ids
+        (`{"ids", "text"}`) and input slots (`{"slot", "lead_space"}`: the slot's text, with a
+        space before it when `lead_space`, tokenised without special tokens), in order, up to
+        the answer. Soft blocks are left out: PEFT puts its virtual tokens before all of this.
+        A causal model's answer is the token after the last piece; otherwise the piece with
+        `"answer": true` holds its place."""
+        out = [{"ids": list(self.prefix), "text": self.tok.decode(self.prefix)}] if self.prefix else []
+        for seg in self.segments:
+            if isinstance(seg, Literal):
+                ids = self._literal_ids[id(seg)]
+                out.append({"ids": list(ids), "text": seg.text})
+            elif isinstance(seg, TextSlot):
+                out.append({"slot": seg.name, "lead_space": seg.lead_space})
+            elif isinstance(seg, Slot) and not self.answer_next:
+                out.append({"ids": [self._answer_token()], "answer": True})
+        if self.suffix:
+            out.append({"ids": list(self.suffix), "text": self.tok.decode(self.suffix)})
+        return out
+
     def _answer_token(self) -> int:
         return self.family.answer_token_id(self.tok)
 

@@ -13,18 +13,20 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from importlib.resources import files
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cuetune import api, methods
+from cuetune import api, methods, models
 from cuetune.config import RunConfig
 from cuetune.data import load_splits
 from cuetune.errors import ArtifactError, ConfigError
 from cuetune.manifest import ImportRecord, Manifest
 from cuetune.pipeline import build
 
+RECIPE = "cuetune_prompt.json"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 
@@ -44,11 +46,44 @@ def export_peft(run_dir: str | Path, out_dir: str | Path) -> Path:
         peft_config.save_pretrained(str(tmp))
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / PEFT_WEIGHTS),
                   metadata={"format": "pt"})
+        _write_recipe(tuned, tmp)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def prompt_recipe(tuned) -> dict:
+    """What a PEFT user needs to feed the adapter the token ids cuetune fed it, and to score
+    the labels as cuetune does (see resources/peft_export/README.md)."""
+    pipe = tuned.pipe
+    recipe = {"format": "cuetune-prompt", "version": 1,
+              "base_model": {"name": tuned.manifest.base_model.name,
+                             "path": models.resolve(tuned.manifest.base_model.name)[0],
+                             "fingerprint": tuned.manifest.base_model.fingerprint},
+              "template": pipe.encoder.template.source, "task": tuned.task,
+              "virtual_tokens": pipe.encoder.num_soft, "pieces": pipe.encoder.pieces()}
+    verbalizer = pipe.verbalizer
+    if verbalizer is not None and pipe.method.uses_verbalizer:
+        owner = verbalizer.word_label.tolist()
+        words = [w for label in verbalizer.labels for w in verbalizer.words[label]]
+        recipe.update(labels=verbalizer.labels, multi_token=verbalizer.multi_token, label_words={
+            label: [{"word": word, "ids": list(ids)}
+                    for word, ids, li in zip(words, verbalizer.word_ids, owner, strict=True) if li == index]
+            for index, label in enumerate(verbalizer.labels)})
+    return recipe
+
+
+def _write_recipe(tuned, folder: Path) -> None:
+    """cuetune_prompt.json, and for a classifier on a decoder the runnable example.py and its
+    README (resources/peft_export)."""
+    recipe = prompt_recipe(tuned)
+    (folder / RECIPE).write_text(json.dumps(recipe, indent=1, ensure_ascii=False), encoding="utf-8")
+    if "labels" in recipe and tuned.pipe.loaded.family.answer_is_next:
+        for name in ("example.py", "README.md"):
+            text = files("cuetune.resources").joinpath("peft_export", name).read_text(encoding="utf-8")
+            (folder / name).write_text(text, encoding="utf-8")
 
 
 def read_peft(peft_dir: str | Path) -> tuple[dict, dict]:
