@@ -88,3 +88,37 @@ def test_every_method_on_the_real_model(tmp_path, method):
     assert manifest.metrics["test"]["accuracy"] >= 0.5
     preds = cuetune.load(tmp_path / "run").predict(["An absolute delight.", "Cold food."])
     assert all(set(p["probs"]) == {"negative", "positive"} for p in preds)
+
+
+def test_merged_lora_as_gguf_reads_back_with_smollm2s_own_tokenizer(tmp_path):
+    """The packaged alias: LoRA on SmolLM2, merged and written as Q8_0 GGUF with the tokenizer
+    fields of the GGUF it came from; transformers reads it back with the run's probabilities
+    (within Q8_0's rounding) and encodes text as the run's tokenizer does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cuetune import deploy
+    from cuetune.data import Example
+    from cuetune.encoding import collate
+
+    run = tmp_path / "lora"
+    cuetune.train({
+        "data": {"train": str(_pkg("train")), "dev": str(_pkg("dev")), "labels": ["negative", "positive"]},
+        "prompt": {"template": "Review: {text} Sentiment: {answer}"},
+        "method": {"name": "lora", "r": 4},
+        "train": {"max_steps": 3, "eval_every": 3, "batch_size": 8, "progress": False,
+                  "zero_shot_baseline": False, "warmup_ratio": 0.0, "lr": 1e-3},
+        "output_dir": str(run)})
+    texts = ["An absolute delight from start to finish.", "Cold food and a rude waiter."]
+    tuned = cuetune.load(run)
+    want = torch.tensor([[p["probs"][lab] for lab in tuned.labels] for p in tuned.predict(texts)])
+    out = deploy.merge(run, tmp_path / "merged", gguf="q8_0")
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file="model-q8_0.gguf").eval()
+    pipe = tuned.pipe
+    batch = collate(pipe.encode([Example(t) for t in texts]), pipe.loaded.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    got = pipe.verbalizer.label_logits(logits[torch.arange(2), batch["answer_pos"]][:, pipe.model.token_ids])
+    assert (got.softmax(-1) - want).abs().max() < 2e-2
+    tok = AutoTokenizer.from_pretrained(out, gguf_file="model-q8_0.gguf")
+    assert [tok(t)["input_ids"] for t in texts] == [pipe.loaded.tokenizer(t)["input_ids"] for t in texts]

@@ -208,6 +208,19 @@ def generate(run_dir: Path = typer.Argument(..., help="A finished generation run
             sys.stdout.write(json.dumps(row) + "\n")
 
 
+@app.command()
+def merge(run_dir: Path = typer.Argument(..., help="A finished LoRA, prompt-ft or full run"),
+          out_dir: Path = typer.Option(..., "--out", help="New folder for the merged model"),
+          gguf: str | None = typer.Option(None, "--gguf", help="Also a GGUF file: f16 or q8_0")) -> None:
+    """Fold a run's adapter into the base weights: a plain transformers model folder that
+    AutoModelFor*.from_pretrained, vLLM or TGI load, and with --gguf a file for llama.cpp and
+    Ollama (soft prompts and prefixes are refused: they are no weight change)."""
+    from cuetune import deploy
+
+    path = deploy.merge(run_dir, out_dir, gguf)
+    out.print_json(json.dumps({"merged_dir": str(path)}))
+
+
 @app.command("export")
 def export(run_dir: Path = typer.Argument(..., help="A finished run directory"),
            out_dir: Path = typer.Argument(..., help="New folder for the PEFT adapter")) -> None:

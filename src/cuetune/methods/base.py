@@ -21,6 +21,8 @@ The trainer, evaluator and artifact code talk to every method through these hook
 - `adapter_tensors()`: the parameters this method trains, by the name the adapter file uses;
   `trainable_parameters`, `adapter_state` and `load_adapter_state` follow from it;
 - `phases()`: what is trained in which order (two-stage training has two phases);
+- `merged_weights()`: the base weights with the adapter folded in (`cuetune merge`), or a
+  refusal that says why this adapter is not a weight change;
 - `peft_imports`, `peft_export()`, `peft_import(...)`: the PEFT adapter kinds a method writes
   and reads (`interop` does the files; the method knows its tensor layout).
 
@@ -68,6 +70,8 @@ class Method(nn.Module):
     default_lr: ClassVar[float] = 1e-3
     peft_imports: ClassVar[tuple[str, ...]] = ()
     """PEFT `peft_type`s this method can load (PROMPT_TUNING, PREFIX_TUNING, LORA, ...)."""
+    merge_refusal: ClassVar[str] = "it trains no weight of the model"
+    """Why `merged_weights` cannot fold this method's adapter into the base weights."""
 
     def __init__(self, config: MethodConfig, loaded, encoder, labels: list[str] | None = None):
         super().__init__()
@@ -126,6 +130,12 @@ class Method(nn.Module):
 
     def phases(self) -> list[Phase]:
         return [Phase("train", self.trainable_parameters())]
+
+    def merged_weights(self) -> dict[str, torch.Tensor]:
+        """Base parameter name -> that weight with this adapter folded in, for each weight the
+        adapter changes; a plain transformers model with them computes what the run computes."""
+        raise ArtifactError(f"merge: a {self.config.name} run cannot be folded into the model's "
+                            f"weights: {self.merge_refusal}")
 
     def peft_export(self) -> tuple:
         """(peft config object, tensors in PEFT's names) for PEFT's `save_pretrained` layout."""
@@ -198,6 +208,9 @@ class WeightCopy(nn.Module):
 
     def tensors(self) -> dict[str, nn.Parameter]:
         return {f"base.{n}": p for n, p in zip(self.names, self.params, strict=True)}
+
+    def merged(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in zip(self.names, self.params, strict=True)}
 
     @contextmanager
     def patch(self):

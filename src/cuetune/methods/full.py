@@ -60,6 +60,9 @@ class PromptFinetune(Method):
     def patch(self):
         return self.weights.patch()
 
+    def merged_weights(self):
+        return self.weights.merged()
+
     def adapter_tensors(self) -> dict[str, nn.Parameter]:
         return self.weights.tensors()
 
@@ -76,6 +79,11 @@ class Head(PromptFinetune):
     config_class = HeadConfig
     uses_verbalizer = False
     generates = False
+    merge_refusal = ("its classification head is not part of the language model, so a merged "
+                     "model would lose it")
+
+    def merged_weights(self):
+        return Method.merged_weights(self)
 
     @classmethod
     def adapt_template(cls, config, template: Template) -> Template:

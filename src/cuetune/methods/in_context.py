@@ -59,6 +59,7 @@ class InContext(Method):
     config_class = InContextConfig
     generates = False
     trains = False
+    merge_refusal = "nothing was trained: its demonstrations are prompt text, not weights"
 
     @classmethod
     def prepare_config(cls, run_config, splits, loaded) -> InContextConfig:

@@ -93,6 +93,16 @@ class LoraWeights(nn.Module):
         finally:
             torch.random.set_rng_state(state)
 
+    def merged(self) -> dict[str, torch.Tensor]:
+        """Each target layer's weight plus its low-rank update (Conv1D stores [in, out])."""
+        out = {}
+        for name, layer, a, b in zip(self.names, self._layers, self.a, self.b, strict=True):
+            delta = (b.detach() @ a.detach()) * self.scaling  # [out, in]
+            if isinstance(layer, Conv1D):
+                delta = delta.T  # Conv1D keeps its weight as [in, out]
+            out[f"{name}.weight"] = layer.weight.detach() + delta.to(layer.weight.dtype)
+        return out
+
     def tensors(self) -> dict[str, nn.Parameter]:
         """By peft's names for an injected adapter, under `base.` (old adapter files load)."""
         out = {}
@@ -142,6 +152,13 @@ class Lora(Method):
 
     def patch(self):
         return self.lora.patch()
+
+    def merged_weights(self):
+        if self.soft is not None:
+            raise ArtifactError("merge: this LoRA run's template has a {soft} block, whose prompt is "
+                                "input embeddings, not a weight change; train LoRA with a hard template "
+                                "to merge it")
+        return self.lora.merged()
 
     def adapter_tensors(self) -> dict[str, nn.Parameter]:
         soft = {"soft.prompt": self.soft.prompt} if self.soft is not None else {}

@@ -40,6 +40,8 @@ class PrefixConfig(MethodConfig):
 class Prefix(Method):
     config_class = PrefixConfig
     default_lr = 1e-2
+    merge_refusal = ("its prefix is keys and values added to every attention layer, not a weight "
+                     "change; deploy it with `cuetune export` (PEFT)")
 
     @classmethod
     def adapt_template(cls, config, template: Template) -> Template:

@@ -95,6 +95,8 @@ def with_soft(template: Template, num_tokens: int | None) -> Template:
 class SoftPrompt(Method):
     config_class = SoftConfig
     default_lr = 3e-2
+    merge_refusal = ("its soft prompt is input embeddings the model reads, not a weight change; "
+                     "deploy it with `cuetune export` (PEFT)")
 
     @classmethod
     def adapt_template(cls, config: SoftConfig, template: Template) -> Template:

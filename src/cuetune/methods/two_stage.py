@@ -40,6 +40,7 @@ class TwoStageConfig(MethodConfig):
 
 class TwoStage(Method):
     config_class = TwoStageConfig
+    merge_refusal = "the soft prompt of its first stage is input embeddings, not a weight change"
 
     @classmethod
     def adapt_template(cls, config: TwoStageConfig, template: Template) -> Template:

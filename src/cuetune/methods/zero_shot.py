@@ -20,6 +20,7 @@ class ZeroShotConfig(MethodConfig):
 class ZeroShot(Method):
     config_class = ZeroShotConfig
     trains = False
+    merge_refusal = "nothing was trained: the base model with the prompt is the model"
 
     @classmethod
     def adapt_template(cls, config, template: Template) -> Template:
