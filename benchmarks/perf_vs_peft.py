@@ -111,7 +111,7 @@ def load_data(n_train: int, n_dev: int, seed: int) -> tuple[list[Example], list[
         return train, rows("test.tsv")[:n_dev], "SST-2 (../shared/data/sst2)"
     pkg = Path(cuetune.__file__).parent / "resources" / "sentiment"
     def demo(name):
-        return [Example(r["text"], None, LABELS.index(r["label"])) for r in read_rows(pkg / name)]
+        return [Example(r["text"], None, LABELS.index(r["label"])) for _, r in read_rows(pkg / name)]
     train = demo("train.jsonl")
     return (train * (n_train // len(train) + 1))[:n_train], demo("test.jsonl")[:n_dev], "packaged demo"
 
