@@ -20,7 +20,6 @@ from cuetune.data import Example, clean, group_refs, load_splits, read_rows, to_
 from cuetune.errors import ArtifactError, CuetuneError, DataError
 from cuetune.evaluation import plot_confusion, plot_curves
 from cuetune.generation import generate
-from cuetune.inference import predict_probs
 from cuetune.manifest import BaseModelRef, ImportRecord, Manifest, TrainingRecord
 from cuetune.methods import check_settings
 from cuetune.models import LoadedModel
@@ -235,8 +234,7 @@ class TunedModel:
         if self.task != "classification":
             raise CuetuneError(f"{self.run_dir}: this run writes text; use generate(), not predict()")
         items = self.pipe.encode(_examples(texts, text_pairs), "inputs")
-        probs = predict_probs(self.pipe.model, items, self.pipe.loaded.tokenizer.pad_token_id,
-                              batch_size)
+        probs = self.pipe.label_probs(items, batch_size)
         return [{"label": self.labels[int(row.argmax())],
                  "probs": {lab: round(float(p), 6) for lab, p in zip(self.labels, row, strict=True)}}
                 for row in probs]

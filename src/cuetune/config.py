@@ -87,6 +87,11 @@ class PromptConfig(Strict):
     chat: bool = False
     """Wrap the prompt in the tokenizer's chat template (instruction-tuned models)."""
     multi_token: Literal["first", "mean", "max"] = "mean"
+    calibrate: bool = False
+    """Contextual calibration (Zhao et al. 2021): divide each label probability by the one the
+    same prompt gives content-free inputs ("N/A", "", "[MASK]"; their mean), then renormalise,
+    so a prompt's bias toward a label word stops deciding the answer. Applied at evaluation
+    and prediction, with the run's adapter, for every method; training's loss is unchanged."""
 
 
 class AugmentConfig(Strict):

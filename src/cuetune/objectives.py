@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from cuetune.errors import ConfigError
 from cuetune.evaluation import classification_metrics
 from cuetune.generation import generate
-from cuetune.inference import predict_probs, token_nll
+from cuetune.inference import token_nll
 from cuetune.textmetrics import generation_metrics
 
 
@@ -53,8 +53,12 @@ class Classification(Objective):
         return F.cross_entropy(scores, batch["labels"], label_smoothing=label_smoothing)
 
     def evaluate(self, pipe, items, batch_size, final=True):
-        probs = predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, batch_size)
-        return classification_metrics(pipe.labels, [e.label for e in items], probs)
+        metrics = classification_metrics(pipe.labels, [e.label for e in items],
+                                         pipe.label_probs(items, batch_size))
+        if pipe.config.prompt.calibrate and final:  # what the scores were divided by
+            cf = pipe.content_free_probs().tolist()
+            metrics["content_free"] = {lab: round(p, 6) for lab, p in zip(pipe.labels, cf, strict=True)}
+        return metrics
 
     def score(self, metrics, metric):
         return metrics[metric]
@@ -71,6 +75,9 @@ class Generation(Objective):
         if not method_cls.generates:
             raise ConfigError(f"method.name={cfg.method.name}: classification only; for generation "
                               "use soft, prefix, ptuning, lora, prompt-ft, full, two-stage or zero-shot")
+        if cfg.prompt.calibrate:
+            raise ConfigError("prompt.calibrate: calibrates label probabilities, which a generation "
+                              "task has none of; remove it")
 
     def loss(self, model, batch, label_smoothing):
         logits = model(batch)  # [N, V]: answer positions only

@@ -10,14 +10,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from cuetune import methods
 from cuetune.config import RunConfig
+from cuetune.data import Example
 from cuetune.encoding import Encoded, PromptEncoder
 from cuetune.engine import PromptModel
+from cuetune.inference import predict_probs
 from cuetune.models import LoadedModel, load_model, set_dropout
 from cuetune.objectives import Objective, objective_for
 from cuetune.templates import parse
 from cuetune.verbalizers import Verbalizer
+
+CONTENT_FREE = ("N/A", "", "[MASK]")
+"""Zhao et al.'s content-free inputs for contextual calibration."""
+TINY = 1e-30
+"""Floor for probabilities before taking logs (a confident model underflows to 0)."""
 
 
 @dataclass
@@ -39,6 +48,20 @@ class Pipeline:
 
     def encode(self, examples, what: str = "examples", with_target: bool = True) -> list[Encoded]:
         return self.encoder.encode_all(examples, what, with_target)
+
+    def label_probs(self, items: list[Encoded], batch_size: int = 32) -> torch.Tensor:
+        """Label probabilities [N, L], contextually calibrated when `prompt.calibrate` is set."""
+        probs = predict_probs(self.model, items, self.loaded.tokenizer.pad_token_id, batch_size)
+        if self.config.prompt.calibrate:  # p / p_cf, renormalised; in logs, so no 0 / 0
+            bias = self.content_free_probs().clamp_min(TINY).log()  # [L]
+            probs = (probs.clamp_min(TINY).log() - bias).softmax(-1)
+        return probs
+
+    def content_free_probs(self) -> torch.Tensor:
+        """The mean label distribution [L] the prompt gives inputs with no content."""
+        pair = self.encoder.template.has("text_pair")
+        items = self.encode([Example(t, t if pair else None) for t in CONTENT_FREE], "content-free inputs")
+        return predict_probs(self.model, items, self.loaded.tokenizer.pad_token_id).mean(0)
 
 
 def load_for(cfg: RunConfig) -> LoadedModel:
