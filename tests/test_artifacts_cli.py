@@ -119,3 +119,13 @@ def test_bad_input_exits_nonzero_with_one_line(case, fragment, tiny_dirs, toy_da
     assert len(lines) == 1 and lines[0].startswith("error:"), err
     assert fragment in " ".join(err.split()), err
     assert not (tmp_path / "out" / "cuetune.json").exists()
+
+
+def test_python_dash_m_runs_the_cli():
+    """Launchers that start a module (`accelerate launch -m cuetune train ...`) need this."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "cuetune", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert all(command in done.stdout for command in ("train", "merge", "export", "bench"))
