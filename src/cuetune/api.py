@@ -162,7 +162,7 @@ def score_test(run_dir: str | Path) -> Manifest:
     metrics = {**tuned.manifest.metrics, "test": scores}
     write_eval(tuned.run_dir, metrics)
     return artifacts.update_manifest(tuned.run_dir, metrics=metrics,
-                                     test_seconds=round(time.perf_counter() - start, 1))
+                                     test_seconds=round(time.perf_counter() - start, 3))
 
 
 def resume_run(run_dir: str | Path, progress=None) -> Manifest:
