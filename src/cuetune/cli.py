@@ -119,10 +119,10 @@ def _summary(manifest) -> dict:
 @app.command("eval")
 def eval_(run_dir: Path = typer.Argument(..., help="A finished run directory"),
           data: Path = typer.Option(..., "--data", help="Labelled data file")) -> None:
-    """Evaluate a trained run on a labelled file; prints metrics JSON."""
-    from cuetune import api
+    """Evaluate a trained run (or an ensemble folder) on a labelled file; prints metrics JSON."""
+    import cuetune
 
-    out.print_json(json.dumps(api.load(run_dir).evaluate(data)))
+    out.print_json(json.dumps(cuetune.load(run_dir).evaluate(data)))
 
 
 @app.command()
@@ -130,10 +130,11 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory")
             input_: str = typer.Option(..., "--input", "-i", help="File (jsonl/csv/tsv/json/txt) or -"),
             output: Path | None = typer.Option(None, "--output", "-o", help="JSONL file; default stdout"),
             batch_size: int = typer.Option(32, help="Prediction batch size")) -> None:
-    """Predict labels and per-label probabilities; writes JSONL."""
-    from cuetune import api, atomic
+    """Predict labels and per-label probabilities (a run or an ensemble folder); writes JSONL."""
+    import cuetune
+    from cuetune import atomic
 
-    model = api.load(run_dir)
+    model = cuetune.load(run_dir)
     if input_ == "-" or input_.endswith(".txt"):
         text = sys.stdin.read() if input_ == "-" else _read_text(Path(input_))
         examples = _lines_to_examples(text, "<stdin>" if input_ == "-" else input_)
@@ -206,6 +207,19 @@ def generate(run_dir: Path = typer.Argument(..., help="A finished generation run
     else:
         for row in rows:
             sys.stdout.write(json.dumps(row) + "\n")
+
+
+@app.command("ensemble")
+def ensemble_(runs: list[Path] = typer.Argument(..., help="Finished runs trained on the same split"),
+              out_dir: Path = typer.Option(..., "--out", help="New folder for the ensemble"),
+              weighting: str = typer.Option("mean", help="mean, or dev (weights by dev accuracy)")) -> None:
+    """Combine finished runs (any methods) by their mean label log-probability; predict and
+    eval accept the folder. Runs on different splits are refused with the differing key."""
+    from cuetune import ensemble
+
+    metrics = ensemble.build(runs, out_dir, weighting)
+    out.print_json(json.dumps({"ensemble_dir": str(out_dir), **{
+        f"{split}_accuracy": round(m["accuracy"], 4) for split, m in metrics.items()}}))
 
 
 @app.command()
