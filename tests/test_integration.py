@@ -122,3 +122,45 @@ def test_merged_lora_as_gguf_reads_back_with_smollm2s_own_tokenizer(tmp_path):
     assert (got.softmax(-1) - want).abs().max() < 2e-2
     tok = AutoTokenizer.from_pretrained(out, gguf_file="model-q8_0.gguf")
     assert [tok(t)["input_ids"] for t in texts] == [pipe.loaded.tokenizer(t)["input_ids"] for t in texts]
+
+
+CHINESE = [  # template, input; the joined string is the template with the input in place
+    ("评论：{text}\n情感：{answer}", "这家酒店的服务很好，房间也干净。"),
+    ("Review: {text}\nSentiment: {answer}", "这家酒店的服务很好。"),
+    ("{text} 总之，这家店{answer}", "外卖送得很快"),
+]
+
+
+@pytest.mark.parametrize("template, text", CHINESE)
+def test_chinese_prompts_encode_as_the_tokenizer_encodes_the_joined_text(template, text):
+    """Chinese has no spaces between words: the encoder, which tokenises template pieces and the
+    input separately, must neither invent nor drop one. The only difference allowed is the
+    documented one: a space before {answer} goes onto the label words (answer_space)."""
+    from transformers import AutoTokenizer
+
+    from cuetune import families
+    from cuetune.data import Example
+    from cuetune.encoding import PromptEncoder
+    from cuetune.models import resolve
+    from cuetune.templates import parse
+
+    tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m")[0])
+    enc = PromptEncoder(parse(template), tok, families.get("causal"))
+    prompt = template.replace("{text}", text).split("{answer}")[0]
+    if enc.answer_space:
+        prompt = prompt[:-1]
+    assert enc.encode(Example(text)).input_ids == tok(prompt, add_special_tokens=False)["input_ids"]
+
+
+def test_chinese_label_words_are_several_tokens_on_smollm2():
+    """负面 / 正面 are four byte-level tokens each, the last two shared (docs/prompts.md): only
+    the first tokens tell them apart at the answer position."""
+    from transformers import AutoTokenizer
+
+    from cuetune.models import resolve
+    from cuetune.verbalizers import Verbalizer
+
+    tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m")[0])
+    negative, positive = Verbalizer(["neg", "pos"], {"neg": "负面", "pos": "正面"}).bind(tok, False).word_ids
+    assert len(negative) == len(positive) == 4
+    assert negative[2:] == positive[2:] and negative[0] != positive[0]
