@@ -53,11 +53,12 @@ class Classification(Objective):
         return F.cross_entropy(scores, batch["labels"], label_smoothing=label_smoothing)
 
     def evaluate(self, pipe, items, batch_size, final=True):
+        cf = pipe.content_free_probs() if pipe.config.prompt.calibrate else None  # computed once
         metrics = classification_metrics(pipe.labels, [e.label for e in items],
-                                         pipe.label_probs(items, batch_size))
-        if pipe.config.prompt.calibrate and final:  # what the scores were divided by
-            cf = pipe.content_free_probs().tolist()
-            metrics["content_free"] = {lab: round(p, 6) for lab, p in zip(pipe.labels, cf, strict=True)}
+                                         pipe.label_probs(items, batch_size, cf))
+        if cf is not None and final:  # what the scores were divided by
+            shares = zip(pipe.labels, cf.tolist(), strict=True)
+            metrics["content_free"] = {lab: round(p, 6) for lab, p in shares}
         return metrics
 
     def score(self, metrics, metric):

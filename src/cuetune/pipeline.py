@@ -49,11 +49,15 @@ class Pipeline:
     def encode(self, examples, what: str = "examples", with_target: bool = True) -> list[Encoded]:
         return self.encoder.encode_all(examples, what, with_target)
 
-    def label_probs(self, items: list[Encoded], batch_size: int = 32) -> torch.Tensor:
-        """Label probabilities [N, L], contextually calibrated when `prompt.calibrate` is set."""
+    def label_probs(self, items: list[Encoded], batch_size: int = 32,
+                    content_free: torch.Tensor | None = None) -> torch.Tensor:
+        """Label probabilities [N, L], contextually calibrated when `prompt.calibrate` is set
+        (`content_free`: the distribution to divide out, if the caller has computed it)."""
         probs = predict_probs(self.model, items, self.loaded.tokenizer.pad_token_id, batch_size)
         if self.config.prompt.calibrate:  # p / p_cf, renormalised; in logs, so no 0 / 0
-            bias = self.content_free_probs().clamp_min(TINY).log()  # [L]
+            if content_free is None:
+                content_free = self.content_free_probs()
+            bias = content_free.clamp_min(TINY).log()  # [L]
             probs = (probs.clamp_min(TINY).log() - bias).softmax(-1)
         return probs
 

@@ -75,6 +75,8 @@ def _weights(manifests, paths, weighting: str) -> list[float]:
     missing = [str(p) for p, d in zip(paths, dev, strict=True) if d is None]
     if missing:
         raise ConfigError(f"--weighting dev: {missing} have no dev accuracy; use --weighting mean")
+    if not sum(dev):
+        raise ConfigError("--weighting dev: every member scored 0 on dev; use --weighting mean")
     return [d / sum(dev) for d in dev]
 
 
