@@ -223,6 +223,36 @@ def ensemble_(runs: list[Path] = typer.Argument(..., help="Finished runs trained
 
 
 @app.command()
+def search(config: Path = typer.Argument(..., help="Run config with a search: section"),
+           set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: key=value"),
+           out_dir: str | None = typer.Option(None, "--out",
+                                              help="Search folder (same as --set search.out=)")) -> None:
+    """Search templates, label words and calibration on train and dev (test is never read);
+    writes prompts.jsonl, ranking.md, search.png and best.yaml. Rerun to resume."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from cuetune import search as searchmod
+
+    cfg, settings = searchmod.load_config(config, list(set_) + ([f"search.out={out_dir}"] if out_dir else []))
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), console=err)
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total or None)
+        bar.update(tasks[stage], completed=done, total=total or None)
+
+    with bar:
+        summary = searchmod.run(cfg, settings, progress=update)
+    best, base = summary["best"], summary["best_baseline"]
+    out.print_json(json.dumps({"search_dir": settings.out, "candidates": summary["candidates"],
+                               "best_dev": best["dev"], "best_baseline_dev": base and base["dev"],
+                               "best": best["prompt"]}, ensure_ascii=False))
+    out.print(f"run it: cuetune train {Path(settings.out) / 'best.yaml'}")
+
+
+@app.command()
 def merge(run_dir: Path = typer.Argument(..., help="A finished LoRA, prompt-ft or full run"),
           out_dir: Path = typer.Option(..., "--out", help="New folder for the merged model"),
           gguf: str | None = typer.Option(None, "--gguf", help="Also a GGUF file: f16 or q8_0")) -> None:

@@ -78,6 +78,17 @@ class CausalState:
         self.next_pos = self.next_pos + 1
         return self.family.token_logits(self.base, out.last_hidden_state[:, -1], None)
 
+    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, n] appended at once -> the last one's hidden state [B, H] (prompt search
+        scores candidates this way: the input runs once, each candidate only its own tokens)."""
+        n = tokens.size(1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.size(0), n)], 1)
+        positions = self.next_pos[:, None] + torch.arange(n, device=tokens.device)  # [B, n]
+        out = self.base.base_model(input_ids=tokens, attention_mask=self.mask, position_ids=positions,
+                                   cache=self.cache, use_cache=True)
+        self.next_pos = self.next_pos + n
+        return out.last_hidden_state[:, -1]
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep (and repeat) these rows: beams expand and reorder."""
         select_cache(self.cache, rows)

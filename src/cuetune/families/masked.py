@@ -30,7 +30,7 @@ class Masked(Family):
     def token_logits(self, model, hidden, token_ids):
         head = self._head(model)
         logits = head(hidden[:, None, :])[:, 0, :]  # [B, V]: one position per row only
-        return logits[:, token_ids].float()
+        return (logits if token_ids is None else logits[:, token_ids]).float()
 
     def output_head(self, model):
         return self._head(model)

@@ -1,0 +1,97 @@
+"""The `search:` section of a search config: which searchers run, in what order, with what
+budget. Everything else in the file is an ordinary run config (model, data, prompt, method,
+train), so `best.yaml` is that config with the prompt the search chose.
+
+A named task (`search.task: sst-2`) fills `data` and `prompt` from the bench task table for
+one (K, seed) split, so a search on a benchmark needs no file paths.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from cuetune.config import Strict
+
+
+class LabelSearch(Strict):
+    """LM-BFF's automatic label words (Gao et al. 2021, section 5.1)."""
+
+    top_k: int = Field(20, ge=1, le=500)
+    """Candidate words per class: the tokens the model itself puts most mass on after the
+    template, summed over that class's training examples."""
+    assignments: int = Field(10, ge=1, le=200)
+    """Joint assignments (one word per class), the best by training score, scored on dev."""
+    words: dict[str, list[str]] = {}
+    """Your own candidate words per label (any number of tokens), tried beside the found ones."""
+
+
+class PoolSearch(Strict):
+    """Templates generated from the input type, cue phrases and answer positions."""
+
+    templates: list[str] = []
+    """Your own candidate templates, always scored."""
+    input_cues: list[str] = []
+    """Phrases before the input (beside the generic ones and the task's)."""
+    answer_cues: list[str] = []
+    """Phrases before the answer (beside the generic ones and the task's)."""
+    chat: bool = True
+    """Also try each pattern as a chat-template instruction, where the tokenizer has a chat
+    template."""
+    max_candidates: int = Field(60, ge=1, le=2000)
+    """Patterns scored at most; the generated list is cut after your own templates."""
+
+
+class TokenSearch(Strict):
+    """Discrete prompt tokens written into the template (RL, gradient, random and model-sampled
+    search share the layout and budget)."""
+
+    num_tokens: int = Field(3, ge=1, le=20)
+    position: Literal["after", "before"] = "after"
+    """`after` the input: the input's keys and values are computed once per batch and each
+    candidate costs only its own tokens (causal models). `before`: in front of the input."""
+    vocab_top: int = Field(5000, ge=10)
+    """Tokens are drawn from the first `vocab_top` ids that decode to a word or punctuation."""
+    steps: int = Field(100, ge=1)
+    samples: int = Field(8, ge=1, le=256)
+    """Prompts per step (RL: sampled from the policy; gradient: replacement candidates)."""
+    batch_size: int = Field(16, ge=1)
+    """Training examples each candidate is scored on per step."""
+    eval_every: int = Field(10, ge=1)
+    """Steps between dev scorings (each logs one candidate) and state saves."""
+
+
+class RLSearch(TokenSearch):
+    """RLPrompt-style (Deng et al. 2022) policy over discrete prompt tokens."""
+
+    lr: float = Field(1e-3, gt=0)
+    hidden: int = Field(256, ge=8)
+    """Width of the policy MLP over the frozen model's hidden states."""
+    entropy: float = Field(0.01, ge=0)
+    """Entropy bonus: keeps the policy from collapsing onto one prompt early."""
+
+
+class SearchSettings(Strict):
+    searchers: list[str] = ["labels", "pool", "labels"]
+    """Stages, in order; each starts from the best prompt so far. Registered: labels, pool, rl,
+    gradient, random, sampled."""
+    chain: bool = True
+    """Each stage starts from the best prompt so far; false: every stage starts from the best
+    baseline, so searchers can be compared from the same start at the same budget."""
+    task: str | None = None
+    data_root: str = "../shared/data"
+    k: int = Field(16, ge=1)
+    seed: int = 13
+    """The split seed of a named task, and the seed of every searcher."""
+    baselines: bool = True
+    """Score the task's frozen hand baselines (resources/baselines.yaml) first."""
+    calibrate: Literal["both", "off", "on"] = "both"
+    """Score each candidate raw, contextually calibrated, or both (one forward serves both)."""
+    out: str = "search/default"
+    labels: LabelSearch = LabelSearch()
+    pool: PoolSearch = PoolSearch()
+    rl: RLSearch = RLSearch()
+    gradient: TokenSearch = TokenSearch(steps=30)
+    random: TokenSearch = TokenSearch()
+    sampled: TokenSearch = TokenSearch()

@@ -1,0 +1,139 @@
+"""Label-word search, after LM-BFF (Gao et al. 2021, section 5.1).
+
+1. With the current best template, the model's log-probabilities over the whole vocabulary at
+   the answer position are computed once for every training example (and once for the
+   content-free inputs, for calibrated ranking).
+2. Candidate words per class: half by LM-BFF's criterion (the summed log-probability over that
+   class's examples), half by contrast (the class's mean log-probability less the other
+   classes'), which finds words that separate the classes when one word is likely everywhere.
+   Only tokens that are a whole word on their own (the word, encoded as the verbalizer encodes
+   it, gives back exactly that token) are kept.
+3. Joint assignments (one word per class, all distinct) are ranked by training accuracy, read
+   off the stored log-probabilities without running the model again: exhaustively when there
+   are at most 50,000, otherwise by coordinate ascent from the per-class best words.
+4. The best `assignments` are scored on dev through the real pipeline, with your own words
+   (`search.labels.words`, any number of tokens) beside them.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from cuetune.pipeline import CONTENT_FREE
+from cuetune.search.candidates import Candidate
+from cuetune.search.stage import Stage
+
+EXHAUSTIVE = 50_000
+
+
+def run(stage: Stage, best: Candidate) -> None:
+    settings = stage.settings.labels
+    pipe = stage.scorer.pipeline(best)
+    batch = stage.cfg.train.eval_batch_size
+    from cuetune.data import Example
+    from cuetune.search.scoring import answer_logprobs
+
+    pair = pipe.encoder.template.has("text_pair")
+    train = stage.train
+    logp = answer_logprobs(pipe, train, batch)  # [N, V]
+    stage.scorer.scorings += len(train)
+    free = answer_logprobs(pipe, [Example(t, t if pair else None) for t in CONTENT_FREE], batch)
+    if best.calibrate:  # rank as calibrated scoring will read them: p / p_cf
+        logp = logp - free.exp().mean(0).clamp_min(1e-30).log()
+    gold = torch.tensor([e.label for e in train])
+    n_labels = len(stage.labels)
+    words = [candidate_tokens(logp, gold, c, settings.top_k, pipe) for c in range(n_labels)]
+    if any(not w for w in words):
+        empty = stage.labels[next(c for c, w in enumerate(words) if not w)]
+        stage.warn(f"no whole-word candidates for label '{empty}' (no training example, or the "
+                   "tokenizer has no whole-word tokens there); label search skipped")
+        return
+    ranked = rank_assignments(logp, gold, words)
+    tok = pipe.loaded.tokenizer
+    stage.plan(min(settings.assignments, len(ranked)) + (1 if settings.words else 0))
+    for acc, assignment in ranked[: settings.assignments]:
+        chosen = {stage.labels[c]: [tok.decode([t]).strip()] for c, t in enumerate(assignment)}
+        stage.consider(best.with_words(chosen), f"label words (train acc {acc:.3f})")
+    if settings.words:
+        mine = {label: settings.words.get(label) or [w for w in dict(best.words)[label]]
+                for label in stage.labels}
+        stage.consider(best.with_words(mine), "your label words")
+
+
+def candidate_tokens(logp: torch.Tensor, gold: torch.Tensor, c: int, k: int, pipe) -> list[int]:
+    """Up to k whole-word token ids for class c: LM-BFF's summed log-probability and the
+    contrast with the other classes, alternately."""
+    mine = gold == c
+    if not mine.any():
+        return []
+    summed = logp[mine].sum(0)  # [V]
+    others = logp[~mine].mean(0) if (~mine).any() else torch.zeros_like(summed)
+    contrast = logp[mine].mean(0) - others
+    out: list[int] = []
+    orders = [summed.argsort(descending=True).tolist(), contrast.argsort(descending=True).tolist()]
+    pos = [0, 0]
+    checked = 0
+    while len(out) < k and checked < 20 * k and any(p < len(o) for p, o in zip(pos, orders, strict=True)):
+        which = len(out) % 2 if pos[len(out) % 2] < len(orders[len(out) % 2]) else 1 - len(out) % 2
+        t = orders[which][pos[which]]
+        pos[which] += 1
+        if t in out:
+            continue
+        checked += 1
+        if whole_word(t, pipe):
+            out.append(t)
+    return out
+
+
+def whole_word(token: int, pipe) -> bool:
+    """Whether `token` alone is a word that encodes back to just itself as a label word."""
+    tok = pipe.loaded.tokenizer
+    if token in set(tok.all_special_ids):
+        return False
+    word = tok.decode([token]).strip()
+    if not word or not any(ch.isalpha() for ch in word):
+        return False
+    lead = " " if pipe.encoder.answer_space else ""
+    return tok(lead + word, add_special_tokens=False)["input_ids"] == [token]
+
+
+def rank_assignments(logp: torch.Tensor, gold: torch.Tensor,
+                     words: list[list[int]]) -> list[tuple[float, tuple]]:
+    """Assignments (one distinct token per class) by training accuracy, best first."""
+    total = 1
+    for w in words:
+        total *= len(w)
+    if total <= EXHAUSTIVE:
+        combos = [a for a in itertools.product(*words) if len(set(a)) == len(a)]
+    else:
+        combos = _coordinate_ascent(logp, gold, words)
+    if not combos:
+        return []
+    ids = torch.tensor(combos)  # [A, L]
+    scores = logp[:, ids]  # [N, A, L]
+    acc = (scores.argmax(-1) == gold[:, None]).float().mean(0)  # [A]
+    order = sorted(range(len(combos)), key=lambda i: (-acc[i].item(), i))
+    return [(acc[i].item(), combos[i]) for i in order]
+
+
+def _coordinate_ascent(logp, gold, words, rounds: int = 4) -> list[tuple]:
+    """Assignments visited while improving one class's word at a time (too many to enumerate)."""
+    current = []
+    for w in words:
+        current.append(next((t for t in w if t not in current), w[0]))
+    seen = {tuple(current)}
+    for _ in range(rounds):
+        improved = False
+        for c, options in enumerate(words):
+            trials = [tuple(current[:c] + [t] + current[c + 1:]) for t in options]
+            trials = [a for a in trials if len(set(a)) == len(a)]
+            seen.update(trials)
+            accs = [(logp[:, list(a)].argmax(-1) == gold).float().mean().item() for a in trials]
+            best = trials[max(range(len(trials)), key=lambda i: accs[i])]
+            if list(best) != current:
+                current, improved = list(best), True
+        if not improved:
+            break
+    return sorted(seen)

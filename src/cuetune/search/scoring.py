@@ -1,0 +1,86 @@
+"""Scoring candidate prompts as text, through the pipeline a run builds (zero-shot method), so a
+searched prompt's dev score is exactly what `cuetune train best.yaml` with `zero-shot` reports.
+
+Every candidate is scored raw and, when asked, contextually calibrated: calibration divides the
+same probabilities by the prompt's content-free distribution, so both come from one forward.
+The search log is consulted first: a candidate scored before (by this search or an interrupted
+run of it) is never scored again.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cuetune.config import RunConfig
+from cuetune.data import Example
+from cuetune.evaluation import classification_metrics
+from cuetune.inference import run_batches
+from cuetune.pipeline import TINY, Pipeline, build
+from cuetune.search.candidates import Candidate, SearchLog
+
+
+class Scorer:
+    def __init__(self, cfg: RunConfig, loaded, labels: list[str], dev: list[Example], log: SearchLog,
+                 modes: tuple[bool, ...] = (False, True)):
+        self.cfg, self.loaded, self.labels, self.dev, self.log = cfg, loaded, labels, dev, log
+        self.modes = modes
+        """Calibration off / on: which variants of each candidate are scored."""
+        self.metric = cfg.train.metric
+        self.scorings = 0
+        """Prompt-on-example scorings this scorer ran (cached candidates cost none)."""
+
+    def pipeline(self, cand: Candidate) -> Pipeline:
+        raw = self.cfg.model_dump(mode="json")
+        raw["prompt"] = {**raw["prompt"], **cand.prompt(), "calibrate": False}
+        raw["method"] = {"name": "zero-shot"}
+        return build(RunConfig.model_validate(raw), self.labels, self.loaded)
+
+    def variants(self, cand: Candidate) -> list[Candidate]:
+        return [cand.calibrated(on) for on in self.modes]
+
+    def score(self, cand: Candidate) -> list[tuple[Candidate, float, dict, bool]]:
+        """[(variant, dev score, metrics, newly scored)] for each calibration mode."""
+        variants = self.variants(cand)
+        known = [self.log.known(v) for v in variants]
+        if all(k is not None for k in known):
+            return [(v, k[0], k[1], False) for v, k in zip(variants, known, strict=True)]
+        raw, content_free = self.probs(cand, self.dev)
+        gold = [e.label for e in self.dev]
+        out = []
+        for v in variants:
+            probs = calibrate(raw, content_free) if v.calibrate else raw
+            full = classification_metrics(self.labels, gold, probs)
+            metrics = {k: round(full[k], 6) for k in ("accuracy", "macro_f1")}
+            out.append((v, metrics[self.metric], metrics, True))
+        return out
+
+    def probs(self, cand: Candidate, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw label probabilities [N, L] and the content-free distribution [L]."""
+        pipe = self.pipeline(cand)
+        probs = pipe.label_probs(pipe.encode(examples, "search examples"), self.cfg.train.eval_batch_size)
+        self.scorings += len(examples)
+        return probs, pipe.content_free_probs()
+
+
+def calibrate(probs: torch.Tensor, content_free: torch.Tensor) -> torch.Tensor:
+    """Zhao et al.'s contextual calibration, in logs: p / p_cf renormalised."""
+    return (probs.clamp_min(TINY).log() - content_free.clamp_min(TINY).log()).softmax(-1)
+
+
+def answer_logprobs(pipe: Pipeline, examples: list[Example], batch_size: int) -> torch.Tensor:
+    """Log-probabilities of every vocabulary token at the answer position [N, V] (what the
+    model would put there with no verbalizer), in the examples' order."""
+    model = pipe.model
+    items = pipe.encode(examples, "search examples")
+    out = None
+
+    def step(batch, _):
+        hidden = model.family.run(model.base, model.inputs(batch))  # [B, H]
+        logits = model.family.token_logits(model.base, hidden, None)
+        return logits.reshape(hidden.size(0), -1).log_softmax(-1).float().cpu()
+
+    for idx, logprobs in run_batches(model, items, pipe.loaded.tokenizer.pad_token_id, batch_size, step):
+        if out is None:
+            out = torch.empty(len(items), logprobs.size(-1))
+        out[idx] = logprobs
+    return out

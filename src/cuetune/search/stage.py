@@ -1,0 +1,105 @@
+"""What a searcher sees while it runs: the data (train to learn from, dev to select on), the
+scorer, the log, its settings and seed, and `consider`, which scores a candidate and logs it.
+
+Searchers never touch the test split: the search loads its data with `data.test` unset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cuetune.config import RunConfig
+from cuetune.data import Example
+from cuetune.errors import CuetuneError
+from cuetune.search.candidates import Candidate, Record, SearchLog
+from cuetune.search.config import SearchSettings
+from cuetune.search.scoring import Scorer
+
+log = logging.getLogger("cuetune.search")
+
+
+@dataclass
+class Stage:
+    name: str
+    """`<index>-<searcher>`: the log's stage field and the state file's name."""
+    cfg: RunConfig
+    settings: SearchSettings
+    labels: list[str]
+    train: list[Example]
+    scorer: Scorer
+    log: SearchLog
+    folder: Path
+    seed: int
+    loaded: object
+    progress: Callable[[str, int, int], None] | None = None
+    started: float = field(default_factory=time.perf_counter)
+    done: int = 0
+    total: int = 0
+    warnings: list[str] = field(default_factory=list)
+    hints: dict = field(default_factory=dict)
+    """The named task's baselines and cue phrases (resources/baselines.yaml)."""
+
+    @property
+    def state_path(self) -> Path:
+        return self.folder / "state" / f"{self.name}.pt"
+
+    def plan(self, total: int) -> None:
+        """How many units (candidates or steps) this stage will take, for the progress bar."""
+        self.total = total
+        self._tick(0)
+
+    def advance(self, n: int = 1) -> None:
+        self._tick(n)
+
+    def _tick(self, n: int) -> None:
+        self.done += n
+        if self.progress:
+            self.progress(self.name, self.done, self.total)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning("%s: %s", self.name, message)
+
+    def consider(self, cand: Candidate, how: str, step: int = 0, extra: dict | None = None,
+                 tick: bool = True, generated: bool = True) -> list[Record]:
+        """Score `cand` on dev (each calibration mode) and log it; a generated candidate that
+        cannot be encoded (a word the tokenizer cannot take) is skipped with a warning, one of
+        yours is an error."""
+        try:
+            scored = self.scorer.score(cand)
+        except CuetuneError as exc:
+            if not generated:
+                raise
+            self.warn(f"skipped {cand.short()}: {exc}")
+            scored = []
+        records = []
+        for variant, score, metrics, _ in scored:
+            rec = Record(self.name, how, variant, score, metrics, step,
+                         time.perf_counter() - self.started, self.scorer.scorings, dict(extra or {}))
+            self.log.add(rec)
+            records.append(rec)
+        if tick:
+            self.advance()
+        return records
+
+    def best(self) -> Record | None:
+        return best_of(self.log.records)
+
+
+def stage_index(rec: Record) -> int:
+    """0 for baselines, i for the i-th searcher's stage (`<i>-<name>`)."""
+    head = rec.stage.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def best_of(records: list[Record]) -> Record | None:
+    """Highest dev score; ties go to the earliest logged (simpler prompts come first)."""
+    best = None
+    for rec in records:
+        if best is None or rec.dev > best.dev:
+            best = rec
+    return best

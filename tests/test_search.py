@@ -1,0 +1,206 @@
+"""Prompt search (`cuetune search`): each searcher finds the prompt that unlocks a tiny model's
+planted skill (conftest.pretrain: after "review :" the model answers the sentiment, after
+"question :" the opposite; without a trigger it is near chance) and beats a random prompt on
+dev; token scoring with the input's cache equals the full forward; the text a token prompt
+becomes scores as its tokens did; a resumed search equals an uninterrupted one; the test split
+is never read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import toy_config
+
+import cuetune.search as search
+from cuetune.config import validate
+from cuetune.data import load_splits
+from cuetune.errors import ConfigError
+from cuetune.search.candidates import Candidate
+from cuetune.search.stage import Stage
+from cuetune.search.tokens import TokenPrompts, search_vocab
+
+PLAIN = "{text} sentiment : {answer}"
+WRONG = "question : {text} sentiment : {answer}"
+"""The trigger that makes the tiny models answer the opposite sentiment: dev near 0."""
+WORDS = {"negative": "negative", "positive": "positive"}
+
+
+def _config(tmp_path, model_dir, data, search_section, prompt=None, data_update=None):
+    raw = toy_config(model_dir, data, tmp_path / "run", method={"name": "zero-shot"},
+                     prompt=prompt or {"template": PLAIN})
+    raw["data"].update(data_update or {})
+    raw["search"] = {"out": str(tmp_path / "search"), **search_section}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def _run(path, overrides=()):
+    cfg, settings = search.load_config(path, list(overrides))
+    return search.run(cfg, settings)
+
+
+def _records(folder):
+    return [json.loads(line) for line in (folder / "prompts.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["causal", "masked", "seq2seq"])
+def test_pool_finds_the_trigger_template(tmp_path, tiny_dirs, toy_data, kind):
+    path = _config(tmp_path, tiny_dirs[kind], toy_data,
+                   {"searchers": ["pool"], "calibrate": "off",
+                    "pool": {"input_cues": ["question :", "review :"], "answer_cues": ["sentiment :"]}},
+                   prompt={"template": WRONG, "verbalizer": WORDS})
+    summary = _run(path)
+    assert summary["best_baseline"]["dev"] < 0.3, "the start prompt reverses the answers"
+    assert summary["best"]["dev"] >= 0.9
+    assert "question :" not in summary["best"]["prompt"]["template"]
+    if kind == "causal":  # without a trigger the tiny decoder is near chance
+        assert "review :" in summary["best"]["prompt"]["template"]
+    assert (tmp_path / "search" / "best.yaml").is_file() and (tmp_path / "search" / "search.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["causal", "masked"])
+def test_label_search_finds_words_for_the_skill(tmp_path, tiny_dirs, toy_data, kind):
+    """With the trigger template but useless words, the label search finds words that read
+    the model's answer; dev beats the given words by far."""
+    path = _config(tmp_path, tiny_dirs[kind], toy_data, {"searchers": ["labels"], "calibrate": "off"},
+                   prompt={"template": "review : {text} sentiment : {answer}",
+                           "verbalizer": {"negative": "movie", "positive": "day"}})
+    summary = _run(path)
+    words = summary["best"]["prompt"]["verbalizer"]
+    assert summary["best"]["dev"] >= 0.9 > summary["best_baseline"]["dev"] + 0.2
+    assert words != {"negative": ["movie"], "positive": ["day"]}
+
+
+@pytest.mark.parametrize("searcher,kind,position", [("rl", "causal", "before"), ("rl", "masked", "before"),
+                                                     ("gradient", "causal", "before")])
+def test_token_searchers_unlock_the_skill(tmp_path, tiny_dirs, toy_data, searcher, kind, position):
+    """RL and gradient search write two tokens before the input (after the reversing trigger);
+    their dev-chosen prompt beats a random prompt (the `random` searcher with one sample)."""
+    tokens = {"num_tokens": 2, "position": position, "vocab_top": 60, "batch_size": 16}
+    section = {"searchers": [searcher, "random"], "calibrate": "off", "chain": False,
+               searcher: {**tokens, "steps": 30 if searcher == "rl" else 10, "samples": 8, "eval_every": 5},
+               "random": {**tokens, "steps": 1, "samples": 1, "eval_every": 1}}
+    # causal: the reversing trigger, undone by tokens after it; masked: the words reversed, which
+    # the reversing trigger "question :" written before the input puts right
+    prompt = ({"template": WRONG, "verbalizer": WORDS} if kind == "causal" else
+              {"template": PLAIN, "verbalizer": {"negative": "positive", "positive": "negative"}})
+    path = _config(tmp_path, tiny_dirs[kind], toy_data, section, prompt=prompt)
+    summary = _run(path)
+    found = summary["stages"][f"1-{searcher}"]["best_dev"]
+    assert found >= 0.9
+    assert found > summary["best_baseline"]["dev"] + 0.2
+    assert found > summary["stages"]["2-random"]["best_dev"]
+
+
+def _token_prompts(tmp_path, model_dir, data, template, position):
+    cfg = validate(toy_config(model_dir, data, tmp_path, method={"name": "zero-shot"},
+                              prompt={"template": template}))
+    splits = load_splits(cfg.data)
+    from cuetune.pipeline import load_for
+    from cuetune.search.candidates import SearchLog
+    from cuetune.search.config import SearchSettings
+    from cuetune.search.scoring import Scorer
+
+    loaded = load_for(cfg)
+    slog = SearchLog(tmp_path / "p.jsonl", splits.labels)
+    scorer = Scorer(cfg, loaded, splits.labels, splits.dev, slog, (False,))
+    stage = Stage("t", cfg, SearchSettings(), splits.labels, splits.train, scorer, slog, tmp_path, 0, loaded)
+    best = Candidate.from_prompt(cfg.prompt.model_dump(), splits.labels)
+    return TokenPrompts(stage, best, 3, position), splits, scorer
+
+
+@pytest.mark.parametrize("kind", ["causal", "gemma3", "gpt2"])
+def test_cached_token_scoring_equals_the_full_forward(tmp_path, tiny_dirs, toy_data, kind):
+    prompts, splits, _ = _token_prompts(tmp_path, tiny_dirs[kind], toy_data,
+                                        "review : {text} sentiment : {answer}", "after")
+    assert prompts.cached
+    vocab = search_vocab(prompts.tok, 60)
+    ids = vocab[torch.randint(len(vocab), (5, 3), generator=torch.Generator().manual_seed(0))]
+    items = prompts.encode(splits.dev[:7])
+    cached = prompts.label_logprobs(ids, items)
+    with torch.inference_mode():
+        full = prompts.from_embeddings(prompts.embedding(ids), items)
+    assert cached.shape == (5, 7, 2)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("position", ["after", "before"])
+def test_a_token_prompt_scores_as_its_text(tmp_path, tiny_dirs, toy_data, position):
+    """The candidate a searcher logs (text) gets the probabilities its tokens got."""
+    prompts, splits, scorer = _token_prompts(tmp_path, tiny_dirs["causal"], toy_data,
+                                             "review : {text} sentiment : {answer}", position)
+    vocab = search_vocab(prompts.tok, 60)
+    ids = vocab[torch.tensor([[3, 10, 20]])]
+    from_tokens = prompts.label_logprobs(ids, prompts.encode(splits.dev)).exp()[0]
+    cand = prompts.text(ids[0].tolist())
+    from_text, _ = scorer.probs(cand, splits.dev)
+    torch.testing.assert_close(from_tokens, from_text, atol=1e-5, rtol=1e-5)
+
+
+def test_resumed_search_equals_an_uninterrupted_one(tmp_path, tiny_dirs, toy_data, monkeypatch):
+    section = {"searchers": ["labels", "rl"], "labels": {"top_k": 4},
+               "rl": {"steps": 12, "eval_every": 4, "num_tokens": 2, "vocab_top": 60, "samples": 4,
+                      "batch_size": 8}}
+    whole = _config(tmp_path / "a", tiny_dirs["causal"], toy_data, section)
+    _run(whole)
+    cut = _config(tmp_path / "b", tiny_dirs["causal"], toy_data, section)
+    original = Stage.advance
+
+    def crash(self, n=1):
+        original(self, n)
+        if self.name == "2-rl" and self.done == 9:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Stage, "advance", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cut)
+    monkeypatch.setattr(Stage, "advance", original)
+    _run(cut)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert strip(_records(tmp_path / "b" / "search")) == strip(_records(tmp_path / "a" / "search"))
+
+
+def test_search_never_reads_the_test_split(tmp_path, tiny_dirs, toy_data):
+    data = {**toy_data, "test": tmp_path / "missing-test.jsonl"}
+    path = _config(tmp_path, tiny_dirs["causal"], data, {"searchers": ["labels"], "labels": {"top_k": 3}})
+    assert _run(path)["best"]["dev"] > 0
+
+
+def test_best_yaml_trains_to_the_searched_dev_score(tmp_path, tiny_dirs, toy_data):
+    import cuetune
+
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data, {"searchers": ["labels"], "labels": {"top_k": 4}})
+    summary = _run(path)
+    manifest = cuetune.train(_best_cfg(tmp_path))
+    assert manifest.score("dev", "accuracy") == pytest.approx(summary["best"]["dev"], abs=1e-6)
+
+
+def _best_cfg(tmp_path):
+    from cuetune.config import load
+
+    return load(tmp_path / "search" / "best.yaml", [f"output_dir={tmp_path / 'best-run'}"])
+
+
+def test_clear_errors(tmp_path, tiny_dirs, toy_data):
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data, {"searchers": ["labels", "rlprompt"]})
+    with pytest.raises(ConfigError, match="search.searchers: 'rlprompt' is not a searcher"):
+        search.load_config(path)
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data, {"labels": {"top_k": 0}})
+    with pytest.raises(ConfigError, match="search.labels.top_k"):
+        search.load_config(path)
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data, {"searchers": ["labels"]})
+    _run(path, ["search.labels.top_k=2"])
+    with pytest.raises(ConfigError, match="holds a different search"):
+        _run(path, ["search.labels.top_k=3"])
+    gen = _config(tmp_path / "g", tiny_dirs["causal"], toy_data, {},
+                  prompt={"template": "{text} {answer}"}, data_update={"task": "generation"})
+    with pytest.raises(ConfigError, match="generation"):
+        search.load_config(gen)
