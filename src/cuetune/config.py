@@ -86,7 +86,7 @@ class PromptConfig(Strict):
     instruction: str | None = None
     chat: bool = False
     """Wrap the prompt in the tokenizer's chat template (instruction-tuned models)."""
-    multi_token: Literal["first", "mean", "max"] = "mean"
+    multi_token: Literal["first", "mean", "max", "chain"] = "mean"
     calibrate: bool = False
     """Contextual calibration (Zhao et al. 2021): divide each label probability by the one the
     same prompt gives content-free inputs ("N/A", "", "[MASK]"; their mean), then renormalise,

@@ -40,8 +40,30 @@ class PromptModel(nn.Module):
         with self.method.applied():
             if "target" in batch:
                 return self.target_logits(batch)
+            if self.chain:
+                return self.chain_scores(batch)
             hidden = self.family.run(self.base, self.inputs(batch))  # [B, H]
             return self.method.scores(hidden, self).float()
+
+    @property
+    def chain(self) -> bool:
+        return (self.verbalizer is not None and self.verbalizer.multi_token == "chain"
+                and self.method.uses_verbalizer)
+
+    def chain_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Label scores [B, L] by the chain rule: each label word's tokens teacher-forced after
+        the answer position, log P(word | x) = sum_i log P(t_i | x, t_<i) over the whole
+        vocabulary, then log-sum-exp over a label's words. Each row is repeated once per word."""
+        words = self.verbalizer.word_ids
+        taught = self.family.teach_words(batch, words)  # rows b * W + w
+        target = taught.pop("target")  # [B*W, m], -100 past a word's end
+        with self.method.applied():
+            hidden = self.family.run(self.base, self.inputs(taught))  # [B*W, m, H]
+        logp = self.family.token_logits(self.base, hidden.reshape(-1, hidden.size(-1)), None)
+        logp = logp.log_softmax(-1).view(*target.shape, -1)  # [B*W, m, V]
+        picked = logp.gather(2, target.clamp(min=0)[..., None]).squeeze(2) * (target >= 0)
+        per_word = picked.sum(1).view(-1, len(words))  # [B, W]
+        return self.verbalizer.labels_from_words(per_word).float()
 
     def target_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Teacher-forced generation batch -> full-vocabulary logits [N, V] (fp32) at the N

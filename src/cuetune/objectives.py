@@ -48,6 +48,14 @@ class Classification(Objective):
     task = "classification"
     dev_keys = ("accuracy", "macro_f1", "nll")
 
+    def check(self, cfg, method_cls, family):
+        if cfg.prompt.multi_token == "chain":
+            if not family.teaches_words:
+                family.teach_words({}, [])  # raises, saying why and what to use
+            if not method_cls.uses_verbalizer:
+                raise ConfigError(f"prompt.multi_token: chain scores label words, which method "
+                                  f"{cfg.method.name} does not read (it has its own head); remove it")
+
     def loss(self, model, batch, label_smoothing):
         scores = model(batch)  # [B, L]
         return F.cross_entropy(scores, batch["labels"], label_smoothing=label_smoothing)

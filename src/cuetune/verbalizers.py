@@ -2,9 +2,10 @@
 
 Scoring (documented in docs/prompts.md): at the answer position we compute logits only for the
 tokens of the label words. A word of several tokens is scored from its tokens' logits at that
-one position, by `multi_token`: `first` (first token only), `mean` (default) or `max`. A label
-with several words gets the log-sum-exp of its words' scores, so P(label | x) is the softmax
-mass of its words among all label words.
+one position, by `multi_token`: `first` (first token only), `mean` (default) or `max`; or by
+`chain`, the chain rule: the sum of its tokens' log-probabilities, each read after the ones
+before it (`engine.PromptModel.chain_scores`). A label with several words gets the log-sum-exp
+of its words' scores, so P(label | x) is the softmax mass of its words among all label words.
 """
 
 from __future__ import annotations
@@ -80,7 +81,11 @@ class Verbalizer:
             words = (per_token * mask).sum(-1) / mask.sum(-1)
         else:
             words = per_token.masked_fill(mask == 0, float("-inf")).max(-1).values
-        owner = self.word_label.to(token_logits.device)
+        return self.labels_from_words(words)
+
+    def labels_from_words(self, words: torch.Tensor) -> torch.Tensor:
+        """Word scores [B, W] -> label scores [B, L]: log-sum-exp over each label's words."""
+        owner = self.word_label.to(words.device)
         return torch.stack([torch.logsumexp(words[:, owner == li], dim=1)
                             for li in range(len(self.labels))], dim=1)  # [B, L]
 

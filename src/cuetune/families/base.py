@@ -78,6 +78,18 @@ class Family:
         raise ModelError(f"a {self.name} model cannot write text; use a decoder (causal) or "
                          "encoder-decoder (seq2seq) model")
 
+    teaches_words: ClassVar[bool] = False
+    """Whether label words can be read token by token after the answer position (chain-rule
+    scoring, `prompt.multi_token: chain`)."""
+
+    def teach_words(self, batch: dict, words: list[tuple[int, ...]]) -> dict:
+        """The batch [B, T] with each row repeated once per label word (row b * W + w) and the
+        word's tokens teacher-forced after the answer: `answer_pos` [B*W, m] where each token
+        is predicted from, `target` [B*W, m] (-100 past a word's end)."""
+        raise ModelError(f"prompt.multi_token: chain reads a label word token by token after the "
+                         f"answer; a {self.name} model fills one answer position; use mean, first "
+                         "or max")
+
     def kv_layout(self, model: nn.Module) -> tuple[int, int, int]:
         """(layers, kv heads, head dim) of the attention a prefix is prepended to."""
         cfg = model.config.get_text_config()
@@ -104,6 +116,20 @@ class Family:
 
     def repair_missing_head(self, model: nn.Module, missing: set | list) -> None:
         """Fill an output head the checkpoint lacks; only masked encoders need it."""
+
+
+def repeat_rows(batch: dict, times: int) -> dict:
+    """Every tensor's rows repeated `times` times in place (row b -> rows b*times .. +times-1)."""
+    return {k: v.repeat_interleave(times, 0) for k, v in batch.items()}
+
+
+def word_targets(words: list[tuple[int, ...]], rows: int, device) -> torch.Tensor:
+    """[rows * W, m] label-word tokens per repeated row, -100 past a word's end."""
+    width = max(len(w) for w in words)
+    table = torch.full((len(words), width), -100, dtype=torch.long, device=device)
+    for i, w in enumerate(words):
+        table[i, :len(w)] = torch.tensor(w, device=device)
+    return table.repeat(rows, 1)
 
 
 def pick(hidden: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:

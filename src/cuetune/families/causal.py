@@ -8,7 +8,15 @@ from transformers import AutoModelForCausalLM
 
 from cuetune.errors import ModelError
 from cuetune.families import fastpath
-from cuetune.families.base import Family, kv_cache, prefix_len, select_cache, window_allows
+from cuetune.families.base import (
+    Family,
+    kv_cache,
+    prefix_len,
+    repeat_rows,
+    select_cache,
+    window_allows,
+    word_targets,
+)
 
 
 class Causal(Family):
@@ -30,6 +38,28 @@ class Causal(Family):
         runs once, padded batches are packed or split into length groups. Positions come from
         the mask, so left padding is exact too."""
         return fastpath.run(model, inputs)
+
+    teaches_words = True
+
+    def teach_words(self, batch, words):
+        """Word tokens written after each row's answer position (the prompt's last token);
+        for a right-padded row those columns were padding."""
+        B, W = batch["input_ids"].size(0), len(words)
+        target = word_targets(words, B, batch["input_ids"].device)  # [B*W, m]
+        m = target.size(1)
+        out = repeat_rows(batch, W)
+        grow = int((out["answer_pos"] + m).max()) + 1 - out["input_ids"].size(1)
+        if grow > 0:
+            for key, fill in (("input_ids", 0), ("attention_mask", 0), ("soft_index", -1)):
+                out[key] = torch.cat([out[key], out[key].new_full((out[key].size(0), grow), fill)], 1)
+        steps = out["answer_pos"][:, None] + torch.arange(m, device=target.device)  # [B*W, m]
+        given = steps[:, 1:]  # where tokens 1..m-1 of the word are written
+        rows = torch.arange(B * W, device=target.device)[:, None].expand_as(given)
+        known = target[:, :-1] >= 0
+        out["input_ids"][rows[known], given[known]] = target[:, :-1][known]
+        out["attention_mask"][rows[known], given[known]] = 1
+        out["answer_pos"], out["target"] = steps, target
+        return out
 
     def decoding_state(self, prompt_model, batch, max_new):
         return CausalState(prompt_model, batch, max_new)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSeq2SeqLM, DynamicCache, EncoderDecoderCache
 
 from cuetune.errors import ModelError
-from cuetune.families.base import Family, kv_cache, pick, select_cache
+from cuetune.families.base import Family, kv_cache, pick, repeat_rows, select_cache, word_targets
 
 SENTINEL = "<extra_id_0>"
 """T5's first infilling sentinel: it stands where the answer goes."""
@@ -55,6 +55,19 @@ class Seq2Seq(Family):
         if taught is not None:
             return pick(out.last_hidden_state, inputs["answer_pos"])  # [B, A, H]
         return out.last_hidden_state[:, -1]  # [B, H]: the step after the sentinel
+
+    teaches_words = True
+
+    def teach_words(self, batch, words):
+        """The decoder reads [start, sentinel, t1 .. t(m-1)]; step i after the sentinel predicts
+        the word's token i."""
+        B, W = batch["input_ids"].size(0), len(words)
+        target = word_targets(words, B, batch["input_ids"].device)  # [B*W, m]
+        out = repeat_rows(batch, W)
+        taught = torch.cat([target.new_full((B * W, 1), self.sentinel_id), target[:, :-1].clamp(min=0)], 1)
+        out["decoder_input_ids"], out["target"] = taught, target
+        out["answer_pos"] = torch.arange(1, target.size(1) + 1, device=target.device).expand(B * W, -1)
+        return out
 
     def decoding_state(self, prompt_model, batch, max_new):
         return Seq2SeqState(prompt_model, batch)

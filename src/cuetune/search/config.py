@@ -25,6 +25,9 @@ class LabelSearch(Strict):
     """Joint assignments (one word per class), the best by training score, scored on dev."""
     words: dict[str, list[str]] = {}
     """Your own candidate words per label (any number of tokens), tried beside the found ones."""
+    vocab_top: int = Field(10000, ge=10)
+    """Candidate words come from the first `vocab_top` token ids (BPE vocabularies list common
+    pieces first): with 16 examples a class, rare tokens fit the training set by chance."""
 
 
 class PoolSearch(Strict):

@@ -6,10 +6,11 @@
 2. Candidate words per class: half by LM-BFF's criterion (the summed log-probability over that
    class's examples), half by contrast (the class's mean log-probability less the other
    classes'), which finds words that separate the classes when one word is likely everywhere.
-   Only tokens that are a whole word on their own (the word, encoded as the verbalizer encodes
-   it, gives back exactly that token) are kept.
-3. Joint assignments (one word per class, all distinct) are ranked by training accuracy, read
-   off the stored log-probabilities without running the model again: exhaustively when there
+   Only tokens among the first `vocab_top` ids that are a whole alphabetic word on their own
+   (the word, encoded as the verbalizer encodes it, gives back exactly that token) are kept.
+3. Joint assignments (one word per class, all distinct) are ranked by training accuracy (ties:
+   by the gold label's mean log-probability among the chosen words), read off the stored
+   log-probabilities without running the model again: exhaustively when there
    are at most 50,000, otherwise by coordinate ascent from the per-class best words.
 4. The best `assignments` are scored on dev through the real pipeline, with your own words
    (`search.labels.words`, any number of tokens) beside them.
@@ -44,7 +45,8 @@ def run(stage: Stage, best: Candidate) -> None:
         logp = logp - free.exp().mean(0).clamp_min(1e-30).log()
     gold = torch.tensor([e.label for e in train])
     n_labels = len(stage.labels)
-    words = [candidate_tokens(logp, gold, c, settings.top_k, pipe) for c in range(n_labels)]
+    words = [candidate_tokens(logp[:, :settings.vocab_top], gold, c, settings.top_k, pipe)
+             for c in range(n_labels)]
     if any(not w for w in words):
         empty = stage.labels[next(c for c, w in enumerate(words) if not w)]
         stage.warn(f"no whole-word candidates for label '{empty}' (no training example, or the "
@@ -93,7 +95,7 @@ def whole_word(token: int, pipe) -> bool:
     if token in set(tok.all_special_ids):
         return False
     word = tok.decode([token]).strip()
-    if not word or not any(ch.isalpha() for ch in word):
+    if not word.isalpha():
         return False
     lead = " " if pipe.encoder.answer_space else ""
     return tok(lead + word, add_special_tokens=False)["input_ids"] == [token]
@@ -114,7 +116,8 @@ def rank_assignments(logp: torch.Tensor, gold: torch.Tensor,
     ids = torch.tensor(combos)  # [A, L]
     scores = logp[:, ids]  # [N, A, L]
     acc = (scores.argmax(-1) == gold[:, None]).float().mean(0)  # [A]
-    order = sorted(range(len(combos)), key=lambda i: (-acc[i].item(), i))
+    fit = scores.log_softmax(-1).gather(2, gold.view(-1, 1, 1).expand(-1, len(combos), 1)).mean(0)[:, 0]
+    order = sorted(range(len(combos)), key=lambda i: (-acc[i].item(), -fit[i].item(), i))
     return [(acc[i].item(), combos[i]) for i in order]
 
 
