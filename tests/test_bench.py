@@ -457,3 +457,33 @@ def test_a_task_declared_in_the_bench_yaml_runs_like_a_named_one(tiny_dirs, toy_
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="tempalte"):
         bench.load_bench(path)
+
+
+def test_a_method_entry_can_search_its_prompt_before_training(tiny_dirs, toy_data, tmp_path):
+    """`search:` in a method entry: the cell's prompt is the one the search chose on its dev
+    split (here the task's own prompt reverses the tiny model's answers; the pool finds the
+    trigger that does not), and two methods with the same search share it."""
+    spec = {"train": str(toy_data["train"]), "dev": str(toy_data["dev"]), "test": str(toy_data["test"]),
+            "data": {"labels": ["negative", "positive"]},
+            "template": "question : {text} sentiment : {answer}",
+            "verbalizer": {"negative": "negative", "positive": "positive"}}
+    search = {"searchers": ["pool"], "calibrate": "off",
+              "pool": {"input_cues": ["review :"], "answer_cues": ["sentiment :"], "max_candidates": 6}}
+    raw = {"model": {"name": str(tiny_dirs["causal"])}, "tasks": ["toy"], "custom_tasks": {"toy": spec},
+           "k": [8], "seeds": [13], "output_dir": str(tmp_path / "out"),
+           "methods": {"hand": {"method": {"name": "zero-shot"}},
+                       "searched": {"method": {"name": "zero-shot"}, "search": search},
+                       "searched-too": {"method": {"name": "in-context"}, "search": search}}}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg, root = bench.load_bench(path)
+    rows = {r["method"]: r for r in bench.run_bench(cfg, root, tmp_path / "out")}
+    assert rows["hand"]["test_score"] < 0.3
+    assert rows["searched"]["test_score"] >= 0.9
+    assert len(list((tmp_path / "out" / "search" / "toy").iterdir())) == 1, "one search, shared"
+    searched = yaml.safe_load((Path(rows["searched"]["run_dir"]) / "config.yaml").read_text())
+    assert "question :" not in searched["prompt"]["template"]
+    raw["methods"]["searched"]["search"] = {**search, "seed": 3}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="methods.searched.search.seed: set by each bench cell"):
+        bench.load_bench(path)

@@ -50,6 +50,10 @@ class MethodEntry(Strict):
     prompt: dict = Field(default_factory=dict)
     grid: dict[str, list] = Field(default_factory=dict)
     """Dotted keys (`train.lr`) -> values; every combination runs and the best dev wins."""
+    search: dict | None = None
+    """A prompt search (the `search:` keys of a search config, less task, k, seed and out, which
+    the cell sets) run zero-shot on the cell's train and dev before training; the prompt dev
+    chooses replaces the task's. Methods with the same search settings share one search."""
 
 
 class Reference(Strict):
@@ -114,6 +118,9 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
         if name not in cfg.tasks:
             raise ConfigError(f"{p}: references.{name}: not one of the bench's tasks {cfg.tasks}; "
                               "a reference for it would be drawn nowhere")
+    for name, entry in cfg.methods.items():
+        if entry.search is not None:
+            _search_settings(entry, f"{p}: methods.{name}.search")
     root = Path(cfg.data_root)
     if not root.is_absolute() and (p.parent / root).is_dir():
         root = p.parent / root
@@ -133,12 +140,47 @@ def _point_name(point: dict) -> str:
     return "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items()) or "default"
 
 
-def run_config(cfg: BenchConfig, root: Path, cell: Cell, point: dict, run_dir: Path) -> dict:
-    """The raw run config of one grid point of one cell."""
+SET_BY_CELL = ("task", "k", "seed", "out", "data_root")
+
+
+def _search_settings(entry: MethodEntry, where: str, **cell):
+    from cuetune.search.config import SearchSettings
+
+    mine = [k for k in SET_BY_CELL if k in entry.search]
+    if mine:
+        raise ConfigError(f"{where}.{mine[0]}: set by each bench cell; remove it")
+    try:
+        return SearchSettings.model_validate({**entry.search, **cell})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{where}.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+
+
+def searched_prompt(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
+    """Run (or read back) the cell's prompt search; the prompt section dev chose."""
+    import hashlib
+
+    from cuetune import search
+    from cuetune.config import validate
+
+    entry = cfg.methods[cell.method]
+    raw = run_config(cfg, root, cell, {}, out / "unused", searched=None)
+    raw.update(method={"name": "zero-shot"}, output_dir="unused")
+    key = hashlib.sha256(json.dumps([raw, entry.search], sort_keys=True).encode()).hexdigest()[:10]
+    folder = out / "search" / cell.task / f"k{cell.k}-s{cell.seed}-{key}"
+    settings = _search_settings(entry, f"methods.{cell.method}.search", seed=cell.seed, out=str(folder))
+    return search.run(validate(raw), settings)["best"]["prompt"]
+
+
+def run_config(cfg: BenchConfig, root: Path, cell: Cell, point: dict, run_dir: Path,
+               searched: dict | None = None) -> dict:
+    """The raw run config of one grid point of one cell (`searched`: the prompt a search chose)."""
     entry = cfg.methods[cell.method]
     raw = {"model": {**cfg.model, **entry.model}, **cfg.task(cell.task).sections(root, cell.k, cell.seed)}
     raw["data"].update(cfg.data)
     raw["prompt"].update(entry.prompt)
+    if searched is not None:
+        raw["prompt"].update(searched)
     if "generate" in raw or cfg.generate:
         raw["generate"] = {**raw.get("generate", {}), **cfg.generate}
     raw["method"] = dict(entry.method)
@@ -183,10 +225,11 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
     of N points costs one test pass instead of N."""
     entry = cfg.methods[cell.method]
     points = grid_points(entry)
+    searched = searched_prompt(cfg, root, cell, out) if entry.search is not None else None
     results = []
     for point in points:
         run_dir = _cell_dir(out, cell) / _point_name(point)
-        raw = run_config(cfg, root, cell, point, run_dir)
+        raw = run_config(cfg, root, cell, point, run_dir, searched)
         if len(points) > 1:
             raw["train"]["evaluate_test"] = False
         results.append((point, run_dir, run_point(raw, run_dir)))
