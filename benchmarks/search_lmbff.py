@@ -32,6 +32,10 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--searchers", nargs="+", default=["labels", "pool", "labels"])
     ap.add_argument("--out", default="bench-out/search")
+    ap.add_argument("--compare", action="store_true",
+                    help="searchers compared, each from the best baseline (search.chain false): "
+                         "the test score of each stage's dev-chosen prompt")
+    ap.add_argument("--set", nargs="*", default=[], help="search config overrides, key=value")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,18 +49,24 @@ def main() -> None:
             config.write_text(json.dumps({
                 "model": {"name": args.model}, "method": {"name": "zero-shot"},
                 "search": {"task": task, "data_root": args.data_root, "k": 16, "seed": seed,
-                           "searchers": args.searchers, "out": str(folder)}}), encoding="utf-8")
-            cfg, settings = search.load_config(config)
+                           "searchers": args.searchers, "out": str(folder),
+                           "chain": not args.compare}}), encoding="utf-8")
+            cfg, settings = search.load_config(config, args.set)
             start = time.perf_counter()
             summary = search.run(cfg, settings)
             seconds = time.perf_counter() - start
             chosen, baseline = summary["best"], summary["best_baseline"]
-            test = _test_scores(cfg, [chosen["prompt"], baseline["prompt"]], cache, cache_path)
+            stages = _stage_bests(folder, cfg) if args.compare else {}
+            test = _test_scores(cfg, [chosen["prompt"], baseline["prompt"]]
+                                + [r["prompt"] for r in stages.values()], cache, cache_path)
             rows.append({"task": task, "seed": seed, "search_seconds": round(seconds, 1),
                          "dev_searched": chosen["dev"], "dev_baseline": baseline["dev"],
                          "test_searched": test[0], "test_baseline": test[1],
                          "searched": chosen["prompt"], "searched_how": f"{chosen['stage']}: {chosen['how']}",
-                         "baseline": baseline["how"], "candidates": summary["candidates"]})
+                         "baseline": baseline["how"], "candidates": summary["candidates"],
+                         "stages": {name: {**r, "test": t} for (name, r), t in zip(stages.items(), test[2:],
+                                                                                    strict=True)},
+                         "stage_costs": summary["stages"]})
             atomic.write_json(out / "results.json", rows)
             atomic.write_text(out / "results.md", table(rows))
             print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
@@ -81,6 +91,16 @@ def _test_scores(cfg, prompts: list[dict], cache: dict, cache_path: Path) -> lis
     return [cache[_key(cfg, p)] for p in prompts]
 
 
+def _stage_bests(folder: Path, cfg) -> dict:
+    """Each searcher stage's dev-chosen record (ties: the earliest)."""
+    out = {}
+    for line in (folder / "prompts.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if r["stage"] != "baseline" and (r["stage"] not in out or r["dev"] > out[r["stage"]]["dev"]):
+            out[r["stage"]] = {"dev": r["dev"], "prompt": r["prompt"], "how": r["how"], "step": r["step"]}
+    return out
+
+
 def _key(cfg, prompt: dict) -> str:
     return json.dumps({"test": cfg.data.test, "model": cfg.model.name, **prompt}, sort_keys=True)
 
@@ -95,10 +115,17 @@ def table(rows: list[dict]) -> str:
                      f"{r['searched_how']}: `{chosen}` |")
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
-        for key in ("test_searched", "test_baseline"):
-            vals = [r[key] * 100 for r in mine]
+        series = {key: [r[key] for r in mine] for key in ("dev_searched", "test_searched", "test_baseline")}
+        for stage in dict.fromkeys(s for r in mine for s in r.get("stages", {})):
+            series[f"{stage} dev"] = [r["stages"][stage]["dev"] for r in mine if stage in r["stages"]]
+            series[f"{stage} test"] = [r["stages"][stage]["test"] for r in mine if stage in r["stages"]]
+        lines.append("")
+        for key, vals in series.items():
+            vals = [v * 100 for v in vals]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            lines.append(f"\n{task} {key}: {statistics.mean(vals):.1f} ({sd:.1f}) over {len(vals)} seeds")
+            per = " / ".join(f"{v:.1f}" for v in vals)
+            mean = statistics.mean(vals)
+            lines.append(f"- {task} {key}: {mean:.1f} ({sd:.1f}) over {len(vals)} seeds: {per}")
     return "\n".join(lines) + "\n"
 
 

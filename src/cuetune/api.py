@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from cuetune import artifacts, atomic, methods
+from cuetune import artifacts, atomic, demonstrations, methods
 from cuetune.augment import augment
 from cuetune.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint
 from cuetune.config import RunConfig
@@ -70,6 +70,7 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> Manif
     _check_splits(cfg, splits)
     run_dir = prepare_run_dir(cfg.output_dir)  # before the model loads: a bad dir fails at once
     loaded = load_for(cfg)
+    cfg = demonstrations.with_pool(cfg, splits.train)
     method = methods.get(cfg.method.name).prepare_config(cfg, splits, loaded)
     cfg = cfg.model_copy(update={"method": method})
     pipe = build(cfg, splits.labels, loaded)

@@ -79,6 +79,34 @@ class DataConfig(Strict):
     """Generation: answer tokens kept for training (the end-of-text token is added)."""
 
 
+class DemoConfig(Strict):
+    """LM-BFF's demonstrations (Gao et al. 2021, section 6): before each input, `per_class`
+    training examples of every class, rendered with the template and their label's first word.
+    See `cuetune.demonstrations`."""
+
+    per_class: int = Field(1, ge=1, le=8)
+    select: Literal["similar", "random"] = "similar"
+    """`similar`: the training examples nearest the input by sentence embedding (`embedder`);
+    `random`: drawn per input with `seed`."""
+    embedder: str = "minilm-l6"
+    """Sentence encoder for `select: similar` (mean-pooled, normalised)."""
+    seed: int = 0
+    separator: str = "\n"
+    pool: list[dict] | None = None
+    """The training examples demonstrations come from ({text, text_pair, label}); filled from
+    the training split when a run starts and saved with it, so a loaded run predicts with the
+    same demonstrations."""
+    max_pool: int = Field(2000, ge=1)
+    """A larger training split is sampled down to this many (seeded) for the pool."""
+
+    @field_validator("embedder")
+    @classmethod
+    def _embedder_needs_similar(cls, value, info):
+        if info.data.get("select") == "random" and value != "minilm-l6":
+            raise ValueError("only used with select: similar; remove it or set select: similar")
+        return value
+
+
 class PromptConfig(Strict):
     template: str = "{soft:20} Review: {text} Sentiment: {answer}"
     verbalizer: dict[str, str | list[str]] | None = None
@@ -92,6 +120,9 @@ class PromptConfig(Strict):
     same prompt gives content-free inputs ("N/A", "", "[MASK]"; their mean), then renormalise,
     so a prompt's bias toward a label word stops deciding the answer. Applied at evaluation
     and prediction, with the run's adapter, for every method; training's loss is unchanged."""
+    demonstrations: DemoConfig | None = None
+    """Labelled training examples put before each input, for every method, in training and
+    prediction (None: none)."""
 
 
 class AugmentConfig(Strict):

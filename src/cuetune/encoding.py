@@ -74,6 +74,10 @@ class PromptEncoder:
         if target_length is not None and tokenizer.eos_token_id is None:
             raise TemplateError("generation needs an end-of-text token; this tokenizer has none")
         self.truncated_count = 0
+        self.demos = None
+        """`demonstrations.Demonstrations`, set by `use_demonstrations`: per-input examples."""
+        self.demos_dropped = 0
+        """Inputs that lost a demonstration to data.max_length."""
         segs = list(template.segments)
         answer_at = next(i for i, s in enumerate(segs) if isinstance(s, Slot) and s.name == "answer")
         if self.answer_next:
@@ -87,8 +91,11 @@ class PromptEncoder:
             raise TemplateError("prompt.chat: chat templates need a causal (decoder) model")
         if chat and not getattr(tokenizer, "chat_template", None):
             raise TemplateError("prompt.chat: this tokenizer has no chat template; set chat: false")
+        self._demos_at = 0
+        """Segments before the demonstrations: the instruction, when it is a plain literal."""
         if instruction and not chat:
             segs = [Literal(instruction.rstrip() + "\n"), *segs]
+            self._demos_at = 1
         self.instruction = instruction if chat else None
         before = segs[answer_at - 1] if answer_at > 0 else None
         self.answer_space = (not chat and isinstance(before, Literal)
@@ -118,12 +125,32 @@ class PromptEncoder:
                    max_length=cfg.data.max_length,
                    target_length=cfg.data.max_target_length if generation else None)
 
+    def use_demonstrations(self, demos) -> None:
+        """Put `demos.for_example(ex)` before each input; the prompt's shared start then ends
+        where the demonstrations begin."""
+        self.demos = demos
+        self.shared_len = self._shared_len()
+
+    def _demo_ids(self, ex: Example, need: int) -> list[int]:
+        """The demonstrations' token ids for `ex`, least similar dropped until `need` more
+        tokens fit data.max_length."""
+        demos = self.demos.for_example(ex)
+        while demos:
+            ids = self._ids(self.demos.separator.join(demos) + self.demos.separator)
+            if need + len(ids) <= self.max_length:
+                return ids
+            demos = demos[1:]
+            self.demos_dropped += 1
+        return []
+
     def _shared_len(self) -> int:
         """How many leading tokens are the same for every example (special tokens, instruction,
         soft blocks and template words before the first input slot). A causal model's states
         there do not depend on the input, so the engine computes them once per batch."""
         n, soft = len(self.prefix), iter(self.soft_specs)
-        for seg in self.segments:
+        for i, seg in enumerate(self.segments):
+            if self.demos is not None and i == self._demos_at:
+                break
             if isinstance(seg, Soft):
                 n += next(soft).count
             elif isinstance(seg, Literal):
@@ -183,7 +210,9 @@ class PromptEncoder:
 
     def _encode_prompt(self, ex: Example) -> Encoded:
         texts = self._text_ids(ex)
-        budget = self.max_length - self.fixed_length
+        demo_ids = [] if self.demos is None else self._demo_ids(
+            ex, self.fixed_length + sum(len(v) for v in texts.values()))
+        budget = self.max_length - self.fixed_length - len(demo_ids)
         if budget < 1:
             raise TemplateError(
                 f"template {self.template.source!r} needs {self.fixed_length} tokens but "
@@ -194,7 +223,10 @@ class PromptEncoder:
         self.truncated_count += truncated
         ids, soft = list(self.prefix), [-1] * len(self.prefix)
         answer_pos, soft_block, soft_next = -1, 0, 0
-        for seg in self.segments:
+        for i, seg in enumerate(self.segments):
+            if i == self._demos_at and demo_ids:
+                ids.extend(demo_ids)
+                soft.extend([-1] * len(demo_ids))
             if isinstance(seg, Soft):
                 count = self.soft_specs[soft_block].count
                 ids.extend([self.tok.pad_token_id] * count)  # placeholders; the method fills them
@@ -244,8 +276,14 @@ class PromptEncoder:
 
     def encode_all(self, examples: list[Example], what: str = "examples",
                    with_target: bool = True) -> list[Encoded]:
-        before = self.truncated_count
+        before, dropped = self.truncated_count, self.demos_dropped
+        if self.demos is not None:
+            self.demos.prepare(examples)
         out = [self.encode(ex, with_target) for ex in examples]
+        if self.demos_dropped > dropped:
+            log.warning("%d demonstrations were left out of %d %s to fit data.max_length=%d "
+                        "(the least similar first; inputs are kept whole where they fit)",
+                        self.demos_dropped - dropped, len(examples), what, self.max_length)
         cut = self.truncated_count - before
         if cut:
             log.warning("%d of %d %s were truncated to data.max_length=%d (inputs cut at the end; "

@@ -58,6 +58,12 @@ def prompt_recipe(tuned) -> dict:
     """What a PEFT user needs to feed the adapter the token ids cuetune fed it, and to score
     the labels as cuetune does (see resources/peft_export/README.md)."""
     pipe = tuned.pipe
+    prompt = pipe.config.prompt
+    if prompt.multi_token == "chain" or prompt.demonstrations is not None:
+        what = ("prompt.multi_token: chain (a second forward per label word)"
+                if prompt.multi_token == "chain" else "prompt.demonstrations (chosen per input)")
+        raise ArtifactError(f"export: the run uses {what}, which the exported PEFT recipe and "
+                            "example.py do not reproduce; serve it with cuetune (cuetune.load)")
     recipe = {"format": "cuetune-prompt", "version": 1,
               "base_model": {"name": tuned.manifest.base_model.name,
                              "path": models.resolve(tuned.manifest.base_model.name)[0],

@@ -15,8 +15,10 @@ import torch
 from cuetune import methods
 from cuetune.config import RunConfig
 from cuetune.data import Example
+from cuetune.demonstrations import Demonstrations
 from cuetune.encoding import Encoded, PromptEncoder
 from cuetune.engine import PromptModel
+from cuetune.errors import ConfigError
 from cuetune.inference import predict_probs
 from cuetune.models import LoadedModel, load_model, set_dropout
 from cuetune.objectives import Objective, objective_for
@@ -84,6 +86,8 @@ def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) 
     objective.check(cfg, method_cls, loaded.family)
     template = method_cls.adapt_template(cfg.method, parse(cfg.prompt.template))
     encoder = PromptEncoder.for_run(cfg, template, loaded)
+    if cfg.prompt.demonstrations is not None:
+        _add_demonstrations(cfg, encoder, template, labels)
     verbalizer = None
     if cfg.data.task != "generation":
         verbalizer = Verbalizer(labels, cfg.prompt.verbalizer, cfg.prompt.multi_token)
@@ -93,3 +97,13 @@ def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) 
     device = next(loaded.model.parameters()).device
     model = PromptModel(loaded, method.to(device), verbalizer, encoder.shared_len)
     return Pipeline(cfg, loaded, encoder, verbalizer, model, objective)
+
+
+def _add_demonstrations(cfg: RunConfig, encoder: PromptEncoder, template, labels: list[str]) -> None:
+    if cfg.data.task == "generation" or cfg.method.name == "in-context":
+        why = ("they are rendered with a label word, which a generation task has none of"
+               if cfg.data.task == "generation" else "method in-context puts its own demonstrations")
+        raise ConfigError(f"prompt.demonstrations: {why}; remove it")
+    words = Verbalizer(labels, cfg.prompt.verbalizer).words
+    demos = Demonstrations(cfg.prompt.demonstrations, template.without_soft(), labels, words)
+    encoder.use_demonstrations(demos)

@@ -90,7 +90,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None):
 
 def run(cfg: RunConfig, settings, progress=None) -> dict:
     """Run a search; returns the summary (also written to `summary.json`)."""
-    from cuetune import tasks
+    from cuetune import demonstrations, tasks
     from cuetune.data import load_splits
     from cuetune.pipeline import load_for
     from cuetune.search.candidates import Candidate, SearchLog
@@ -106,6 +106,8 @@ def run(cfg: RunConfig, settings, progress=None) -> dict:
     if not splits.dev:
         raise ConfigError("prompt search selects on dev: give data.dev, or data.dev_fraction > 0")
     labels = splits.labels
+    searching = demonstrations.with_pool(searching, splits.train)
+    cfg = demonstrations.with_pool(cfg, splits.train)  # best.yaml trains with the same pool
     if len({e.label for e in splits.train}) < 2:
         raise ConfigError("prompt search needs training examples of at least two labels")
     loaded = load_for(cfg)
