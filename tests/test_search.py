@@ -204,3 +204,25 @@ def test_clear_errors(tmp_path, tiny_dirs, toy_data):
                   prompt={"template": "{text} {answer}"}, data_update={"task": "generation"})
     with pytest.raises(ConfigError, match="generation"):
         search.load_config(gen)
+
+
+def test_demonstrations_are_searched_and_best_yaml_trains_with_them(tmp_path, tiny_dirs, toy_data):
+    import cuetune
+
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data,
+                   {"searchers": ["demos"], "calibrate": "off",
+                    "demos": {"options": [{"select": "random", "per_class": 1}]}},
+                   prompt={"template": "review : {text} sentiment : {answer}", "verbalizer": WORDS})
+    _run(path)
+    rows = _records(tmp_path / "search")
+    assert rows[-1]["stage"] == "1-demos"
+    assert rows[-1]["prompt"]["demonstrations"] == {"select": "random", "per_class": 1}
+    best = yaml.safe_load((tmp_path / "search" / "best.yaml").read_text())
+    best["prompt"]["demonstrations"] = rows[-1]["prompt"]["demonstrations"]
+    best["output_dir"] = str(tmp_path / "best-run")
+    manifest = cuetune.train(best)
+    assert manifest.score("dev", "accuracy") == pytest.approx(rows[-1]["dev"], abs=1e-6)
+    bad = _config(tmp_path / "bad", tiny_dirs["causal"], toy_data,
+                  {"searchers": ["demos"], "demos": {"options": [{"select": "nearest"}]}})
+    with pytest.raises(ConfigError, match=r"search.demos.options\[0\].select"):
+        _run(bad)

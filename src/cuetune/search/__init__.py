@@ -34,7 +34,7 @@ def register(name: str, searcher: Searcher) -> None:
 
 
 def _register_builtin() -> None:
-    from cuetune.search import gradient, labels, pool, rl
+    from cuetune.search import demos, gradient, labels, pool, rl
 
     register("labels", labels.run)
     register("pool", pool.run)
@@ -42,6 +42,7 @@ def _register_builtin() -> None:
     register("random", rl.run_random)
     register("sampled", rl.run_sampled)
     register("gradient", gradient.run)
+    register("demos", demos.run)
 
 
 def task_hints(task: str | None) -> dict:
@@ -114,7 +115,7 @@ def run(cfg: RunConfig, settings, progress=None) -> dict:
     hints = task_hints(settings.task)
     modes = {"both": (False, True), "off": (False,), "on": (True,)}[settings.calibrate]
     slog = SearchLog(out / "prompts.jsonl", labels)
-    scorer = Scorer(searching, loaded, labels, splits.dev, slog, modes)
+    scorer = Scorer(searching, loaded, labels, splits.dev, slog, modes, splits.train)
 
     def stage(name: str, i: int) -> Stage:
         return Stage(name, searching, settings, labels, splits.train, scorer, slog, out,

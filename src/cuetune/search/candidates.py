@@ -26,18 +26,24 @@ class Candidate:
     calibrate: bool = False
     chat: bool = False
     instruction: str | None = None
+    demos: tuple[tuple[str, object], ...] | None = None
+    """`prompt.demonstrations` settings (sorted items, no pool: the run fills it)."""
 
     @classmethod
     def from_prompt(cls, prompt: dict, labels: list[str]) -> Candidate:
         verbalizer = prompt.get("verbalizer") or {label: [label] for label in labels}
         words = tuple((label, tuple([verbalizer[label]] if isinstance(verbalizer[label], str)
                                     else verbalizer[label])) for label in labels)
+        demos = prompt.get("demonstrations")
+        demos = None if demos is None else tuple(sorted((k, v) for k, v in demos.items()
+                                                        if k != "pool" and v is not None))
         return cls(prompt["template"], words, bool(prompt.get("calibrate", False)),
-                   bool(prompt.get("chat", False)), prompt.get("instruction"))
+                   bool(prompt.get("chat", False)), prompt.get("instruction"), demos)
 
     def prompt(self) -> dict:
         return {"template": self.template, "verbalizer": {label: list(ws) for label, ws in self.words},
-                "calibrate": self.calibrate, "chat": self.chat, "instruction": self.instruction}
+                "calibrate": self.calibrate, "chat": self.chat, "instruction": self.instruction,
+                "demonstrations": None if self.demos is None else dict(self.demos)}
 
     def key(self) -> str:
         return json.dumps(self.prompt(), sort_keys=True, ensure_ascii=False)
@@ -53,9 +59,15 @@ class Candidate:
     def calibrated(self, on: bool) -> Candidate:
         return replace(self, calibrate=on)
 
+    def with_demos(self, demos: dict | None) -> Candidate:
+        return replace(self, demos=None if demos is None else tuple(sorted(demos.items())))
+
     def short(self) -> str:
         words = " / ".join(",".join(ws) for _, ws in self.words)
         extra = (" +cal" if self.calibrate else "") + (" [chat]" if self.chat else "")
+        if self.demos is not None:
+            d = dict(self.demos)
+            extra += f" +demos({d.get('select', 'similar')} x{d.get('per_class', 1)})"
         instr = f"{self.instruction!r} " if self.instruction else ""
         return f"{instr}{self.template!r} -> {words}{extra}"
 

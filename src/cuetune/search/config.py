@@ -75,10 +75,18 @@ class RLSearch(TokenSearch):
     """Entropy bonus: keeps the policy from collapsing onto one prompt early."""
 
 
+class DemoSearch(Strict):
+    """Demonstrations (LM-BFF) tried on the best prompt: each entry is a
+    `prompt.demonstrations` section (pool left out: the run fills it)."""
+
+    options: list[dict] = [{"select": "similar", "per_class": 1}, {"select": "random", "per_class": 1},
+                           {"select": "similar", "per_class": 2}]
+
+
 class SearchSettings(Strict):
     searchers: list[str] = ["labels", "pool", "labels"]
     """Stages, in order; each starts from the best prompt so far. Registered: labels, pool, rl,
-    gradient, random, sampled."""
+    gradient, random, sampled, demos."""
     chain: bool = True
     """Each stage starts from the best prompt so far; false: every stage starts from the best
     baseline, so searchers can be compared from the same start at the same budget."""
@@ -98,3 +106,4 @@ class SearchSettings(Strict):
     gradient: TokenSearch = TokenSearch(steps=30)
     random: TokenSearch = TokenSearch()
     sampled: TokenSearch = TokenSearch()
+    demos: DemoSearch = DemoSearch()

@@ -13,6 +13,7 @@ import torch
 
 from cuetune.config import RunConfig
 from cuetune.data import Example
+from cuetune.demonstrations import with_pool
 from cuetune.evaluation import classification_metrics
 from cuetune.inference import run_batches
 from cuetune.pipeline import TINY, Pipeline, build
@@ -21,8 +22,10 @@ from cuetune.search.candidates import Candidate, SearchLog
 
 class Scorer:
     def __init__(self, cfg: RunConfig, loaded, labels: list[str], dev: list[Example], log: SearchLog,
-                 modes: tuple[bool, ...] = (False, True)):
+                 modes: tuple[bool, ...] = (False, True), train: list[Example] | None = None):
         self.cfg, self.loaded, self.labels, self.dev, self.log = cfg, loaded, labels, dev, log
+        self.train = train or []
+        """The pool candidates with demonstrations draw them from."""
         self.modes = modes
         """Calibration off / on: which variants of each candidate are scored."""
         self.metric = cfg.train.metric
@@ -33,7 +36,7 @@ class Scorer:
         raw = self.cfg.model_dump(mode="json")
         raw["prompt"] = {**raw["prompt"], **cand.prompt(), "calibrate": False}
         raw["method"] = {"name": "zero-shot"}
-        return build(RunConfig.model_validate(raw), self.labels, self.loaded)
+        return build(with_pool(RunConfig.model_validate(raw), self.train), self.labels, self.loaded)
 
     def variants(self, cand: Candidate) -> list[Candidate]:
         return [cand.calibrated(on) for on in self.modes]

@@ -12,7 +12,8 @@ training examples gives label log-probabilities [S, B, L] two ways, equal up to 
   candidate's tokens and the template's rest. The input is most of a prompt, so this is the
   difference between a few tokens and the whole prompt per candidate.
 The text a candidate becomes (`text`) is what the search logs and dev-scores, through the same
-pipeline as every other candidate.
+pipeline as every other candidate. Demonstrations are left out of token search (put them on
+afterwards with the `demos` searcher).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def search_vocab(tokenizer, top: int) -> torch.Tensor:
 
 class TokenPrompts:
     def __init__(self, stage, best: Candidate, num_tokens: int, position: str):
+        best = best.with_demos(None)  # tokens are searched on the prompt alone
         self.stage, self.best, self.n = stage, best, num_tokens
         pipe = stage.scorer.pipeline(best)
         self.loaded, self.verbalizer = pipe.loaded, pipe.verbalizer
