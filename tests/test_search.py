@@ -77,6 +77,7 @@ def test_label_search_finds_words_for_the_skill(tmp_path, tiny_dirs, toy_data, k
 
 
 @pytest.mark.parametrize("searcher,kind,position", [("rl", "causal", "before"), ("rl", "masked", "before"),
+                                                     ("rl", "seq2seq", "before"),
                                                      ("gradient", "causal", "before")])
 def test_token_searchers_unlock_the_skill(tmp_path, tiny_dirs, toy_data, searcher, kind, position):
     """RL and gradient search write two tokens before the input (after the reversing trigger);
@@ -85,9 +86,9 @@ def test_token_searchers_unlock_the_skill(tmp_path, tiny_dirs, toy_data, searche
     section = {"searchers": [searcher, "random"], "calibrate": "off", "chain": False,
                searcher: {**tokens, "steps": 30 if searcher == "rl" else 10, "samples": 8, "eval_every": 5},
                "random": {**tokens, "steps": 1, "samples": 1, "eval_every": 1}}
-    # causal: the reversing trigger, undone by tokens after it; masked: the words reversed, which
-    # the reversing trigger "question :" written before the input puts right
-    prompt = ({"template": WRONG, "verbalizer": WORDS} if kind == "causal" else
+    # causal, seq2seq: the reversing trigger, undone by tokens after it; masked (right without
+    # a trigger): the words reversed, which the reversing trigger "question :" puts right
+    prompt = ({"template": WRONG, "verbalizer": WORDS} if kind != "masked" else
               {"template": PLAIN, "verbalizer": {"negative": "positive", "positive": "negative"}})
     path = _config(tmp_path, tiny_dirs[kind], toy_data, section, prompt=prompt)
     summary = _run(path)
@@ -226,3 +227,38 @@ def test_demonstrations_are_searched_and_best_yaml_trains_with_them(tmp_path, ti
                   {"searchers": ["demos"], "demos": {"options": [{"select": "nearest"}]}})
     with pytest.raises(ConfigError, match=r"search.demos.options\[0\].select"):
         _run(bad)
+
+
+def test_calibrated_candidates_score_as_a_calibrated_run(tmp_path, tiny_dirs, toy_data):
+    """The search's calibrated variant of a candidate is what `prompt.calibrate: true` gives."""
+    path = _config(tmp_path, tiny_dirs["masked"], toy_data, {"searchers": [], "calibrate": "both"},
+                   prompt={"template": WRONG, "verbalizer": WORDS})
+    _run(path)
+    rows = {r["prompt"]["calibrate"]: r for r in _records(tmp_path / "search")}
+    from cuetune.api import train
+
+    for on in (False, True):
+        cfg = toy_config(tiny_dirs["masked"], toy_data, tmp_path / f"run-{on}", method={"name": "zero-shot"},
+                         prompt={"template": WRONG, "verbalizer": WORDS, "calibrate": on})
+        assert train(cfg).score("dev", "accuracy") == pytest.approx(rows[on]["dev"], abs=1e-6)
+
+
+def test_sentence_pairs_are_searched(tmp_path, tiny_dirs, toy_data):
+    """A pair task: the pool writes pair patterns and the label search reads both slots."""
+    import json as _json
+
+    pairs = {}
+    for split, src in toy_data.items():
+        rows = [_json.loads(x) for x in src.read_text().splitlines()]
+        pairs[split] = tmp_path / f"{split}-pairs.jsonl"
+        lines = [{"text": r["text"], "pair": "the day", "label": r["label"]} for r in rows]
+        pairs[split].write_text("".join(_json.dumps(r) + "\n" for r in lines))
+    path = _config(tmp_path, tiny_dirs["causal"], pairs,
+                   {"searchers": ["labels", "pool"], "labels": {"top_k": 4}, "pool": {"max_candidates": 8}},
+                   prompt={"template": "review : {text} {text_pair} sentiment : {answer}",
+                           "verbalizer": WORDS},
+                   data_update={"text_pair_column": "pair"})
+    summary = _run(path)
+    templates = [r["prompt"]["template"] for r in _records(tmp_path / "search") if r["stage"] == "2-pool"]
+    assert templates and all("{text_pair}" in t for t in templates)
+    assert summary["best"]["dev"] >= 0.9

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from cuetune import atomic
 from cuetune.search.candidates import Candidate
 from cuetune.search.stage import Stage
 from cuetune.search.tokens import TokenPrompts, search_vocab
@@ -28,12 +27,7 @@ def run(stage: Stage, best: Candidate) -> None:
     gen = torch.Generator().manual_seed(stage.seed)
     the = prompts.tok(" the", add_special_tokens=False)["input_ids"]
     first = the[0] if len(the) == 1 and the[0] in set(vocab.tolist()) else int(vocab[0])
-    state = {"step": 0, "ids": [first] * settings.num_tokens, "score": None}
-    if stage.state_path.exists():
-        saved = torch.load(stage.state_path, weights_only=False)
-        gen.set_state(saved["gen"])
-        state = saved["loop"]
-        stage.scorer.scorings = max(stage.scorer.scorings, saved["scorings"])
+    state = stage.load_state(gen=gen) or {"step": 0, "ids": [first] * settings.num_tokens, "score": None}
     items = prompts.encode(stage.train)
     gold_all = torch.tensor([e.label for e in stage.train])
     stage.plan(settings.steps)
@@ -57,8 +51,7 @@ def run(stage: Stage, best: Candidate) -> None:
         if step % settings.eval_every == 0 or step == settings.steps:
             stage.consider(prompts.text(state["ids"]), "gradient: current tokens", step,
                            {"train_loglik": round(state["score"], 4), "tokens": state["ids"]}, tick=False)
-            saved = {"gen": gen.get_state(), "loop": dict(state), "scorings": stage.scorer.scorings}
-            atomic.atomic_write(stage.state_path, lambda path, saved=saved: torch.save(saved, path))
+            stage.save_state(state, gen=gen)
         stage.advance()
 
 

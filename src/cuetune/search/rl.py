@@ -25,7 +25,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cuetune import atomic
 from cuetune.errors import ConfigError
 from cuetune.search.candidates import Candidate
 from cuetune.search.stage import Stage
@@ -103,14 +102,7 @@ def _loop(stage: Stage, best: Candidate, settings, mode: str) -> None:
     policy = Policy(prompts.loaded, vocab, getattr(settings, "hidden", 16), start).to(prompts.model.device)
     opt = torch.optim.AdamW(policy.mlp.parameters(), lr=getattr(settings, "lr", 1e-3))
     gen = torch.Generator().manual_seed(stage.seed)
-    state = {"step": 0, "best": None}
-    if stage.state_path.exists():
-        saved = torch.load(stage.state_path, weights_only=False)
-        policy.mlp.load_state_dict(saved["mlp"])
-        opt.load_state_dict(saved["opt"])
-        gen.set_state(saved["gen"])
-        state = saved["loop"]
-        stage.scorer.scorings = max(stage.scorer.scorings, saved["scorings"])
+    state = stage.load_state(policy.mlp, opt, gen) or {"step": 0, "best": None}
     items = prompts.encode(stage.train)
     gold_all = torch.tensor([e.label for e in stage.train])
     stage.plan(settings.steps)
@@ -142,9 +134,7 @@ def _loop(stage: Stage, best: Candidate, settings, mode: str) -> None:
             stage.consider(prompts.text(ids), f"{mode}: best sampled since last check", step,
                            {"train_reward": round(train_reward, 4), "tokens": ids}, tick=False)
             state["best"] = None
-            saved = {"mlp": policy.mlp.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                     "loop": dict(state), "scorings": stage.scorer.scorings}
-            atomic.atomic_write(stage.state_path, lambda path, saved=saved: torch.save(saved, path))
+            stage.save_state(state, policy.mlp.state_dict(), opt, gen)
         stage.advance()
     if mode == "rl":
         ids = vocab[policy.greedy(settings.num_tokens)[0]].tolist()

@@ -44,8 +44,38 @@ class Stage:
     """The named task's baselines and cue phrases (resources/baselines.yaml)."""
 
     @property
-    def state_path(self) -> Path:
-        return self.folder / "state" / f"{self.name}.pt"
+    def state_dir(self) -> Path:
+        """Where a stage that learns (RL, gradient) keeps its resumable state."""
+        return self.folder / "state" / self.name
+
+    def save_state(self, loop: dict, tensors: dict | None = None, optimizer=None, gen=None) -> None:
+        """The stage's state in the training checkpoint's format (safetensors + JSON, no pickle),
+        written atomically: a kill leaves the previous state whole."""
+        from cuetune.checkpoint import Checkpoint, save_checkpoint
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        rng = {"gen": gen.get_state()} if gen is not None else {}
+        opt = optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
+        save_checkpoint(self.state_dir, Checkpoint({**loop, "scorings": self.scorer.scorings},
+                                                   dict(tensors or {}), None, opt, {}, rng))
+
+    def load_state(self, module=None, optimizer=None, gen=None) -> dict | None:
+        """The saved loop state (None: none saved), restoring the module, optimiser and
+        generator in place."""
+        from cuetune.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(self.state_dir)
+        if ckpt is None:
+            return None
+        if module is not None:
+            module.load_state_dict(ckpt.adapter)
+        if optimizer is not None:
+            optimizer.load_state_dict(ckpt.optimizer)
+        if gen is not None:
+            gen.set_state(ckpt.rng["gen"])
+        loop = dict(ckpt.state)
+        self.scorer.scorings = max(self.scorer.scorings, loop.pop("scorings"))
+        return loop
 
     def plan(self, total: int) -> None:
         """How many units (candidates or steps) this stage will take, for the progress bar."""
