@@ -85,3 +85,25 @@ def test_a_soft_prompt_trains_through_chain_scoring(tiny_dirs, toy_data, tmp_pat
                              "multi_token": "chain"})
     manifest = cuetune.train(cfg)
     assert manifest.score("test", "accuracy") > manifest.score("zero_shot_test", "accuracy") + 0.2
+
+
+@pytest.mark.parametrize("kind,method", [("causal", "prefix"), ("gemma3", "soft"), ("gpt2", "lora")])
+def test_the_prompt_runs_once_and_scores_as_if_run_per_word(tiny_dirs, toy_data, kind, method):
+    """A causal model's chain scores run the prompt once and append each word to its cache;
+    they equal the generic path that repeats the whole prompt per word, under the methods'
+    hooks (prefix keys, soft embeddings, LoRA weights; trained-looking random adapters)."""
+    from cuetune.encoding import collate
+    from cuetune.families.base import Family
+
+    template = "{soft:3} review : {text} sentiment : {answer}" if method == "soft" else TEMPLATE
+    pipe, splits = _pipe(tiny_dirs[kind], toy_data, method, template=template)
+    with torch.no_grad():
+        for p in pipe.method.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+    batch = collate(pipe.encode(splits.dev[:6]), pipe.loaded.tokenizer.pad_token_id)
+    words = pipe.verbalizer.word_ids
+    with pipe.model.inference():
+        once = pipe.loaded.family.word_logprobs(pipe.model, batch, words)
+        per_word = Family.word_logprobs(pipe.loaded.family, pipe.model, batch, words)
+    assert once.shape == (6, 3)
+    torch.testing.assert_close(once, per_word, atol=1e-5, rtol=1e-5)

@@ -51,18 +51,11 @@ class PromptModel(nn.Module):
                 and self.method.uses_verbalizer)
 
     def chain_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Label scores [B, L] by the chain rule: each label word's tokens teacher-forced after
-        the answer position, log P(word | x) = sum_i log P(t_i | x, t_<i) over the whole
-        vocabulary, then log-sum-exp over a label's words. Each row is repeated once per word."""
-        words = self.verbalizer.word_ids
-        taught = self.family.teach_words(batch, words)  # rows b * W + w
-        target = taught.pop("target")  # [B*W, m], -100 past a word's end
+        """Label scores [B, L] by the chain rule: log P(word | x) = sum_i log P(t_i | x, t_<i)
+        over the whole vocabulary (the family's `word_logprobs`; a causal model runs the prompt
+        once for all words), then log-sum-exp over a label's words."""
         with self.method.applied():
-            hidden = self.family.run(self.base, self.inputs(taught))  # [B*W, m, H]
-        logp = self.family.token_logits(self.base, hidden.reshape(-1, hidden.size(-1)), None)
-        logp = logp.log_softmax(-1).view(*target.shape, -1)  # [B*W, m, V]
-        picked = logp.gather(2, target.clamp(min=0)[..., None]).squeeze(2) * (target >= 0)
-        per_word = picked.sum(1).view(-1, len(words))  # [B, W]
+            per_word = self.family.word_logprobs(self, batch, self.verbalizer.word_ids)  # [B, W]
         return self.verbalizer.labels_from_words(per_word).float()
 
     def target_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

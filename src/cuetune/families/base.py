@@ -90,6 +90,17 @@ class Family:
                          f"answer; a {self.name} model fills one answer position; use mean, first "
                          "or max")
 
+    def word_logprobs(self, prompt_model, batch: dict, words: list[tuple[int, ...]]) -> torch.Tensor:
+        """log P(word | prompt) [B, W] by the chain rule, over the whole vocabulary: each row
+        repeated per word with the word teacher-forced after the answer (`teach_words`)."""
+        taught = self.teach_words(batch, words)  # rows b * W + w
+        target = taught.pop("target")  # [B*W, m], -100 past a word's end
+        hidden = self.run(prompt_model.base, prompt_model.inputs(taught))  # [B*W, m, H]
+        logp = self.token_logits(prompt_model.base, hidden.reshape(-1, hidden.size(-1)), None)
+        logp = logp.log_softmax(-1).view(*target.shape, -1)  # [B*W, m, V]
+        picked = logp.gather(2, target.clamp(min=0)[..., None]).squeeze(2) * (target >= 0)
+        return picked.sum(1).view(-1, len(words))  # [B, W]
+
     def kv_layout(self, model: nn.Module) -> tuple[int, int, int]:
         """(layers, kv heads, head dim) of the attention a prefix is prepended to."""
         cfg = model.config.get_text_config()

@@ -11,6 +11,7 @@ from cuetune.families import fastpath
 from cuetune.families.base import (
     Family,
     kv_cache,
+    pick,
     prefix_len,
     repeat_rows,
     select_cache,
@@ -40,6 +41,24 @@ class Causal(Family):
         return fastpath.run(model, inputs)
 
     teaches_words = True
+
+    def word_logprobs(self, prompt_model, batch, words):
+        """As `Family.word_logprobs`, with the prompt run once: its cache is repeated for the
+        W words and each row appends only its word's tokens (all but the last)."""
+        B, W = batch["input_ids"].size(0), len(words)
+        state = CausalState(prompt_model, batch, 0)
+        first = self.token_logits(prompt_model.base, state.hidden_at(batch["answer_pos"]), None)
+        target = word_targets(words, B, first.device)  # [B*W, m]
+        logp = first.log_softmax(-1).repeat_interleave(W, 0)  # [B*W, V]: the words' first tokens
+        total = logp.gather(1, target[:, :1]).squeeze(1)  # [B*W]
+        if target.size(1) > 1:
+            state.select(torch.arange(B, device=first.device).repeat_interleave(W))
+            hidden = state.extend(target[:, :-1].clamp(min=0), every=True)  # [B*W, m-1, H]
+            rest = self.token_logits(prompt_model.base, hidden.reshape(-1, hidden.size(-1)), None)
+            rest = rest.log_softmax(-1).view(B * W, -1, rest.size(-1))
+            later = target[:, 1:]
+            total = total + (rest.gather(2, later.clamp(min=0)[..., None]).squeeze(2) * (later >= 0)).sum(1)
+        return total.view(B, W)
 
     def teach_words(self, batch, words):
         """Word tokens written after each row's answer position (the prompt's last token);
@@ -89,16 +108,29 @@ class CausalState:
                              "model's sliding attention window, where cached and teacher-forced "
                              "attention to the prefix differ; lower generate.max_new_tokens or "
                              "data.max_length, or use a soft prompt")
-        prefix, embeds, mask, past, _ = fastpath.share_prompt(base, inputs, inputs["answer_pos"], max_new)
+        prefix, embeds, mask, past, self.dropped = fastpath.share_prompt(base, inputs, inputs["answer_pos"],
+                                                                         max_new)
         rows = embeds.size(0)
         self.cache = kv_cache(None, prefix, rows)
         self.mask = torch.cat([mask.new_ones(rows, past), mask], 1)  # [B, past + T]
         positions = past + (mask.cumsum(1) - 1).clamp(min=0)  # [B, T]
         out = base.base_model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
                               cache=self.cache, use_cache=True)
-        self.next_pos = positions[:, -1] + 1  # [B]
+        self.next_pos = positions[:, -1] + 1  # [B]: right-padded rows continue after their last token
         self.base, self.family = base, family
-        self.logits = family.token_logits(base, out.last_hidden_state[:, -1], None)  # [B, V]
+        self.states = out.last_hidden_state  # [B, T - dropped, H]
+        self._logits = None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """Next-token logits after the prompt's last column [B, V] (left-padded batches)."""
+        if self._logits is None:
+            self._logits = self.family.token_logits(self.base, self.states[:, -1], None)
+        return self._logits
+
+    def hidden_at(self, pos: torch.Tensor) -> torch.Tensor:
+        """The prompt's hidden states at positions pos [B] of the batch's columns -> [B, H]."""
+        return pick(self.states, pos - self.dropped)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B] -> next-token logits [B, V]."""
@@ -108,16 +140,17 @@ class CausalState:
         self.next_pos = self.next_pos + 1
         return self.family.token_logits(self.base, out.last_hidden_state[:, -1], None)
 
-    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, n] appended at once -> the last one's hidden state [B, H] (prompt search
-        scores candidates this way: the input runs once, each candidate only its own tokens)."""
+    def extend(self, tokens: torch.Tensor, every: bool = False) -> torch.Tensor:
+        """tokens [B, n] appended at once -> the last one's hidden state [B, H], or each one's
+        [B, n, H] (`every`). Prompt search scores candidates this way (the input runs once,
+        each candidate only its own tokens), and chain scoring reads label words."""
         n = tokens.size(1)
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.size(0), n)], 1)
         positions = self.next_pos[:, None] + torch.arange(n, device=tokens.device)  # [B, n]
         out = self.base.base_model(input_ids=tokens, attention_mask=self.mask, position_ids=positions,
                                    cache=self.cache, use_cache=True)
         self.next_pos = self.next_pos + n
-        return out.last_hidden_state[:, -1]
+        return out.last_hidden_state if every else out.last_hidden_state[:, -1]
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep (and repeat) these rows: beams expand and reorder."""
