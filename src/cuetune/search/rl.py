@@ -102,7 +102,7 @@ def _loop(stage: Stage, best: Candidate, settings, mode: str) -> None:
     policy = Policy(prompts.loaded, vocab, getattr(settings, "hidden", 16), start).to(prompts.model.device)
     opt = torch.optim.AdamW(policy.mlp.parameters(), lr=getattr(settings, "lr", 1e-3))
     gen = torch.Generator().manual_seed(stage.seed)
-    state = stage.load_state(policy.mlp, opt, gen) or {"step": 0, "best": None}
+    state = stage.load_state(policy.mlp, opt, gen) or {"step": 0, "best": None, "reward_sum": 0.0, "n": 0}
     items = prompts.encode(stage.train)
     gold_all = torch.tensor([e.label for e in stage.train])
     stage.plan(settings.steps)
@@ -125,15 +125,18 @@ def _loop(stage: Stage, best: Candidate, settings, mode: str) -> None:
             loss.backward()
             opt.step()
         mean = scores.mean(1)  # [S]
+        state["reward_sum"], state["n"] = state["reward_sum"] + mean.sum().item(), state["n"] + len(mean)
         top = int(mean.argmax())
         if state["best"] is None or mean[top].item() > state["best"][1]:
             state["best"] = (vocab[written[top].to(vocab.device)].tolist(), mean[top].item())
         state["step"] = step
         if step % settings.eval_every == 0 or step == settings.steps:
             ids, train_reward = state["best"]
+            sampled = state["reward_sum"] / max(state["n"], 1)  # is the policy learning?
             stage.consider(prompts.text(ids), f"{mode}: best sampled since last check", step,
-                           {"train_reward": round(train_reward, 4), "tokens": ids}, tick=False)
-            state["best"] = None
+                           {"train_reward": round(train_reward, 4), "mean_sampled_reward": round(sampled, 4),
+                            "tokens": ids}, tick=False)
+            state.update(best=None, reward_sum=0.0, n=0)
             stage.save_state(state, policy.mlp.state_dict(), opt, gen)
         stage.advance()
     if mode == "rl":
