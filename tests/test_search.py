@@ -262,3 +262,47 @@ def test_sentence_pairs_are_searched(tmp_path, tiny_dirs, toy_data):
     templates = [r["prompt"]["template"] for r in _records(tmp_path / "search") if r["stage"] == "2-pool"]
     assert templates and all("{text_pair}" in t for t in templates)
     assert summary["best"]["dev"] >= 0.9
+
+
+def test_kfold_selection_scores_on_held_out_folds(tmp_path, tiny_dirs, toy_data):
+    """k-fold over train+dev: a fixed prompt's score is its mean over the stratified folds
+    (equal folds here, so its accuracy on all 88 examples); label words are learned on all the
+    data and, for scoring each fold, without it; a rerun resumes with nothing scored twice."""
+    from cuetune.pipeline import build
+
+    section = {"searchers": ["labels", "pool"], "selection": "kfold", "folds": 4, "calibrate": "off",
+               "labels": {"top_k": 4, "assignments": 3, "words": {"negative": ["poor"]}},
+               "pool": {"max_candidates": 3}}
+    prompt = {"template": "review : {text} sentiment : {answer}", "verbalizer": {"negative": "bad",
+                                                                                 "positive": "good"}}
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data, section, prompt=prompt)
+    summary = _run(path)
+    assert summary["selection"] == "4-fold over train+dev" and summary["dev_examples"] == 88
+    rows = _records(tmp_path / "search")
+    base = next(r for r in rows if r["stage"] == "baseline")
+    cfg = validate(toy_config(tiny_dirs["causal"], toy_data, tmp_path / "r", method={"name": "zero-shot"},
+                              prompt=prompt))
+    splits = load_splits(cfg.data)
+    pipe = build(cfg, splits.labels)
+    every = splits.train + splits.dev
+    predicted = pipe.label_probs(pipe.encode(every)).argmax(-1).tolist()
+    pooled = sum(p == e.label for p, e in zip(predicted, every, strict=True)) / len(every)
+    assert base["dev"] == pytest.approx(pooled, abs=1e-6)
+    learned = [r for r in rows if r["stage"] == "1-labels" and r["how"] != "your label words"]
+    assert learned and all(len(r["fold_words"]) == 4 for r in learned)
+    best_words = max(rows[:len([r for r in rows if r["stage"] != "2-pool"])], key=lambda r: r["dev"])
+    pooled_rows = [r for r in rows if r["stage"] == "2-pool"]
+    assert pooled_rows and all(r.get("fold_words") == best_words.get("fold_words") for r in pooled_rows)
+    assert "fold_std" in learned[0]["metrics"]
+    before = len(rows)
+    _run(path)
+    assert len(_records(tmp_path / "search")) == before
+
+
+def test_kfold_refuses_token_searchers_and_folds_needs_kfold(tmp_path, tiny_dirs, toy_data):
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data, {"searchers": ["rl"], "selection": "kfold"})
+    with pytest.raises(ConfigError, match="kfold would run 'rl' once per fold"):
+        search.load_config(path)
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data, {"searchers": ["labels"], "folds": 5})
+    with pytest.raises(ConfigError, match="search.folds: only used with selection: kfold"):
+        search.load_config(path)

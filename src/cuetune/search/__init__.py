@@ -27,6 +27,8 @@ from cuetune.errors import ConfigError, did_you_mean
 log = logging.getLogger("cuetune.search")
 Searcher = Callable[..., None]
 SEARCHERS: dict[str, Searcher] = {}
+TOKEN_SEARCHERS = ("rl", "gradient", "random", "sampled")
+"""Searchers that train (or search) against the training split for minutes."""
 
 
 def register(name: str, searcher: Searcher) -> None:
@@ -72,6 +74,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None):
         err = exc.errors()[0]
         where = "search." + ".".join(str(x) for x in err["loc"])
         raise ConfigError(f"{p}: {where}: {err['msg']}") from None
+    learners = [n for n in settings.searchers if n in TOKEN_SEARCHERS]
+    if settings.selection == "kfold" and learners:
+        raise ConfigError(f"{p}: search.selection: kfold would run {learners[0]!r} once per fold "
+                          "(minutes each); use selection: dev with token searchers")
+    if settings.selection == "dev" and "folds" in settings.model_fields_set:
+        raise ConfigError(f"{p}: search.folds: only used with selection: kfold; remove it")
     for name in settings.searchers:
         if name not in SEARCHERS:
             raise ConfigError(f"{p}: search.searchers: {name!r} is not a searcher;"
@@ -116,6 +124,8 @@ def run(cfg: RunConfig, settings, progress=None) -> dict:
     modes = {"both": (False, True), "off": (False,), "on": (True,)}[settings.calibrate]
     slog = SearchLog(out / "prompts.jsonl", labels)
     scorer = Scorer(searching, loaded, labels, splits.dev, slog, modes, splits.train)
+    if settings.selection == "kfold":
+        scorer.use_folds(splits.train + splits.dev, settings.folds, settings.seed)
 
     def stage(name: str, i: int) -> Stage:
         return Stage(name, searching, settings, labels, splits.train, scorer, slog, out,

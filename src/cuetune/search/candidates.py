@@ -28,6 +28,9 @@ class Candidate:
     instruction: str | None = None
     demos: tuple[tuple[str, object], ...] | None = None
     """`prompt.demonstrations` settings (sorted items, no pool: the run fills it)."""
+    fold_words: tuple | None = None
+    """k-fold selection: per fold, the label words learned without that fold (as `words`);
+    None: the same words on every fold. `words` are then those learned from all the data."""
 
     @classmethod
     def from_prompt(cls, prompt: dict, labels: list[str]) -> Candidate:
@@ -46,10 +49,21 @@ class Candidate:
                 "demonstrations": None if self.demos is None else dict(self.demos)}
 
     def key(self) -> str:
-        return json.dumps(self.prompt(), sort_keys=True, ensure_ascii=False)
+        extra = {} if self.fold_words is None else {"fold_words": self.fold_words}
+        return json.dumps({**self.prompt(), **extra}, sort_keys=True, ensure_ascii=False)
 
-    def with_words(self, words: dict[str, list[str]]) -> Candidate:
-        return replace(self, words=tuple((label, tuple(words[label])) for label, _ in self.words))
+    def on_fold(self, fold: int) -> Candidate:
+        """The prompt scored on held-out fold `fold` (its words learned without it)."""
+        if self.fold_words is None:
+            return self
+        return replace(self, words=self.fold_words[fold], fold_words=None)
+
+    def with_words(self, words: dict[str, list[str]], per_fold: list[dict] | None = None) -> Candidate:
+        def as_tuple(w):
+            return tuple((label, tuple(w[label])) for label, _ in self.words)
+
+        folds = None if per_fold is None else tuple(as_tuple(w) for w in per_fold)
+        return replace(self, words=as_tuple(words), fold_words=folds)
 
     def with_template(self, template: str, chat: bool | None = None,
                       instruction: str | None = None) -> Candidate:
@@ -89,14 +103,19 @@ class Record:
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
+        folds = self.candidate.fold_words
+        extra = {} if folds is None else {"fold_words": [{lab: list(ws) for lab, ws in f} for f in folds]}
         return {"stage": self.stage, "how": self.how, "step": self.step, "dev": self.dev,
                 "metrics": self.metrics, "prompt": self.candidate.prompt(),
-                "seconds": round(self.seconds, 2), "scorings": self.scorings, **self.extra}
+                "seconds": round(self.seconds, 2), "scorings": self.scorings, **extra, **self.extra}
 
     @classmethod
     def from_json(cls, row: dict, labels: list[str]) -> Record:
-        known = {"stage", "how", "step", "dev", "metrics", "prompt", "seconds", "scorings"}
-        return cls(row["stage"], row["how"], Candidate.from_prompt(row["prompt"], labels), row["dev"],
+        known = {"stage", "how", "step", "dev", "metrics", "prompt", "seconds", "scorings", "fold_words"}
+        cand = Candidate.from_prompt(row["prompt"], labels)
+        if row.get("fold_words") is not None:
+            cand = cand.with_words(dict(cand.words), row["fold_words"])
+        return cls(row["stage"], row["how"], cand, row["dev"],
                    row["metrics"], row.get("step", 0), row.get("seconds", 0.0), row.get("scorings", 0),
                    {k: v for k, v in row.items() if k not in known})
 

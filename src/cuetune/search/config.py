@@ -96,6 +96,11 @@ class SearchSettings(Strict):
     k: int = Field(16, ge=1)
     seed: int = 13
     """The split seed of a named task, and the seed of every searcher."""
+    selection: Literal["dev", "kfold"] = "dev"
+    """`dev`: candidates are scored on the dev split. `kfold`: by k-fold cross-validation over
+    train+dev (see docs/prompts.md); the token searchers (rl, gradient, random, sampled) are
+    refused with it, as they would run once per fold."""
+    folds: int = Field(4, ge=2, le=20)
     baselines: bool = True
     """Score the task's frozen hand baselines (resources/baselines.yaml) first."""
     calibrate: Literal["both", "off", "on"] = "both"

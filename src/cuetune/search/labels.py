@@ -14,6 +14,9 @@
    are at most 50,000, otherwise by coordinate ascent from the per-class best words.
 4. The best `assignments` are scored on dev through the real pipeline, with your own words
    (`search.labels.words`, any number of tokens) beside them.
+With k-fold selection, steps 1-3 run on all of train+dev (the words logged and written to
+best.yaml) and once without each fold; the r-th candidate is scored on each fold with the r-th
+assignment learned without it.
 """
 
 from __future__ import annotations
@@ -31,37 +34,53 @@ EXHAUSTIVE = 50_000
 
 def run(stage: Stage, best: Candidate) -> None:
     settings = stage.settings.labels
-    pipe = stage.scorer.pipeline(best)
-    batch = stage.cfg.train.eval_batch_size
+    scorer = stage.scorer
+    if scorer.folds:  # k-fold: words learned on all the data, and without each fold
+        ranked = _ranked(stage, best, scorer.dev, scorer.dev)
+        per_fold = [_ranked(stage, best, scorer.rest(f), scorer.rest(f)) for f in range(len(scorer.folds))]
+    else:
+        ranked, per_fold = _ranked(stage, best, stage.train, None), None
+    if ranked is None or (per_fold and any(r is None for r in per_fold)):
+        return
+    n = min(settings.assignments, len(ranked))
+    stage.plan(n + (1 if settings.words else 0))
+    for r in range(n):
+        acc, chosen = ranked[r]
+        folds = None if per_fold is None else [f[min(r, len(f) - 1)][1] for f in per_fold]
+        how = f"label words, rank {r + 1} (train acc {acc:.3f})"
+        stage.consider(best.with_words(chosen, folds), how)
+    if settings.words:
+        mine = {label: settings.words.get(label) or [w for w in dict(best.words)[label]]
+                for label in stage.labels}
+        stage.consider(best.with_words(mine, [mine] * len(scorer.folds) if scorer.folds else None),
+                       "your label words")
+
+
+def _ranked(stage: Stage, best: Candidate, examples, pool) -> list[tuple[float, dict]] | None:
+    """Assignments {label: [word]} by accuracy on `examples`, best first (None: a class has no
+    candidate word). `pool`: where demonstrations come from (None: the training split)."""
     from cuetune.data import Example
     from cuetune.search.scoring import answer_logprobs
 
+    settings, batch = stage.settings.labels, stage.cfg.train.eval_batch_size
+    pipe = stage.scorer.pipeline(best, pool)
     pair = pipe.encoder.template.has("text_pair")
-    train = stage.train
-    logp = answer_logprobs(pipe, train, batch)  # [N, V]
-    stage.scorer.scorings += len(train)
-    free = answer_logprobs(pipe, [Example(t, t if pair else None) for t in CONTENT_FREE], batch)
+    logp = answer_logprobs(pipe, examples, batch)  # [N, V]
+    stage.scorer.scorings += len(examples)
     if best.calibrate:  # rank as calibrated scoring will read them: p / p_cf
+        free = answer_logprobs(pipe, [Example(t, t if pair else None) for t in CONTENT_FREE], batch)
         logp = logp - free.exp().mean(0).clamp_min(1e-30).log()
-    gold = torch.tensor([e.label for e in train])
-    n_labels = len(stage.labels)
+    gold = torch.tensor([e.label for e in examples])
     words = [candidate_tokens(logp[:, :settings.vocab_top], gold, c, settings.top_k, pipe)
-             for c in range(n_labels)]
+             for c in range(len(stage.labels))]
     if any(not w for w in words):
         empty = stage.labels[next(c for c, w in enumerate(words) if not w)]
         stage.warn(f"no whole-word candidates for label '{empty}' (no training example, or the "
                    "tokenizer has no whole-word tokens there); label search skipped")
-        return
-    ranked = rank_assignments(logp, gold, words)
+        return None
     tok = pipe.loaded.tokenizer
-    stage.plan(min(settings.assignments, len(ranked)) + (1 if settings.words else 0))
-    for acc, assignment in ranked[: settings.assignments]:
-        chosen = {stage.labels[c]: [tok.decode([t]).strip()] for c, t in enumerate(assignment)}
-        stage.consider(best.with_words(chosen), f"label words (train acc {acc:.3f})")
-    if settings.words:
-        mine = {label: settings.words.get(label) or [w for w in dict(best.words)[label]]
-                for label in stage.labels}
-        stage.consider(best.with_words(mine), "your label words")
+    return [(acc, {stage.labels[c]: [tok.decode([t]).strip()] for c, t in enumerate(assignment)})
+            for acc, assignment in rank_assignments(logp, gold, words)]
 
 
 def candidate_tokens(logp: torch.Tensor, gold: torch.Tensor, c: int, k: int, pipe) -> list[int]:

@@ -11,6 +11,7 @@ capitalised too, as instruction-tuned models answer.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from cuetune.search.candidates import Candidate
 from cuetune.search.stage import Stage
@@ -35,16 +36,17 @@ def run(stage: Stage, best: Candidate) -> None:
                                 task_cues.get("answer", []), settings.answer_cues))
     random.Random(stage.seed).shuffle(generated)
     mine = list(dict.fromkeys(settings.templates + task_templates))
-    plain = [Candidate(t, best.words) for t in mine]
-    plain += [Candidate(t, best.words) for t in generated if t not in mine]
+    start = replace(best, calibrate=False, chat=False, instruction=None)  # words (and per-fold words) kept
+    plain = [replace(start, template=t) for t in mine]
+    plain += [replace(start, template=t) for t in generated if t not in mine]
     chats = []
     if settings.chat and family.answer_is_next and getattr(stage.loaded.tokenizer, "chat_template", None):
         instruction = task_cues.get("instruction") or _instruction(best)
-        words = {label: list(dict.fromkeys(w for word in ws for w in (word, word.capitalize())))
-                 for label, ws in best.words}
+        folds = None if best.fold_words is None else [_capitalised(f) for f in best.fold_words]
         for cue in map(_lead, _merge(INPUT_CUES, task_cues.get("input", []), settings.input_cues)):
             chats.append(Candidate(f"{cue}{{text}}{' {text_pair}' if pair else ''} {{answer}}",
-                                   best.words, chat=True, instruction=instruction).with_words(words))
+                                   best.words, chat=True, instruction=instruction, demos=best.demos)
+                         .with_words(_capitalised(best.words), folds))
     budget = max(settings.max_candidates, len(mine))
     chosen = plain[:budget]
     chosen += chats[: max(0, settings.max_candidates - len(chosen))]
@@ -69,6 +71,12 @@ def patterns(pair: bool, answer_last: bool, input_cues: list[str], answer_cues: 
                     if not answer_last:
                         out.append(f"{cue} {{answer}}.{sep}{lead}{{text}}")
     return list(dict.fromkeys(out))
+
+
+def _capitalised(words: tuple) -> dict[str, list[str]]:
+    """Each label's words and their capitalised forms (chat replies start with a capital)."""
+    return {label: list(dict.fromkeys(w for word in ws for w in (word, word.capitalize())))
+            for label, ws in words}
 
 
 def _merge(*lists: list[str]) -> list[str]:

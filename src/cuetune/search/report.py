@@ -23,6 +23,7 @@ def write_outputs(out: Path, cfg, settings, slog: SearchLog, scorer, warnings: l
     raw_baselines = [r for r in baselines if not r.candidate.calibrate]
     summary = {
         "metric": scorer.metric,
+        "selection": f"{len(scorer.folds)}-fold over train+dev" if scorer.folds else "dev",
         "dev_examples": len(scorer.dev),
         "candidates": len(searched),
         "best": _row(best),

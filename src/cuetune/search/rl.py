@@ -32,11 +32,13 @@ from cuetune.search.tokens import TokenPrompts, reward, search_vocab
 
 
 class Policy(nn.Module):
-    def __init__(self, loaded, vocab: torch.Tensor, hidden: int, start_id: int):
+    def __init__(self, loaded, vocab: torch.Tensor, hidden: int, start_id: int, seed: int):
         super().__init__()
         self.base, self.family = loaded.model, loaded.family
         size = self.base.get_input_embeddings().weight.size(1)
-        self.mlp = nn.Sequential(nn.Linear(size, hidden), nn.GELU(), nn.Linear(hidden, size))
+        with torch.random.fork_rng(devices=[]):  # seeded, and the global generator left as it was
+            torch.manual_seed(seed)
+            self.mlp = nn.Sequential(nn.Linear(size, hidden), nn.GELU(), nn.Linear(hidden, size))
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
         self.register_buffer("vocab", vocab, persistent=False)
@@ -99,7 +101,8 @@ def _loop(stage: Stage, best: Candidate, settings, mode: str) -> None:
     tok = prompts.tok
     start = next(t for t in (tok.bos_token_id, tok.cls_token_id, tok.eos_token_id, tok.pad_token_id)
                  if t is not None)
-    policy = Policy(prompts.loaded, vocab, getattr(settings, "hidden", 16), start).to(prompts.model.device)
+    policy = Policy(prompts.loaded, vocab, getattr(settings, "hidden", 16), start, stage.seed)
+    policy = policy.to(prompts.model.device)
     opt = torch.optim.AdamW(policy.mlp.parameters(), lr=getattr(settings, "lr", 1e-3))
     gen = torch.Generator().manual_seed(stage.seed)
     state = stage.load_state(policy.mlp, opt, gen) or {"step": 0, "best": None, "reward_sum": 0.0, "n": 0}

@@ -3,6 +3,11 @@ searched prompt's dev score is exactly what `cuetune train best.yaml` with `zero
 
 Every candidate is scored raw and, when asked, contextually calibrated: calibration divides the
 same probabilities by the prompt's content-free distribution, so both come from one forward.
+
+With k-fold selection the score is the mean over k stratified folds of train+dev: on each
+fold the candidate is scored with what was learned without that fold (its per-fold label
+words; demonstrations drawn from the other folds), which is cross-validation of how the
+candidate was made, not of a prompt fixed after seeing every fold.
 The search log is consulted first: a candidate scored before (by this search or an interrupted
 run of it) is never scored again.
 """
@@ -31,12 +36,36 @@ class Scorer:
         self.metric = cfg.train.metric
         self.scorings = 0
         """Prompt-on-example scorings this scorer ran (cached candidates cost none)."""
+        self.folds: list[list[int]] | None = None
+        """k-fold selection (`use_folds`): example indices of each fold of `dev`, which then
+        holds train+dev."""
 
-    def pipeline(self, cand: Candidate) -> Pipeline:
+    def use_folds(self, examples: list[Example], k: int, seed: int) -> None:
+        """Select by k-fold cross-validation over `examples` (train+dev): stratified folds."""
+        import random
+
+        rng = random.Random(seed)
+        folds: list[list[int]] = [[] for _ in range(k)]
+        at = 0
+        for label in sorted({e.label for e in examples}):
+            members = [i for i, e in enumerate(examples) if e.label == label]
+            rng.shuffle(members)
+            for i in members:
+                folds[at % k].append(i)
+                at += 1
+        self.dev, self.folds = examples, [sorted(f) for f in folds]
+
+    def rest(self, fold: int) -> list[Example]:
+        """The examples outside `fold`: what is learned for scoring on it."""
+        held = set(self.folds[fold])
+        return [e for i, e in enumerate(self.dev) if i not in held]
+
+    def pipeline(self, cand: Candidate, pool: list[Example] | None = None) -> Pipeline:
         raw = self.cfg.model_dump(mode="json")
         raw["prompt"] = {**raw["prompt"], **cand.prompt(), "calibrate": False}
         raw["method"] = {"name": "zero-shot"}
-        return build(with_pool(RunConfig.model_validate(raw), self.train), self.labels, self.loaded)
+        pool = self.train if pool is None else pool
+        return build(with_pool(RunConfig.model_validate(raw), pool), self.labels, self.loaded)
 
     def variants(self, cand: Candidate) -> list[Candidate]:
         return [cand.calibrated(on) for on in self.modes]
@@ -47,19 +76,31 @@ class Scorer:
         known = [self.log.known(v) for v in variants]
         if all(k is not None for k in known):
             return [(v, k[0], k[1], False) for v, k in zip(variants, known, strict=True)]
-        raw, content_free = self.probs(cand, self.dev)
-        gold = [e.label for e in self.dev]
+        parts = self.folds or [list(range(len(self.dev)))]
+        per_fold = []  # per fold: (raw probs, content-free, gold)
+        for f, idx in enumerate(parts):
+            examples = [self.dev[i] for i in idx]
+            fold_cand, pool = (cand.on_fold(f), self.rest(f)) if self.folds else (cand, None)
+            raw, content_free = self.probs(fold_cand, examples, pool)
+            per_fold.append((raw, content_free, [e.label for e in examples]))
         out = []
         for v in variants:
-            probs = calibrate(raw, content_free) if v.calibrate else raw
-            full = classification_metrics(self.labels, gold, probs)
-            metrics = {k: round(full[k], 6) for k in ("accuracy", "macro_f1")}
+            scores = []
+            for raw, content_free, gold in per_fold:
+                probs = calibrate(raw, content_free) if v.calibrate else raw
+                full = classification_metrics(self.labels, gold, probs)
+                scores.append({k: full[k] for k in ("accuracy", "macro_f1")})
+            metrics = {k: round(sum(s[k] for s in scores) / len(scores), 6) for k in ("accuracy", "macro_f1")}
+            if self.folds:
+                metrics["fold_std"] = round(float(torch.tensor([s[self.metric] for s in scores]).std()), 6)
             out.append((v, metrics[self.metric], metrics, True))
         return out
 
-    def probs(self, cand: Candidate, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw label probabilities [N, L] and the content-free distribution [L]."""
-        pipe = self.pipeline(cand)
+    def probs(self, cand: Candidate, examples: list[Example],
+              pool: list[Example] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw label probabilities [N, L] and the content-free distribution [L] (`pool`: where
+        demonstrations come from, default the training split)."""
+        pipe = self.pipeline(cand, pool)
         probs = pipe.label_probs(pipe.encode(examples, "search examples"), self.cfg.train.eval_batch_size)
         self.scorings += len(examples)
         return probs, pipe.content_free_probs()
