@@ -306,3 +306,17 @@ def test_kfold_refuses_token_searchers_and_folds_needs_kfold(tmp_path, tiny_dirs
     path = _config(tmp_path, tiny_dirs["causal"], toy_data, {"searchers": ["labels"], "folds": 5})
     with pytest.raises(ConfigError, match="search.folds: only used with selection: kfold"):
         search.load_config(path)
+
+
+def test_the_search_command_prints_the_best_prompt_and_how_to_train_it(tmp_path, tiny_dirs, toy_data, capsys):
+    from test_artifacts_cli import run_cli
+
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data, {"searchers": ["labels"], "labels": {"top_k": 3}},
+                   prompt={"template": WRONG, "verbalizer": WORDS})
+    code, out, _ = run_cli(["search", str(path), "--out", str(tmp_path / "cli-search")], capsys)
+    assert code == 0
+    assert f"cuetune train {tmp_path / 'cli-search' / 'best.yaml'}" in out
+    summary = json.loads((tmp_path / "cli-search" / "summary.json").read_text())
+    assert f'"best_dev": {summary["best"]["dev"]}' in out.replace("\n", " ").replace("  ", " ")
+    code, _, err = run_cli(["search", str(path), "--set", "search.searchers=[nope]"], capsys)
+    assert code == 2 and "'nope' is not a searcher" in err

@@ -249,7 +249,7 @@ def search(config: Path = typer.Argument(..., help="Run config with a search: se
     out.print_json(json.dumps({"search_dir": settings.out, "candidates": summary["candidates"],
                                "best_dev": best["dev"], "best_baseline_dev": base and base["dev"],
                                "best": best["prompt"]}, ensure_ascii=False))
-    out.print(f"run it: cuetune train {Path(settings.out) / 'best.yaml'}")
+    out.print(f"run it: cuetune train {Path(settings.out) / 'best.yaml'}", soft_wrap=True, highlight=False)
 
 
 @app.command()
