@@ -309,7 +309,7 @@ def test_every_shipped_bench_config_validates_every_run(path, tmp_path):
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize("name", ["e2e", "multi30k", "boolq-qa"])
+@pytest.mark.parametrize("name", ["e2e", "multi30k", "boolq-qa", "samsum"])
 def test_every_generation_task_reads_its_shared_files(name, tmp_path, monkeypatch):
     if not SHARED.is_dir():
         pytest.skip("../shared/data is absent")
@@ -326,6 +326,8 @@ def test_every_generation_task_reads_its_shared_files(name, tmp_path, monkeypatc
         assert sum(len(e.refs) for e in splits.test) / len(splits.test) > 3
     if name == "boolq-qa":
         assert {e.target for e in splits.test} == {"yes", "no"} and all(e.text_pair for e in splits.test)
+    if name == "samsum":  # turns stay on their own lines (whitespace is not collapsed)
+        assert all("\n" in e.text for e in splits.test[:20]) and "\r" not in splits.test[0].text
     if task.convert is not None:
         assert (tmp_path / "tasks" / name / "train.jsonl").is_file()
 
@@ -487,3 +489,51 @@ def test_a_method_entry_can_search_its_prompt_before_training(tiny_dirs, toy_dat
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="methods.searched.search.seed: set by each bench cell"):
         bench.load_bench(path)
+
+
+def test_chinese_split_is_fixed_stratified_and_drops_empty_reviews(tmp_path):
+    """The converter on a small CSV sorted by label, as the real files are: a seeded,
+    label-stratified split, the same every time, without the empty review."""
+    rows = [("1", f"好评{i}") for i in range(60)] + [("1", "")] + [("0", f"差评{i}") for i in range(40)]
+    (tmp_path / "r.csv").write_text("label,review\n" + "".join(f"{lab},{txt}\n" for lab, txt in rows),
+                                    encoding="utf-8")
+    convert = tasks._chinese("r.csv", test=20, dev=10)
+    first, again = convert(tmp_path), convert(tmp_path)
+    assert first == again
+    sizes = {k: len(v) for k, v in first.items()}
+    assert sizes == {"test.jsonl": 20, "dev.jsonl": 10, "train.jsonl": 70}
+    assert sum(r["label"] == "1" for r in first["test.jsonl"]) == 12  # 60 of 100: 12 of 20
+    texts = [r["text"] for split in first.values() for r in split]
+    assert len(texts) == len(set(texts)) == 100 and "" not in texts
+
+
+def test_samsum_keeps_one_turn_a_line_and_drops_empty_dialogues(tmp_path):
+    lines = [{"id": "1", "dialogue": "Amanda: Hi\r\nJerry: Hello  \r\n", "summary": "They greet. "},
+             {"id": "2", "dialogue": "", "summary": "Nothing."}]
+    for name in ("train.json", "validation.json", "test.json"):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    out = tasks._samsum(tmp_path)
+    assert out["train.jsonl"] == [{"text": "Amanda: Hi\nJerry: Hello", "target": "They greet."}]
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", ["chnsenticorp", "waimai"])
+def test_chinese_tasks_read_their_shared_files(name, tmp_path, monkeypatch):
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is absent")
+    from cuetune.config import DataConfig
+    from cuetune.data import load_splits
+
+    monkeypatch.setenv("CUETUNE_CACHE", str(tmp_path))
+    task = tasks.get(name)
+    sections = task.sections(SHARED, 16, 13)
+    assert sections["prompt"]["multi_token"] == "chain"
+    splits = load_splits(DataConfig(**sections["data"]))
+    assert [sum(e.label == i for e in splits.train) for i in (0, 1)] == [16, 16]
+    assert len(splits.test) == 1000 and len(splits.dev) == 32
+    stamp = (tmp_path / "tasks" / name / "test.jsonl").stat().st_mtime_ns
+    task.sections(SHARED, 16, 21)
+    assert (tmp_path / "tasks" / name / "test.jsonl").stat().st_mtime_ns == stamp, "written once"
+    test_texts = {e.text for e in splits.test}
+    train_file = (tmp_path / "tasks" / name / "train.jsonl").read_text(encoding="utf-8")
+    assert not any(json.loads(line)["text"] in test_texts for line in train_file.splitlines())

@@ -299,3 +299,14 @@ def test_references_are_grouped_per_input(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "a", "target": ""}])
     with pytest.raises(Exception, match="bad.jsonl:1: column 'target' is empty"):
         load_splits(DataConfig(task="generation", train=str(bad)))
+
+
+def test_rouge_1_2_and_l_are_pinned_on_a_small_example():
+    """"the cat sat" against "the cat sat on the mat": unigram P 1, R 0.5 -> F 2/3; bigrams
+    2 of 2 against 2 of 5 -> F 4/7; LCS 3 -> as ROUGE-1."""
+    from cuetune.textmetrics import generation_metrics
+
+    m = generation_metrics(["the cat sat"], [("the cat sat on the mat",)])
+    assert m["rouge_1"] == pytest.approx(100 * 2 / 3, abs=1e-3)
+    assert m["rouge_2"] == pytest.approx(100 * 4 / 7, abs=1e-3)
+    assert m["rouge_l"] == pytest.approx(100 * 2 / 3, abs=1e-3)

@@ -86,3 +86,17 @@ def test_collate_right_pads():
     b = collate(enc.encode_all([Example("good", label=1), Example("the movie was bad", label=0)]), 0)
     assert b["input_ids"].shape == (2, 6) and b["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0]
     assert b["answer_pos"].tolist() == [2, 5] and b["labels"].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("max_length,cut", [(9, 24), (10, 0)])
+def test_metrics_count_the_inputs_cut_to_max_length(tiny_dirs, toy_data, tmp_path, max_length, cut):
+    """Every toy input is five words; "<s> review : ... sentiment :" leaves max_length - 5."""
+    from conftest import toy_config
+
+    import cuetune
+
+    cfg = toy_config(tiny_dirs["causal"], toy_data, tmp_path / "run", method={"name": "zero-shot"},
+                     prompt={"template": "review : {text} sentiment : {answer}"})
+    cfg["data"]["max_length"] = max_length
+    manifest = cuetune.train(cfg)
+    assert manifest.metrics["test"]["truncated"] == cut and manifest.metrics["test"]["n"] == 24

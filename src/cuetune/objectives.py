@@ -67,6 +67,7 @@ class Classification(Objective):
         if cf is not None and final:  # what the scores were divided by
             shares = zip(pipe.labels, cf.tolist(), strict=True)
             metrics["content_free"] = {lab: round(p, 6) for lab, p in shares}
+        metrics["truncated"] = sum(e.truncated for e in items)
         return metrics
 
     def score(self, metrics, metric):
@@ -95,7 +96,9 @@ class Generation(Objective):
 
     def evaluate(self, pipe, items, batch_size, final=True):
         pad = pipe.loaded.tokenizer.pad_token_id
-        metrics = {"token_nll": round(token_nll(pipe.model, items, pad, batch_size), 6)}
+        # truncated: inputs cut to data.max_length (template and answer slot kept, input's end cut)
+        metrics = {"token_nll": round(token_nll(pipe.model, items, pad, batch_size), 6),
+                   "truncated": sum(e.truncated for e in items)}
         if final:
             texts = generate(pipe, items, pipe.config.generate)
             metrics.update(generation_metrics(texts, [e.refs for e in items]))

@@ -50,6 +50,8 @@ class Task:
     """Writes train/dev/test JSONL from the source folder into a cache folder."""
     generate: dict | None = None
     """Decoding settings (generation tasks)."""
+    prompt_extra: dict | None = None
+    """Further `prompt` keys (e.g. chain-rule scoring for label words of several tokens)."""
 
     def sections(self, root: str | Path, k: int, seed: int) -> dict:
         """`data` and `prompt` config sections for K examples per class with this seed."""
@@ -62,7 +64,7 @@ class Task:
             folder = _converted(self, folder)
         train, dev, test = (str(folder / f) if f else None for f in self.files)
         data = {"train": train, "dev": dev, "test": test, **self.data,
-                "clean": {"drop_test_overlap": False, "drop_duplicates": False}}
+                "clean": {**self.data.get("clean", {}), "drop_test_overlap": False, "drop_duplicates": False}}
         if self.fixed:
             data.update(split_seed=seed)
         elif not per_seed or k != self.split_k:
@@ -72,7 +74,8 @@ class Task:
             data.update(k_shot=k, k_shot_dev=k, k_shot_seed=seed)
         if dev is None:  # no dev file: a seeded tenth of the training file
             data.update(dev_fraction=0.1, split_seed=seed)
-        prompt = {"template": self.template, "verbalizer": dict(self.verbalizer) or None}
+        prompt = {"template": self.template, "verbalizer": dict(self.verbalizer) or None,
+                  **(self.prompt_extra or {})}
         if self.generate is not None:
             return {"data": data, "prompt": {"template": self.template}, "generate": dict(self.generate)}
         return {"data": data, "prompt": prompt}
@@ -115,7 +118,57 @@ def _boolq_qa(folder: Path) -> dict[str, list[dict]]:
             "test.jsonl": rows("val.jsonl")}
 
 
+def _samsum(folder: Path) -> dict[str, list[dict]]:
+    """SAMSum's JSON lines -> {text: dialogue (one turn a line), target: summary}; the one
+    empty training dialogue is dropped."""
+    def rows(name: str) -> list[dict]:
+        lines = (folder / name).read_text(encoding="utf-8").splitlines()
+        out = [{"text": "\n".join(t.strip() for t in r["dialogue"].splitlines() if t.strip()),
+                "target": r["summary"].strip()} for r in map(json.loads, filter(str.strip, lines))]
+        return [r for r in out if r["text"] and r["target"]]
+
+    return {"train.jsonl": rows("train.json"), "dev.jsonl": rows("validation.json"),
+            "test.jsonl": rows("test.json")}
+
+
+CHINESE_SPLIT_SEED = 2026
+"""The one seed of the Chinese review splits (no official ones exist)."""
+
+
+def _chinese(name: str, test: int = 1000, dev: int = 500) -> Callable[[Path], dict[str, list[dict]]]:
+    """A review CSV (`label,review`, sorted by label) -> a fixed, seeded, label-stratified
+    split: `test` reviews for test, `dev` for the dev pool K-shot dev sets are drawn from, the
+    rest for training; empty reviews dropped."""
+    def convert(folder: Path) -> dict[str, list[dict]]:
+        import csv
+        import random
+
+        with open(folder / name, encoding="utf-8", newline="") as f:
+            rows = [{"text": r["review"].strip(), "label": r["label"].strip()} for r in csv.DictReader(f)]
+        rows = [r for r in rows if r["text"]]
+        rng = random.Random(CHINESE_SPLIT_SEED)
+        out: dict[str, list[dict]] = {"train.jsonl": [], "dev.jsonl": [], "test.jsonl": []}
+        for label in sorted({r["label"] for r in rows}):
+            group = [r for r in rows if r["label"] == label]
+            rng.shuffle(group)
+            n_test, n_dev = round(len(group) * test / len(rows)), round(len(group) * dev / len(rows))
+            out["test.jsonl"] += group[:n_test]
+            out["dev.jsonl"] += group[n_test:n_test + n_dev]
+            out["train.jsonl"] += group[n_test + n_dev:]
+        for split in out.values():
+            rng.shuffle(split)
+        return out
+
+    return convert
+
+
 _GEN = {"task": "generation", "max_length": 320, "max_test": 200}
+_CHINESE = {"labels": ["0", "1"], "max_length": 256}
+_ZH_TEMPLATE = "评论：{text}\n情感：{answer}"
+_ZH_WORDS = {"0": "负面", "1": "正面"}
+_CHAIN = {"multi_token": "chain"}
+"""On SmolLM2's byte-level BPE 负面 and 正面 are four tokens each and share the last two: only
+the chain rule scores them as words (docs/prompts.md)."""
 
 
 def _lmbff(name: str, sub: str, ext: str, data: dict, template: str, verbalizer: dict) -> Task:
@@ -175,6 +228,23 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          "{text}\nQuestion: {text_pair}?\nAnswer (yes or no): {answer}", {}, split_k=None,
          metric="exact_match", convert=_boolq_qa, generate={"max_new_tokens": 3, "stop": ["\n"]},
          notes="BoolQ as question answering: the model writes yes or no; exact match"),
+    Task("samsum", "samsum", ("train.jsonl", "dev.jsonl", "test.jsonl"),
+         {**_GEN, "max_length": 512, "max_target_length": 64, "clean": {"collapse_whitespace": False}},
+         "Dialogue:\n{text}\nSummary: {answer}", {}, split_k=None, metric="rouge_1", convert=_samsum,
+         generate={"max_new_tokens": 64, "stop": ["\n"]},
+         notes="SAMSum dialogue summarization (official splits); test = the first 200 test dialogues; "
+               "ROUGE-1/2/L; the summary ends at the first line break, so a continued dialogue "
+               "turn is never part of it"),
+    Task("chnsenticorp", "chinese", ("train.jsonl", "dev.jsonl", "test.jsonl"), dict(_CHINESE),
+         _ZH_TEMPLATE, dict(_ZH_WORDS), split_k=None, convert=_chinese("ChnSentiCorp_htl_all.csv"),
+         prompt_extra=dict(_CHAIN),
+         notes="ChnSentiCorp hotel reviews; a fixed seeded stratified split (test 1,000, dev pool "
+               "500); K per class sampled per seed"),
+    Task("waimai", "chinese", ("train.jsonl", "dev.jsonl", "test.jsonl"), dict(_CHINESE),
+         _ZH_TEMPLATE, dict(_ZH_WORDS), split_k=None, convert=_chinese("waimai_10k.csv"),
+         prompt_extra=dict(_CHAIN),
+         notes="waimai_10k food-delivery reviews; a fixed seeded stratified split (test 1,000, dev "
+               "pool 500); K per class sampled per seed"),
 ]}
 
 

@@ -45,9 +45,10 @@ def generation_metrics(predictions: list[str], references: list[tuple[str, ...] 
         raise ValueError("every input needs at least one reference")
     width = max(len(r) for r in references)
     streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [scorer.score_multi(list(refs), pred)["rougeL"].fmeasure
-             for pred, refs in zip(predictions, references, strict=True)]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    pairs = zip(predictions, references, strict=True)
+    rouges = [scorer.score_multi(list(refs), pred) for pred, refs in pairs]
+    rouge = {key: [r[key].fmeasure for r in rouges] for key in ("rouge1", "rouge2", "rougeL")}
     exact = [max(float(normalize_answer(pred) == normalize_answer(r)) for r in refs)
              for pred, refs in zip(predictions, references, strict=True)]
     f1 = [max(token_f1(pred, r) for r in refs) for pred, refs in zip(predictions, references, strict=True)]
@@ -55,7 +56,9 @@ def generation_metrics(predictions: list[str], references: list[tuple[str, ...] 
     return {
         "bleu": round(sacrebleu.corpus_bleu(predictions, streams).score, 4),
         "chrf": round(sacrebleu.corpus_chrf(predictions, streams).score, 4),
-        "rouge_l": round(100 * sum(rouge) / n, 4),
+        "rouge_1": round(100 * sum(rouge["rouge1"]) / n, 4),
+        "rouge_2": round(100 * sum(rouge["rouge2"]) / n, 4),
+        "rouge_l": round(100 * sum(rouge["rougeL"]) / n, 4),
         "exact_match": round(100 * sum(exact) / n, 4),
         "token_f1": round(100 * sum(f1) / n, 4),
         "n": n,
