@@ -31,7 +31,7 @@ from pydantic import Field, PrivateAttr, ValidationError
 
 from cuetune import api, artifacts, atomic, report, tasks
 from cuetune.checkpoint import CHECKPOINT
-from cuetune.config import RunConfig, Strict, apply_overrides
+from cuetune.config import RunConfig, Strict, apply_overrides, read_mapping
 from cuetune.errors import ConfigError, CuetuneError
 from cuetune.manifest import Manifest
 from cuetune.objectives import objective_for
@@ -95,14 +95,7 @@ class BenchConfig(Strict):
 def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[BenchConfig, Path]:
     """The bench config and its resolved data root."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: bench config not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
+    raw = read_mapping(p, "bench config")
     try:
         cfg = BenchConfig.model_validate(apply_overrides(raw, overrides or []))
     except ValidationError as exc:

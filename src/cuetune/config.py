@@ -315,6 +315,26 @@ def validate(raw: dict, source: str = "config") -> RunConfig:
         raise ConfigError(msg + (f" (+{more} more)" if more else "")) from None
 
 
+def read_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file whose top level is a mapping; errors name the file (and line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} not found")
+    return parse_mapping(p.read_text(encoding="utf-8"), str(p))
+
+
+def parse_mapping(text: str, source: str) -> dict:
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    return raw
+
+
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or the packaged default when `path` is None) and apply overrides."""
     if path is None:
@@ -337,15 +357,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         text = p.read_text(encoding="utf-8")
         source = str(p)
         base_dir = p.parent
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections")
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(parse_mapping(text, source), overrides or [])
     cfg = validate(raw, source)
     return resolve_paths(cfg, base_dir)
 

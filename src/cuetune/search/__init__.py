@@ -21,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from cuetune import atomic
-from cuetune.config import RunConfig, apply_overrides, resolve_paths, validate
+from cuetune.config import RunConfig, apply_overrides, read_mapping, resolve_paths, validate
 from cuetune.errors import ConfigError, did_you_mean
 
 log = logging.getLogger("cuetune.search")
@@ -59,15 +59,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None):
     from cuetune.search.config import SearchSettings
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: search config not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections")
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(read_mapping(p, "search config"), overrides or [])
     try:
         settings = SearchSettings.model_validate(raw.pop("search", None) or {})
     except ValidationError as exc:

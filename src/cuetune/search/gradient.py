@@ -15,7 +15,7 @@ import torch
 
 from cuetune.search.candidates import Candidate
 from cuetune.search.stage import Stage
-from cuetune.search.tokens import TokenPrompts, search_vocab
+from cuetune.search.tokens import TokenPrompts, search_vocab, training_steps
 
 
 def run(stage: Stage, best: Candidate) -> None:
@@ -28,13 +28,8 @@ def run(stage: Stage, best: Candidate) -> None:
     the = prompts.tok(" the", add_special_tokens=False)["input_ids"]
     first = the[0] if len(the) == 1 and the[0] in set(vocab.tolist()) else int(vocab[0])
     state = stage.load_state(gen=gen) or {"step": 0, "ids": [first] * settings.num_tokens, "score": None}
-    items = prompts.encode(stage.train)
-    gold_all = torch.tensor([e.label for e in stage.train])
-    stage.plan(settings.steps)
-    stage.advance(state["step"])
-    for step in range(state["step"] + 1, settings.steps + 1):
-        pick = torch.randperm(len(items), generator=gen)[: settings.batch_size]
-        batch, gold = [items[i] for i in pick.tolist()], gold_all[pick].to(device)
+    for step, batch, gold in training_steps(stage, prompts, settings, gen, state["step"]):
+        gold = gold.to(device)
         current = torch.tensor(state["ids"], device=device)
         grad = _gradient(prompts, current, batch, gold)  # [n, H]
         pos = (step - 1) % settings.num_tokens

@@ -28,7 +28,7 @@ from torch import nn
 from cuetune.errors import ConfigError
 from cuetune.search.candidates import Candidate
 from cuetune.search.stage import Stage
-from cuetune.search.tokens import TokenPrompts, reward, search_vocab
+from cuetune.search.tokens import TokenPrompts, reward, search_vocab, training_steps
 
 
 class Policy(nn.Module):
@@ -106,13 +106,7 @@ def _loop(stage: Stage, best: Candidate, settings, mode: str) -> None:
     opt = torch.optim.AdamW(policy.mlp.parameters(), lr=getattr(settings, "lr", 1e-3))
     gen = torch.Generator().manual_seed(stage.seed)
     state = stage.load_state(policy.mlp, opt, gen) or {"step": 0, "best": None, "reward_sum": 0.0, "n": 0}
-    items = prompts.encode(stage.train)
-    gold_all = torch.tensor([e.label for e in stage.train])
-    stage.plan(settings.steps)
-    stage.advance(state["step"])
-    for step in range(state["step"] + 1, settings.steps + 1):
-        pick = torch.randperm(len(items), generator=gen)[: settings.batch_size]
-        batch, gold = [items[i] for i in pick.tolist()], gold_all[pick]
+    for step, batch, gold in training_steps(stage, prompts, settings, gen, state["step"]):
         if mode == "random":
             written = torch.randint(len(vocab), (settings.samples, settings.num_tokens), generator=gen)
         else:

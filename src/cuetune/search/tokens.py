@@ -137,3 +137,16 @@ def reward(logprobs: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     gold_p = probs.gather(2, gold.view(1, -1, 1).expand(probs.size(0), -1, 1)).squeeze(2)
     wrong = probs.scatter(2, gold.view(1, -1, 1).expand(probs.size(0), -1, 1), -1.0)
     return gold_p - wrong.max(2).values
+
+
+def training_steps(stage, prompts: TokenPrompts, settings, gen: torch.Generator, done: int):
+    """(step, encoded batch, gold labels [B]) for the steps after `done`, each batch drawn from
+    the training split with `gen` (which the caller's state saves, so a resumed search draws
+    the same batches)."""
+    items = prompts.encode(stage.train)
+    gold = torch.tensor([e.label for e in stage.train])
+    stage.plan(settings.steps)
+    stage.advance(done)
+    for step in range(done + 1, settings.steps + 1):
+        pick = torch.randperm(len(items), generator=gen)[: settings.batch_size]
+        yield step, [items[i] for i in pick.tolist()], gold[pick]
