@@ -129,3 +129,31 @@ def test_python_dash_m_runs_the_cli():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert all(command in done.stdout for command in ("train", "merge", "export", "bench"))
+
+
+@pytest.mark.filterwarnings("error::UserWarning")  # a glyph missing from the plot's font warns
+def test_chinese_labels_print_and_save_readably(tiny_dirs, toy_data, tmp_path, capsys):
+    """Labels named in Chinese: predict prints them as text, not \\u escapes, eval.json holds
+    them as UTF-8, the confusion plot draws no empty boxes (a CJK font if one is installed,
+    else the labels' numbers), and an error naming one shows it as written."""
+    names = {"negative": "负面", "positive": "正面"}
+    data = {}
+    for split in ("train", "dev", "test"):
+        rows = [json.loads(x) for x in toy_data[split].read_text().splitlines()]
+        data[split] = tmp_path / f"{split}.jsonl"
+        data[split].write_text("".join(json.dumps({"text": r["text"], "label": names[r["label"]]},
+                                                  ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    cfg = toy_config(tiny_dirs["causal"], data, tmp_path / "run", method={"name": "zero-shot"},
+                     prompt={"template": "review : {text} sentiment : {answer}",
+                             "verbalizer": {"负面": "negative", "正面": "positive"}})
+    cfg["data"]["labels"] = ["负面", "正面"]
+    cuetune.train(cfg)
+    assert "正面" in (tmp_path / "run" / "eval.json").read_text(encoding="utf-8")
+    inp = tmp_path / "in.txt"
+    inp.write_text("the food was superb\n", encoding="utf-8")
+    code, out, _ = run_cli(["predict", str(tmp_path / "run"), "--input", str(inp)], capsys)
+    assert code == 0 and "正面" in out and "\\u" not in out
+    cfg["prompt"]["verbalizer"] = {"正向": "positive", "负面": "negative"}
+    named = "prompt.verbalizer.正向: not a label.*'负面', '正面'"
+    with pytest.raises(cuetune.errors.CuetuneError, match=named):
+        cuetune.train(cfg)

@@ -53,8 +53,8 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
-    return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -147,7 +147,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory")
         atomic.write_jsonl(output, rows)
     else:
         for row in rows:
-            sys.stdout.write(json.dumps(row) + "\n")
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _read_text(path: Path) -> str:
@@ -206,7 +206,7 @@ def generate(run_dir: Path = typer.Argument(..., help="A finished generation run
         atomic.write_jsonl(output, rows)
     else:
         for row in rows:
-            sys.stdout.write(json.dumps(row) + "\n")
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 @app.command("ensemble")

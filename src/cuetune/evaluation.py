@@ -72,12 +72,12 @@ def plot_confusion(metrics: dict, path, title: str = "test confusion matrix") ->
     import matplotlib.pyplot as plt
 
     cm = np.asarray(metrics["confusion_matrix"])
-    labels = metrics["labels"]
+    labels, font = drawable(metrics["labels"])
     size = max(3.5, 0.6 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontfamily=font)
+    ax.set_yticks(range(len(labels)), labels, fontfamily=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     top = cm.max() if cm.size else 0
@@ -87,6 +87,30 @@ def plot_confusion(metrics: dict, path, title: str = "test confusion matrix") ->
                     color="white" if cm[i, j] > top / 2 else "black")
     ax.set_title(f"{title} (acc {metrics['accuracy']:.3f})")
     _save_png(fig, path)
+
+
+def drawable(labels: list[str]) -> tuple[list[str], str | None]:
+    """Tick labels the plot can draw, and the font to draw them with: the default font when it
+    has every glyph, else an installed font that has them (Chinese labels need a CJK font),
+    else the labels' numbers (`#0`, `#1`, ...; eval.json names them), never empty boxes."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    chars = {ord(c) for label in labels for c in label if not c.isspace()}
+
+    def covers(path: str) -> bool:
+        try:
+            font = FT2Font(path)
+        except (OSError, RuntimeError):
+            return False
+        return all(font.get_char_index(c) for c in chars)
+
+    if covers(font_manager.findfont(font_manager.FontProperties())):
+        return list(labels), None
+    for entry in font_manager.fontManager.ttflist:
+        if covers(entry.fname):
+            return list(labels), entry.name
+    return [f"#{i}" for i in range(len(labels))], None
 
 
 def finite(x: float) -> bool:

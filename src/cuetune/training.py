@@ -66,7 +66,7 @@ class MetricsLog:
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
-        self._file.write(json.dumps(row) + "\n")
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:
