@@ -449,7 +449,7 @@ def test_a_task_declared_in_the_bench_yaml_runs_like_a_named_one(tiny_dirs, toy_
     cfg, root = bench.load_bench(path)
     [row] = bench.run_bench(cfg, root, tmp_path / "out")
     assert row["error"] is None and row["metric"] == "macro_f1"
-    assert row["train_examples"] == 8 and row["test_size"] == 24
+    assert row["train_examples"] == 8 and row["test_size"] == 24 and row["test_truncated"] == 0
     assert row["test_score"] >= 0.85  # the pretrained "review :" skill with the user's label words
     raw["custom_tasks"]["sst-2"] = spec
     path.write_text(yaml.safe_dump(raw))

@@ -248,7 +248,7 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
             "metric": headline, "dev_score": dev_score((point, run_dir, best)),
             "test_score": None if score is None else score * scale,
             "test_macro_f1": test.get("macro_f1"), "test_size": test.get("n"),
-            "test_majority": _majority(test),
+            "test_majority": _majority(test), "test_truncated": test.get("truncated"),
             "trainable_parameters": best.trainable_parameters,
             "train_examples": best.data.get("sizes", {}).get("train"),
             "grid_size": len(results),

@@ -16,7 +16,8 @@ from cuetune import atomic
 from cuetune.evaluation import _save_png
 
 COLUMNS = ["task", "method", "k", "seed", "metric", "dev_score", "test_score", "test_macro_f1",
-           "test_majority", "test_size", "train_examples", "trainable_parameters", "grid_size",
+           "test_majority", "test_size", "test_truncated", "train_examples", "trainable_parameters",
+           "grid_size",
            "hyperparameters", "wall_seconds", "run_dir", "error"]
 
 
