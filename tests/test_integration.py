@@ -164,3 +164,19 @@ def test_chinese_label_words_are_several_tokens_on_smollm2():
     negative, positive = Verbalizer(["neg", "pos"], {"neg": "负面", "pos": "正面"}).bind(tok, False).word_ids
     assert len(negative) == len(positive) == 4
     assert negative[2:] == positive[2:] and negative[0] != positive[0]
+
+
+def test_label_search_keeps_words_and_drops_fragments_on_smollm2():
+    """MR seed 100's search picked *lect* / *capac*: tokens that are alphabetic and encode back
+    to themselves, but that SmolLM2 expects a word to go on after. The filter now drops them."""
+    from types import SimpleNamespace
+
+    from cuetune.models import load_model
+    from cuetune.search.labels import whole_word, word_ends
+
+    loaded = load_model("smollm2-135m")
+    pipe = SimpleNamespace(loaded=loaded, encoder=SimpleNamespace(answer_space=True))
+    for word, keep in ((" positive", True), (" great", True), (" complained", True),
+                       (" lect", False), (" capac", False), (" exhilar", False)):
+        [token] = loaded.tokenizer(word, add_special_tokens=False)["input_ids"]
+        assert whole_word(token, pipe) is keep, (word, word_ends(token, pipe))
