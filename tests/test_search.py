@@ -320,3 +320,13 @@ def test_the_search_command_prints_the_best_prompt_and_how_to_train_it(tmp_path,
     assert f'"best_dev": {summary["best"]["dev"]}' in out.replace("\n", " ").replace("  ", " ")
     code, _, err = run_cli(["search", str(path), "--set", "search.searchers=[nope]"], capsys)
     assert code == 2 and "'nope' is not a searcher" in err
+
+
+def test_token_search_needs_the_text_slot_spelled_out():
+    from cuetune.search.tokens import split_template
+
+    assert split_template("review : {text} sentiment : {answer}", "after") == ("review : {text}",
+                                                                               " sentiment : {answer}")
+    assert split_template("review : {text} {answer}", "before") == ("review : ", "{text} {answer}")
+    with pytest.raises(ConfigError, match="write it as {text}"):
+        split_template("review : {text_a} {answer}", "before")

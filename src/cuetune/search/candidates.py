@@ -167,9 +167,6 @@ class SearchLog:
         self._file.flush()
         os.fsync(self._file.fileno())
 
-    def stage_records(self, stage: str) -> list[Record]:
-        return [r for r in self.records if r.stage == stage]
-
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

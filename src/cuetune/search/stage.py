@@ -116,9 +116,6 @@ class Stage:
             self.advance()
         return records
 
-    def best(self) -> Record | None:
-        return best_of(self.log.records)
-
 
 def stage_index(rec: Record) -> int:
     """0 for baselines, i for the i-th searcher's stage (`<i>-<name>`)."""

@@ -32,13 +32,13 @@ INPUT_SLOTS = ("{text_pair}", "{text}")
 
 def split_template(template: str, position: str) -> tuple[str, str]:
     """(head, tail) around the searched tokens' place."""
+    if "{text}" not in template:  # e.g. the alias {text_a}: the split reads the source text
+        raise ConfigError(f"template {template!r}: token search places its tokens beside the "
+                          "{text} slot; write it as {text} (and {text_pair}), not an alias")
     if position == "before":
         at = template.find("{text}")
         return template[:at], template[at:]
-    ends = [template.rfind(s) + len(s) for s in INPUT_SLOTS if s in template]
-    if not ends:
-        raise ConfigError(f"template {template!r}: no {{text}} slot to put searched tokens beside")
-    at = max(ends)
+    at = max(template.rfind(s) + len(s) for s in INPUT_SLOTS if s in template)
     return template[:at], template[at:]
 
 
