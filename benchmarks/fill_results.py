@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = [r for r in rows if r["task"] in args.task]
     if not rows:
         raise SystemExit(f"{args.results}: no cells for {args.task or 'any task'}")
-    table = report.per_seed(rows, results["bench"]["seeds"])
+    bench = results["bench"]
+    own = {m: e["seeds"] for m, e in bench["methods"].items() if e.get("seeds")}
+    table = report.per_seed(rows, bench["seeds"], own)
     atomic.write_text(args.doc, fill(args.doc.read_text(encoding="utf-8"), args.marker, table, args.doc))
     sys.stdout.write(table)
 

@@ -358,6 +358,34 @@ def test_bench_runs_a_generation_task(tiny_dirs, tmp_path, monkeypatch):
     assert "copy-first (exact_match)" in (tmp_path / "out" / "results.md").read_text()
 
 
+def test_a_method_entry_may_run_a_subset_of_the_seeds(tiny_dirs, tmp_path):
+    """Zero-shot reads no training data: one seed gives its test score, and the reports do not
+    call its single seed a half-finished cell."""
+    from cuetune import report
+
+    out = tmp_path / "out"
+    path = _bench_file(tmp_path, tiny_dirs["causal"], out)
+    cfg, _ = bench.load_bench(path, ["methods.zero-shot.seeds=[21]"])
+    assert [(c.method, c.seed) for c in bench.cells(cfg)] == [("zero-shot", 21), ("soft", 13), ("soft", 21)]
+    for bad in ("[42]", "[]"):
+        with pytest.raises(ConfigError, match=r"methods\.zero-shot\.seeds: .*subset of the grid's seeds"):
+            bench.load_bench(path, [f"methods.zero-shot.seeds={bad}"])
+
+    def row(method, seed, score):
+        return {"task": "sst-2", "method": method, "k": 16, "seed": seed, "metric": "accuracy",
+                "test_score": score, "test_macro_f1": None, "hyperparameters": {}, "wall_seconds": 10.0}
+
+    rows = [row("zero-shot", 21, 0.5), row("soft", 13, 0.7)]
+    own = {"zero-shot": [21], "soft": [13, 21]}
+    lines = report.per_seed(rows, [13, 21], own).splitlines()
+    assert "| zero-shot | 50.0 (0.0) [its 1 seed] | – / 50.0 | 10 |" in lines
+    assert "| soft | 70.0 (0.0) [1 of 2 seeds] | 70.0 / – | 10 |" in lines
+    table = report.markdown(rows, {"zero-shot": 1, "soft": 2})
+    assert "| zero-shot | 50.0 (0.0) |" in table and "| soft | 70.0 (0.0) [1] |" in table
+    fig = report.plot_bars(rows, 16, [13, 21], method_seeds=own)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["1 of 2"]  # soft only
+
+
 def test_per_seed_table_shows_spread_choice_and_missing_seeds():
     from cuetune import report
 

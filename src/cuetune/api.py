@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from cuetune import artifacts, atomic, demonstrations, methods
+from cuetune import artifacts, atomic, demonstrations, distributed, methods
 from cuetune.augment import augment
 from cuetune.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint
 from cuetune.config import RunConfig
@@ -62,19 +62,26 @@ def prepare_run_dir(path: str | Path) -> Path:
 def train(config=None, progress=None, resume: Checkpoint | None = None) -> Manifest:
     """Train (or, for baselines, just evaluate) as the config says; return the manifest.
 
-    `resume`: a checkpoint of this same run to continue from (see `resume_run`)."""
+    `resume`: a checkpoint of this same run to continue from (see `resume_run`).
+
+    Under `accelerate launch` every process calls this: all of them train and score their
+    share, only the main one writes the run directory, and all return its manifest."""
+    distributed.init()
+    main = distributed.is_main()
     cfg = _as_config(config)
     if resume is None:  # a resumed run's saved config was checked when it started
         check_settings(cfg)
     splits = load_splits(cfg.data)
     _check_splits(cfg, splits)
-    run_dir = prepare_run_dir(cfg.output_dir)  # before the model loads: a bad dir fails at once
+    run_dir = prepare_run_dir(cfg.output_dir) if main else Path(cfg.output_dir)  # fails at once
+    distributed.barrier()
     loaded = load_for(cfg)
     cfg = demonstrations.with_pool(cfg, splits.train)
     method = methods.get(cfg.method.name).prepare_config(cfg, splits, loaded)
     cfg = cfg.model_copy(update={"method": method})
     pipe = build(cfg, splits.labels, loaded)
-    _check_space(run_dir, pipe, cfg)
+    if main:
+        _check_space(run_dir, pipe, cfg)
     enc = {name: pipe.encode(getattr(splits, name), f"{name} examples")
            for name in ("train", "dev", "test")}
     if cfg.train.augment.kind != "none":
@@ -85,12 +92,14 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> Manif
         zero_cfg = RunConfig.model_validate({**cfg.model_dump(), "method": {"name": "zero-shot"}})
         zero = build(zero_cfg, splits.labels, loaded=pipe.loaded)
         metrics["zero_shot_test"] = evaluate(zero, zero.encode(splits.test), cfg.train.eval_batch_size)
-    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"),
-                                                               sort_keys=False))
-    if resume is None:
-        (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a stale one must not be resumed later
+    if main:
+        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"),
+                                                                   sort_keys=False))
+        if resume is None:
+            (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a stale one must not be resumed later
     training = None
-    mlog = MetricsLog(run_dir / "metrics.jsonl", resume.state["step"] if resume else None)
+    mlog = MetricsLog(run_dir / "metrics.jsonl" if main else None,
+                      resume.state["step"] if resume else None)
     try:
         if pipe.method.trains:
             result = fit(pipe, enc["train"], enc["dev"], mlog, progress, run_dir, resume)
@@ -107,10 +116,14 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> Manif
 def finish_run(run_dir: Path, cfg: RunConfig, pipe: Pipeline, splits, enc: dict, metrics: dict,
                training: TrainingRecord | None, rows: list[dict],
                imported_from: ImportRecord | None = None) -> Manifest:
-    """Evaluate, write adapter, plots, eval.json and (last) the manifest; return the manifest."""
+    """Evaluate, write adapter, plots, eval.json and (last) the manifest; return the manifest.
+
+    Every process evaluates its share; the main one writes and hands its manifest to the rest."""
     for name in ("dev", "test"):
         if enc[name] and (name == "dev" or cfg.train.evaluate_test):
             metrics[name] = evaluate(pipe, enc[name], cfg.train.eval_batch_size)
+    if not distributed.is_main():
+        return distributed.from_main(None)
     state = pipe.method.adapter_state()
     sha = artifacts.save_adapter(run_dir, state)
     if rows:
@@ -137,7 +150,7 @@ def finish_run(run_dir: Path, cfg: RunConfig, pipe: Pipeline, splits, enc: dict,
     write_eval(run_dir, metrics)
     artifacts.write_manifest(run_dir, manifest)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: nothing to resume
-    return manifest.model_copy(update={"run_dir": str(run_dir)})
+    return distributed.from_main(manifest.model_copy(update={"run_dir": str(run_dir)}))
 
 
 def write_eval(run_dir: Path, metrics: dict) -> None:

@@ -54,6 +54,10 @@ class MethodEntry(Strict):
     """A prompt search (the `search:` keys of a search config, less task, k, seed and out, which
     the cell sets) run zero-shot on the cell's train and dev before training; the prompt dev
     chooses replaces the task's. Methods with the same search settings share one search."""
+    seeds: list[int] | None = None
+    """A subset of the grid's seeds for this method. A method that reads no training data
+    (zero-shot without demonstrations) scores the same on test for every K-shot sample, so one
+    seed gives its test score at a fifth of the cost; its dev score is then one sample's."""
 
 
 class Reference(Strict):
@@ -114,6 +118,9 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
     for name, entry in cfg.methods.items():
         if entry.search is not None:
             _search_settings(entry, f"{p}: methods.{name}.search")
+        if entry.seeds is not None and (not entry.seeds or set(entry.seeds) - set(cfg.seeds)):
+            raise ConfigError(f"{p}: methods.{name}.seeds: {entry.seeds} must be a non-empty subset "
+                              f"of the grid's seeds {cfg.seeds}; a seed outside it would never run")
     root = Path(cfg.data_root)
     if not root.is_absolute() and (p.parent / root).is_dir():
         root = p.parent / root
@@ -121,7 +128,8 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
 
 
 def cells(cfg: BenchConfig) -> list[Cell]:
-    return [Cell(t, m, k, s) for t in cfg.tasks for k in cfg.k for m in cfg.methods for s in cfg.seeds]
+    return [Cell(t, m, k, s) for t in cfg.tasks for k in cfg.k for m, entry in cfg.methods.items()
+            for s in cfg.seeds if entry.seeds is None or s in entry.seeds]
 
 
 def grid_points(entry: MethodEntry) -> list[dict[str, object]]:

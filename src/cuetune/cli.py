@@ -71,14 +71,19 @@ def train(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Allow a hub model's own Python code to run"),
 ) -> None:
-    """Train a prompt; prints zero-shot vs tuned test metrics."""
-    from cuetune import api
+    """Train a prompt; prints zero-shot vs tuned test metrics.
+
+    Several processes: `accelerate launch --multi_gpu --num_processes N -m cuetune train ...`
+    (gloo on CPU, NCCL on GPUs); only the main process shows progress and prints."""
+    from cuetune import api, distributed
     from cuetune import config as cfgmod
 
+    distributed.init()
+    main = distributed.is_main()
     if resume is not None:
         if config is not None or set_ or out_dir:
             raise typer.BadParameter("--resume takes the run's saved config; drop CONFIG/--set/--out")
-        update, stop = _progress()
+        update, stop = _progress() if main else (None, lambda: None)
         try:
             manifest = api.resume_run(resume, progress=update)
         finally:
@@ -87,11 +92,13 @@ def train(
         overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
         overrides += ["model.trust_remote_code=true"] if trust_remote_code else []
         cfg = cfgmod.load(config, overrides)
-        update, stop = _progress() if cfg.train.progress else (None, lambda: None)
+        update, stop = _progress() if cfg.train.progress and main else (None, lambda: None)
         try:
             manifest = api.train(cfg, progress=update)
         finally:
             stop()
+    if not main:
+        return
     out.print_json(json.dumps(_summary(manifest)))
     name = next((n for n in HEADLINE if manifest.score("test", n) is not None), None)
     if name and manifest.score("zero_shot_test", name) is not None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from cuetune import distributed
 from cuetune.encoding import Encoded, collate
 from cuetune.engine import PromptModel
 
@@ -30,13 +31,15 @@ def run_batches(model: PromptModel, items: list[Encoded], pad_id: int, batch_siz
                 side: str = "right") -> list[tuple[list[int], object]]:
     """`step(batch, indices)` over length-ordered batches of `items` -> [(indices, result)].
 
-    `side="left"` pads on the left (decoding appends on the right)."""
+    `side="left"` pads on the left (decoding appends on the right). Under several processes
+    each runs every N-th batch and all get every result back (`distributed`): each item is
+    scored once, by one process."""
     out = []
     with model.inference():
-        for idx, chunk in batches_by_length(items, batch_size):
+        for idx, chunk in distributed.my_turns(list(batches_by_length(items, batch_size))):
             batch = {k: v.to(model.device) for k, v in collate(chunk, pad_id, side).items()}
             out.append((idx, step(batch, idx)))
-    return out
+    return distributed.gather(out)
 
 
 def predict_probs(model: PromptModel, items: list[Encoded], pad_id: int,

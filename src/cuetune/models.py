@@ -211,8 +211,11 @@ def resolve(name: str) -> tuple[str, str | None]:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """`auto`: CUDA if present (under a multi-process launch, this process's own GPU), else CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     return torch.device(device)
 
 

@@ -36,6 +36,11 @@ class Objective:
     def loss(self, model, batch: dict, label_smoothing: float) -> torch.Tensor:
         raise NotImplementedError
 
+    def units(self, batch: dict) -> int:
+        """What `loss` averages over in this batch, so slices of one batch on several
+        processes can be weighted back into the whole batch's mean."""
+        raise NotImplementedError
+
     def evaluate(self, pipe, items, batch_size: int, final: bool = True) -> dict:
         raise NotImplementedError
 
@@ -59,6 +64,9 @@ class Classification(Objective):
     def loss(self, model, batch, label_smoothing):
         scores = model(batch)  # [B, L]
         return F.cross_entropy(scores, batch["labels"], label_smoothing=label_smoothing)
+
+    def units(self, batch):
+        return batch["labels"].numel()  # rows
 
     def evaluate(self, pipe, items, batch_size, final=True):
         cf = pipe.content_free_probs() if pipe.config.prompt.calibrate else None  # computed once
@@ -93,6 +101,9 @@ class Generation(Objective):
         logits = model(batch)  # [N, V]: answer positions only
         target = batch["target"][batch["target"] != -100]  # [N]
         return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+
+    def units(self, batch):
+        return int((batch["target"] != -100).sum())  # answer tokens
 
     def evaluate(self, pipe, items, batch_size, final=True):
         pad = pipe.loaded.tokenizer.pad_token_id

@@ -59,8 +59,11 @@ def failures(rows: list[dict]) -> list[str]:
             for r in rows if r.get("error")]
 
 
-def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
-    """One table per K: methods x tasks, the task's test metric mean (std) in %, wall time per cell."""
+def markdown(rows: list[dict], seeds_expected: dict[str, int] | None = None) -> str:
+    """One table per K: methods x tasks, the task's test metric mean (std) in %, wall time per cell.
+
+    `seeds_expected`: per method, how many seeds its cells should have (a method entry may run
+    a subset of the grid's seeds); a cell with fewer is marked [n]."""
     summary = summarize(rows)
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     metrics = {r["task"]: r.get("metric", "accuracy") for r in rows}
@@ -77,23 +80,26 @@ def markdown(rows: list[dict], seeds_expected: int | None = None) -> str:
                 if not s or s["mean"] is None:
                     cells.append("failed" if s and s["failed"] else "–")
                     continue
-                short = f" [{s['n']}]" if seeds_expected and s["n"] < seeds_expected else ""
+                want = (seeds_expected or {}).get(m)
+                short = f" [{s['n']}]" if want and s["n"] < want else ""
                 cells.append(_mean_std(s) + short)
                 walls.append(s["wall_s"])
             wall = f"{statistics.fmean(walls):.0f}" if walls else "–"
             parts.append(f"| {m} | " + " | ".join(cells) + f" | {wall} |")
         parts.append("")
-    if seeds_expected and any(s["n"] < seeds_expected for s in summary.values()):
-        parts.append(f"[n]: only n of {seeds_expected} seeds finished for that cell.\n")
+    if seeds_expected and any(s["n"] < seeds_expected.get(m, 0) for (_, m, _), s in summary.items()):
+        parts.append("[n]: only n of the method's seeds finished for that cell.\n")
     return "\n".join(parts)
 
 
-def per_seed(rows: list[dict], seeds: list[int] | None = None) -> str:
+def per_seed(rows: list[dict], seeds: list[int] | None = None,
+             method_seeds: dict[str, list[int]] | None = None) -> str:
     """Per task and K, each method's mean (std), its score on every seed and what dev chose:
     the spread behind a mean (std), e.g. one seed stuck at chance. docs/RESULTS.md pastes these
     tables as they are (benchmarks/fill_results.py).
 
-    `seeds`: the bench's seed list, so a seed no method has finished still shows as missing."""
+    `seeds`: the bench's seed list, so a seed no method has finished still shows as missing;
+    `method_seeds`: a method's own subset of them, where its entry names one."""
     parts = []
     for task, k in dict.fromkeys((r["task"], r["k"]) for r in rows):
         group = [r for r in rows if r["task"] == task and r["k"] == k]
@@ -110,8 +116,11 @@ def per_seed(rows: list[dict], seeds: list[int] | None = None) -> str:
             by_seed = {r["seed"]: r for r in group if r["method"] == m}
             s = summary[(task, m, k)]
             mean = _mean_std(s)
-            if s["n"] < len(seeds_shown):
-                mean += f" [{s['n']} of {len(seeds_shown)} seeds]"
+            own = (method_seeds or {}).get(m, seeds_shown)
+            if s["n"] < len(own):
+                mean += f" [{s['n']} of {len(own)} seeds]"
+            elif len(own) < len(seeds_shown):
+                mean += f" [its {len(own)} seed{'s' * (len(own) > 1)}]"
             scores = " / ".join(_seed_score(by_seed.get(x)) for x in seeds_shown)
             chosen = [_point(by_seed[x]["hyperparameters"]) if x in by_seed else "–" for x in seeds_shown]
             chosen = chosen[0] if len(set(chosen)) == 1 else " / ".join(chosen)
@@ -138,7 +147,8 @@ def _point(point: dict) -> str:
                      for key, v in point.items()) or "default"
 
 
-def plot_bars(rows: list[dict], k: int, seeds: list[int] | None = None, references: dict | None = None):
+def plot_bars(rows: list[dict], k: int, seeds: list[int] | None = None, references: dict | None = None,
+              method_seeds: dict[str, list[int]] | None = None):
     """Per task, one bar per method (mean test score) with std error bars and each seed's score
     as a point; a dashed line at the majority-class rate of the test set (chance for a
     classifier that learnt only the class balance) and, where `references` names one for the
@@ -146,7 +156,8 @@ def plot_bars(rows: list[dict], k: int, seeds: list[int] | None = None, referenc
 
     A method with no score yet is marked "not run" rather than drawn as a bar at 0, and a
     bar over fewer seeds than the bench's (`seeds`, else every seed in `rows`) says "n of N",
-    so a half-finished grid cannot be read as a finished one."""
+    so a half-finished grid cannot be read as a finished one (`method_seeds`: a method's own
+    subset of the seeds, where its entry names one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,8 +179,9 @@ def plot_bars(rows: list[dict], k: int, seeds: list[int] | None = None, referenc
                       (task, methods[i], k) and r["test_score"] is not None]
             ax.scatter([i + 0.18 * (j / max(len(points) - 1, 1) - 0.5) for j in range(len(points))], points,
                        s=9, color="black", zorder=3, label="seeds" if i == 0 else None)
-            if st["n"] < n_seeds:
-                ax.text(i, 100 * (st["mean"] + st["std"]) + 2, f"{st['n']} of {n_seeds}",
+            want = len((method_seeds or {}).get(methods[i], ())) or n_seeds
+            if st["n"] < want:
+                ax.text(i, 100 * (st["mean"] + st["std"]) + 2, f"{st['n']} of {want}",
                         ha="center", fontsize=7)
         _baselines(ax, [r for r in rows if r["task"] == task and r["k"] == k], (references or {}).get(task))
         ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
@@ -231,18 +243,19 @@ def write_all(cfg, rows: list[dict], out: Path) -> None:
     for r in rows:
         writer.writerow({**r, "hyperparameters": json.dumps(r["hyperparameters"])})
     atomic.write_text(out / "results.csv", buf.getvalue())
-    table = markdown(rows, len(cfg.seeds))
+    own = {m: [s for s in cfg.seeds if e.seeds is None or s in e.seeds] for m, e in cfg.methods.items()}
+    table = markdown(rows, {m: len(v) for m, v in own.items()})
     failed = failures(rows)
     failed_md = ""
     if failed:
         failed_md = (f"\n## Failed cells ({len(failed)}; the same command retries them)\n\n"
                      + "".join(f"- {line}\n" for line in failed))
     atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{table}\n## Per seed\n\n"
-                      f"{per_seed(rows, cfg.seeds)}{failed_md}")
+                      f"{per_seed(rows, cfg.seeds, own)}{failed_md}")
     images = {}
     for k in dict.fromkeys(r["k"] for r in rows):
         references = {t: r.model_dump() for t, r in cfg.references.items()}
-        images[f"bars_k{k}.png"] = plot_bars(rows, k, cfg.seeds, references)
+        images[f"bars_k{k}.png"] = plot_bars(rows, k, cfg.seeds, references, own)
     if len({r["k"] for r in rows}) > 1:
         images["accuracy_vs_k.png"] = plot_vs_k(rows)
     inline = {}

@@ -1,10 +1,14 @@
-"""The training loop: AdamW on the method's parameters, built on Accelerate.
+"""The training loop: AdamW on the method's parameters.
 
 Objective: cross-entropy over the verbalizer's label scores at the answer position,
 L = -sum_i log P(y_i | x_i, theta). Warmup and decay schedule, gradient accumulation, dev
 evaluation every N steps, early stopping with patience, the best adapter kept. Seeds are fixed;
 on CPU two runs with the same config give the same numbers. The loop never looks at which
 method it trains: it only uses the method's hooks.
+
+Under `accelerate launch` (or `torchrun`) with N processes, each step's global batch is split
+between them and the gradients summed (`distributed`): the same global batch size, the same
+schedule, one process's update up to summation order.
 """
 
 from __future__ import annotations
@@ -17,11 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from cuetune import atomic
+from cuetune import atomic, distributed
 from cuetune.checkpoint import CHECKPOINT, BatchOrder, Checkpoint, rng_state, save_checkpoint, set_rng_state
 from cuetune.encoding import Encoded, collate
 from cuetune.errors import CuetuneError
@@ -47,11 +50,15 @@ class MetricsLog:
     """Per-step metrics as JSONL, appended and flushed as training goes.
 
     `resume_at=step` keeps the rows up to that step (a checkpoint's) and drops the rest,
-    including a last line a kill cut in half, then appends from there."""
+    including a last line a kill cut in half, then appends from there. `path=None` keeps the
+    rows in memory only (a process other than the main one under `accelerate launch`)."""
 
-    def __init__(self, path: Path, resume_at: int | None = None):
+    def __init__(self, path: Path | None, resume_at: int | None = None):
         self.path = path
         self.rows: list[dict] = []
+        self._file = None
+        if path is None:
+            return
         if resume_at is not None and path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -66,10 +73,13 @@ class MetricsLog:
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
+        if self._file is None:
+            return
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -117,10 +127,12 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
     if not any(p.params for p in phases):
         raise CuetuneError(f"method.name={pipe.config.method.name}: no trainable parameters")
     pad_id = pipe.loaded.tokenizer.pad_token_id
-    accelerator = Accelerator(cpu=pipe.model.token_ids.device.type == "cpu",
-                              gradient_accumulation_steps=cfg.grad_accum)
-    model = accelerator.prepare(pipe.model)
-    device = pipe.model.token_ids.device
+    if cfg.batch_size < distributed.world():
+        raise CuetuneError(f"train.batch_size={cfg.batch_size} is smaller than the "
+                           f"{distributed.world()} processes: each needs at least one row of every "
+                           "batch; raise it or launch fewer processes")
+    model = pipe.model
+    device = model.token_ids.device
     state = {"step": 0, "phase": 0, "order": [0, 0], "bad": 0, "seen": 0, "skipped": 0}
     best = _Best()
     if resume is not None:
@@ -150,17 +162,16 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
             set_rng_state(resume.rng)
         else:
             state["bad"] = 0
-        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
         stopped = False
         while state["step"] < end and not stopped:
             state["step"] += 1
             step = state["step"]
 
-            def next_batch():
-                items = [train[i] for i in order.next()]
-                return {k: v.to(device) for k, v in collate(items, pad_id).items()}
+            def next_batch():  # None: this process's slice of a short last batch is empty
+                items = distributed.my_slice([train[i] for i in order.next()])
+                return {k: v.to(device) for k, v in collate(items, pad_id).items()} if items else None
 
-            loss, n, ok = _train_step(model, next_batch, optimizer, scheduler, accelerator,
+            loss, n, ok = _train_step(model, next_batch, optimizer, scheduler,
                                       phase.params, cfg, pipe.objective)
             state["seen"] += n
             if not ok and cfg.on_nonfinite == "stop":
@@ -191,7 +202,7 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
             ran = step
             if stopped:
                 state["step"] = end  # the rest of this phase is skipped, also after a resume
-            if run_dir is not None and cfg.checkpoint_every and (
+            if run_dir is not None and distributed.is_main() and cfg.checkpoint_every and (
                     step % cfg.checkpoint_every == 0 or stopped):
                 state.update(order=order.position, best_score=best.score, best_step=best.step,
                              best_dev=best.dev)
@@ -209,25 +220,31 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], log: MetricsLo
                        log.rows, state["skipped"], used)
 
 
-def _train_step(model, next_batch, optimizer, scheduler, accelerator, params,
+def _train_step(model, next_batch, optimizer, scheduler, params,
                 cfg, objective) -> tuple[float, int, bool]:
     """One optimizer step over `grad_accum` batches -> (mean loss, examples, finite?).
 
-    A non-finite loss or gradient norm means no update: gradients are dropped, the optimizer
-    and the schedule do not move."""
-    loss_sum, seen, ok = 0.0, 0, True
+    Each batch's loss is the mean over its answer units; under N processes a process's slice
+    counts by its share of the units, and the gradients are summed (`distributed`). A
+    non-finite loss or gradient norm means no update: gradients are dropped, the optimizer and
+    the schedule do not move."""
+    loss_sum, seen = 0.0, 0
     for _ in range(cfg.grad_accum):
         batch = next_batch()
-        with accelerator.accumulate(model):
-            loss = objective.loss(model, batch, cfg.label_smoothing)
-            accelerator.backward(loss)
-            loss_sum += loss.item() / cfg.grad_accum
-            seen += batch["input_ids"].size(0)
-            if accelerator.sync_gradients:
-                norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-                ok = finite(loss_sum) and finite(float(norm))
-                if ok:
-                    optimizer.step()
-                    scheduler.step()
-                optimizer.zero_grad()
+        units = objective.units(batch) if batch is not None else 0
+        share = units / distributed.total(units) if distributed.world() > 1 else 1.0
+        if batch is None:
+            continue
+        loss = objective.loss(model, batch, cfg.label_smoothing)
+        (loss * share / cfg.grad_accum if share != 1.0 else loss / cfg.grad_accum).backward()
+        loss_sum += loss.item() * share / cfg.grad_accum
+        seen += batch["input_ids"].size(0)
+    loss_sum, seen = distributed.total(loss_sum), int(distributed.total(seen))
+    distributed.sum_gradients(params)
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+    ok = finite(loss_sum) and finite(float(norm))
+    if ok:
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad()
     return loss_sum, seen, ok
