@@ -229,7 +229,7 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
     searched = searched_prompt(cfg, root, cell, out) if entry.search is not None else None
     results = []
     for point in points:
-        run_dir = _cell_dir(out, cell) / _point_name(point)
+        run_dir = cell_dir(out, cell) / _point_name(point)
         raw = run_config(cfg, root, cell, point, run_dir, searched)
         if len(points) > 1:
             raw["train"]["evaluate_test"] = False
@@ -283,12 +283,13 @@ SHARED_SETTINGS = ("model", "train", "data", "generate")
 """Bench sections that change every cell's result (a method's own entry changes its cells')."""
 
 
-def recorded_rows(cfg: BenchConfig, out: Path) -> dict[str, dict]:
+def recorded_rows(cfg: BenchConfig, out: Path, with_failed: bool = False) -> dict[str, dict]:
     """Finished cells of an earlier `results.json` in `out` whose settings match `cfg`, by key.
 
     Only rows without an error are kept, and only for methods whose entry, and the shared
     sections, are as in `cfg`: a row trained under other settings is never passed off as this
-    grid's. Tasks, seeds and other methods may differ (the grid was split or has grown)."""
+    grid's. Tasks, seeds and other methods may differ (the grid was split or has grown).
+    `with_failed`: keep failed rows too (merging shards reports them)."""
     path = out / "results.json"
     if not path.is_file():
         return {}
@@ -306,27 +307,30 @@ def recorded_rows(cfg: BenchConfig, out: Path) -> dict[str, dict]:
                     path, "/".join(changed))
         return {}
     same = {m for m, entry in new["methods"].items() if old.get("methods", {}).get(m) == entry}
-    return {key: r for key, r in rows.items() if r.get("error") is None and r["method"] in same}
+    return {key: r for key, r in rows.items()
+            if (with_failed or r.get("error") is None) and r["method"] in same}
 
 
-def _cell_dir(out: Path, cell: Cell) -> Path:
+def cell_dir(out: Path, cell: Cell) -> Path:
     return out / "runs" / cell.key  # runs/<task>/<method>/k<K>-s<seed>
 
 
 def run_bench(cfg: BenchConfig, root: Path, out: Path,
-              progress: Callable[[int, int, Cell | None, float | None], None] | None = None) -> list[dict]:
+              progress: Callable[[int, int, Cell | None, float | None], None] | None = None,
+              only: list[Cell] | None = None) -> list[dict]:
     """Run (or resume) the whole grid; write the reports after every cell; return the rows.
 
     `progress(done, total, current cell, eta seconds)`: the ETA averages the cells that ran in
     this session over the cells left to run (cells read back from an earlier session take no
     time). The reports written after each cell also hold the read-back rows of cells not
-    reached yet, so an interrupt never drops a finished cell from results.json."""
+    reached yet, so an interrupt never drops a finished cell from results.json. `only`: these
+    cells of the grid instead of all (a shard)."""
     out.mkdir(parents=True, exist_ok=True)
     recorded = recorded_rows(cfg, out)  # before the first cell rewrites results.json
     atomic.write_text(out / "bench.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    todo, rows, ran = cells(cfg), [], []
+    todo, rows, ran = only if only is not None else cells(cfg), [], []
     kept = {c.key: recorded[c.key] for c in todo  # read back: their run folders are gone
-            if c.key in recorded and not _cell_dir(out, c).exists()}
+            if c.key in recorded and not cell_dir(out, c).exists()}
     left = len(todo) - len(kept)  # cells still to run (or resume from their folders)
     for done, cell in enumerate(todo):
         if cell.key in kept:

@@ -302,6 +302,13 @@ def bench(
     config: Path = typer.Argument(..., help="Bench YAML: tasks, methods (with grids), k, seeds"),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a bench key: key=value"),
     out_dir: Path | None = typer.Option(None, "--out", help="Output folder (same as --set output_dir=)"),
+    shard: str | None = typer.Option(None, "--shard", help="I/N: run every N-th cell from the I-th "
+                                     "into OUT/shards/I-of-N (Slurm arrays); join them with --merge"),
+    merge: bool = typer.Option(False, "--merge", help="Join the shards' results into OUT's reports"),
+    ray: str | None = typer.Option(None, "--ray", help="Run cells as Ray tasks: 'local' starts a "
+                                   "cluster here, else a Ray address (auto, ray://head:10001)"),
+    cpus: float = typer.Option(1.0, "--cpus-per-cell", help="With --ray: CPUs per cell (its threads)"),
+    gpus: float = typer.Option(0.0, "--gpus-per-cell", help="With --ray: GPUs per cell"),
 ) -> None:
     """Run a tasks x methods x K x seeds grid (LM-BFF protocol); resumable; writes reports."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -323,8 +330,32 @@ def bench(
         if cell and not err.is_terminal:  # no live bar in a log file or CI: one line per cell
             err.print(f"bench [{done + 1}/{total}] {cell.key} {eta_text}".rstrip(), soft_wrap=True)
 
-    with bar:
-        rows = benchmod.run_bench(cfg, root, out_path, progress=update)
+    from cuetune import bench_dist
+
+    if sum(x is not None and x is not False for x in (shard, merge or None, ray)) > 1:
+        raise typer.BadParameter("--shard, --merge and --ray are separate ways to run; pick one")
+    if (cpus != 1.0 or gpus != 0.0) and ray is None:
+        raise typer.BadParameter("--cpus-per-cell/--gpus-per-cell apply to --ray only")
+    if merge:
+        rows, missing = bench_dist.merge(cfg, out_path)
+        out.print(f"merged {len(rows)} cells into {out_path}" + (
+            f"; {len(missing)} not run yet: {', '.join(missing[:5])}{' ...' * (len(missing) > 5)}"
+            if missing else ""))
+    else:
+        with bar:
+            if shard is not None:
+                i, n = bench_dist.parse_shard(shard)
+                rows = bench_dist.run_shard(cfg, root, out_path, i, n, progress=update)
+                out_path = bench_dist.shard_folder(out_path, i, n)
+            elif ray is not None:
+                def finished(done, total, cell):  # Ray reports cells as they finish, in any order
+                    bar.update(task, completed=done, total=total, cell=cell.key if cell else "")
+                    if cell and not err.is_terminal:
+                        err.print(f"bench {done}/{total} finished {cell.key}", soft_wrap=True)
+
+                rows = bench_dist.run_ray(cfg, root, out_path, ray, cpus, gpus, progress=finished)
+            else:
+                rows = benchmod.run_bench(cfg, root, out_path, progress=update)
     out.print(f"{len(rows)} cells; reports in {out_path}: results.md, results.csv, "
               "results.json, report.html, bars_k*.png")
     failed = report.failures(rows)
