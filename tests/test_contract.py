@@ -153,3 +153,33 @@ def test_sentence_pairs_reach_the_model(tiny_dirs, tmp_path, family):
     model = cuetune.load(tmp_path / "run")
     review, question = model.predict(["the food was superb"] * 2, ["review", "question"])
     assert review["label"] != question["label"]
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_a_bf16_base_trains_fp32_master_weights_and_optimizer_state(tiny_dirs, toy_data, tmp_path,
+                                                                    method, monkeypatch):
+    """Mixed precision as on a GPU (bf16 is the CUDA default): the frozen base computes in
+    bf16, while every trained tensor, its gradient and AdamW's moments stay fp32, so small
+    updates are not rounded away (bf16 keeps 8 bits of mantissa). Run on CPU: the dtypes are
+    the contract, the device is not."""
+    from cuetune import training
+
+    made = []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(training.torch.optim, "AdamW", Recording)
+    raw = _raw(tiny_dirs, toy_data, tmp_path / method, "causal", method)
+    raw["model"]["dtype"] = "bfloat16"
+    raw["train"].update(max_steps=2, eval_every=2)
+    manifest = api.train(raw)
+    assert manifest.metrics["test"]["n"] == 24
+    assert made and all(p.dtype == torch.float32 for opt in made for group in opt.param_groups
+                        for p in group["params"])
+    moments = [t for opt in made for s in opt.state.values() for k, t in s.items() if k != "step"]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
+    tuned = cuetune.load(manifest.run_dir)
+    assert next(tuned.pipe.loaded.model.parameters()).dtype == torch.bfloat16  # the base: as loaded

@@ -195,13 +195,18 @@ class WeightCopy(nn.Module):
     a copy, and `patch()` puts the copy into the base model's modules for the duration of a
     forward and puts the originals back after: the same swap `torch.func.functional_call`
     makes. Tied weights share one copy. Names are `base.<parameter name>` in the adapter file.
+
+    The copy is fp32 whatever the base's dtype (fp32 master weights): with a bf16 base (the
+    CUDA default) the forward runs on a bf16 cast of it, while the update and AdamW's moments
+    keep full precision, so small steps are not rounded away.
     """
 
     def __init__(self, model: nn.Module, skip: set[int] = frozenset()):
         super().__init__()
         named = {n: p for n, p in model.named_parameters() if id(p) not in skip}  # tied: once
         self.names = list(named)
-        self.params = nn.ParameterList([nn.Parameter(p.detach().clone()) for p in named.values()])
+        self.dtypes = [p.dtype for p in named.values()]
+        self.params = nn.ParameterList([nn.Parameter(_master(p)) for p in named.values()])
         index = {id(p): i for i, p in enumerate(named.values())}
         self._slots = [(module, key, index[id(p)]) for module in model.modules()
                        for key, p in module._parameters.items() if p is not None and id(p) in index]
@@ -210,15 +215,21 @@ class WeightCopy(nn.Module):
         return {f"base.{n}": p for n, p in zip(self.names, self.params, strict=True)}
 
     def merged(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in zip(self.names, self.params, strict=True)}
+        """The trained weights in the base's own dtypes."""
+        return {n: p.detach().to(d) for n, p, d in zip(self.names, self.params, self.dtypes, strict=True)}
 
     @contextmanager
     def patch(self):
         saved = [(module, key, module._parameters[key]) for module, key, _ in self._slots]
-        for module, key, i in self._slots:
-            module._parameters[key] = self.params[i]
+        for module, key, i in self._slots:  # a differentiable cast when the base is not fp32
+            module._parameters[key] = self.params[i].to(self.dtypes[i])
         try:
             yield
         finally:
             for module, key, original in saved:
                 module._parameters[key] = original
+
+
+def _master(p: torch.Tensor) -> torch.Tensor:
+    """A trainable copy of a base weight: fp32 for floating point weights."""
+    return p.detach().to(torch.float32 if p.is_floating_point() else p.dtype, copy=True)
