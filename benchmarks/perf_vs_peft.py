@@ -17,6 +17,12 @@ labelled GLUE dev sentences in test.tsv); without it, the packaged demo sentimen
 
     python benchmarks/perf_vs_peft.py --quick            # < 2 minutes
     python benchmarks/perf_vs_peft.py --out perf.json    # the numbers in docs/PERFORMANCE.md
+    python benchmarks/perf_vs_peft.py --device cuda --dtype bfloat16 --random-model  # gpu_check.sh
+
+On CUDA, memory is the device's peak allocation (not RSS) and the peak is the dtype's matmul
+rate. `--random-model` builds a model at smollm2-135m's shapes with random weights and a
+word-level tokenizer (for a machine without the model package): speed ratios hold, accuracy
+means nothing.
 """
 
 from __future__ import annotations
@@ -92,13 +98,51 @@ def _rss_mb() -> float:
 
 
 def matmul_peak_gflops(size: int = 1024, seconds: float = 2.0) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    device, dtype = DEVICE["device"], getattr(torch, DEVICE["dtype"])
+    size = size if device == "cpu" else 8192
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b
+    _sync()
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         n += 1
+        if device != "cpu" and n % 10 == 0:
+            _sync()
+    _sync()
     return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
+
+
+def _sync() -> None:
+    if DEVICE["device"] != "cpu":
+        torch.cuda.synchronize()
+
+
+def random_smollm2(folder: Path) -> str:
+    """A Llama at smollm2-135m's shapes, random weights, and a word-level tokenizer of the
+    same vocabulary size (the words of the data, then fillers), saved to `folder`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    train, dev, _ = load_data(640, 872, seed=0)
+    words = ["<|endoftext|>", "<|im_start|>", "[UNK]", "{", "}", ":"]
+    for e in train + dev:
+        words += e.text.split()
+    words += ["Review:", "Sentiment:", "negative", "positive"]
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    vocab.update({f"w{i}": i for i in range(len(vocab), 49152)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="[UNK]")
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                         tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0,
+                         bos_token_id=1, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return str(folder)
 
 
 def load_data(n_train: int, n_dev: int, seed: int) -> tuple[list[Example], list[Example], str]:
@@ -116,8 +160,13 @@ def load_data(n_train: int, n_dev: int, seed: int) -> tuple[list[Example], list[
     return (train * (n_train // len(train) + 1))[:n_train], demo("test.jsonl")[:n_dev], "packaged demo"
 
 
+DEVICE = {"device": "cpu", "dtype": "float32"}
+"""Set from --device/--dtype in main()."""
+
+
 def _config(setting: str, steps: int, lr: float | None, out: Path):
-    over = SETTINGS[setting] + ["train.batch_size=16", f"train.max_steps={steps}",
+    over = SETTINGS[setting] + [f"model.device={DEVICE['device']}", f"model.dtype={DEVICE['dtype']}",
+                                "train.batch_size=16", f"train.max_steps={steps}",
                                 "train.warmup_ratio=0", "train.patience=null",
                                 "train.checkpoint_every=null", "train.progress=false",
                                 "train.zero_shot_baseline=false", f"output_dir={out}"]
@@ -139,6 +188,7 @@ def run_cuetune(cfg, loaded, train, dev) -> tuple[dict, tuple]:
     flops = sum(_count_flops(lambda b=b: _cuetune_step(pipe, b, pad)) for b in batches)
     flops /= sum(len(b) for b in batches)
     start_rss = _rss_mb()
+    _reset_peak()
     with PeakRSS() as mem:
         log = MetricsLog(Path(tempfile.mkdtemp()) / "metrics.jsonl")
         result = fit(pipe, train_items, [], log)
@@ -147,7 +197,9 @@ def run_cuetune(cfg, loaded, train, dev) -> tuple[dict, tuple]:
         train_s = rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]  # step 1 (warm-up) left out
         start = time.perf_counter()
         probs = predict_probs(pipe.model, dev_items, pad, cfg.train.eval_batch_size)
+        _sync()
         eval_s = time.perf_counter() - start
+    _device_peak(mem)
     acc = (probs.argmax(-1) == torch.tensor([e.label for e in dev_items])).float().mean().item()
     return {"train_ex_s": (len(rows) - 1) * cfg.train.batch_size / train_s,
             "eval_ex_s": len(dev_items) / eval_s, "peak_rss_mb": mem.peak_mb,
@@ -157,8 +209,19 @@ def run_cuetune(cfg, loaded, train, dev) -> tuple[dict, tuple]:
         "verbalizer": pipe.verbalizer, "token_ids": pipe.model.token_ids.clone(), "pad": pad}
 
 
+def _reset_peak() -> None:
+    if DEVICE["device"] != "cpu":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _device_peak(mem) -> None:
+    """On CUDA the memory that matters is the device's: its peak allocation replaces RSS."""
+    if DEVICE["device"] != "cpu":
+        mem.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+
+
 def _cuetune_step(pipe, items, pad):
-    batch = collate(items, pad)
+    batch = {k: v.to(pipe.model.device) for k, v in collate(items, pad).items()}
     F.cross_entropy(pipe.model(batch), batch["labels"]).backward()
     for p in pipe.method.trainable_parameters():
         p.grad = None
@@ -200,12 +263,14 @@ class PeftSide:
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, :len(r["ids"])], mask[i, :len(r["ids"])] = torch.tensor(r["ids"]), 1
-        return ids, mask, torch.tensor([r["answer"] for r in rows]), torch.tensor([r["label"] for r in rows])
+        answer, labels = torch.tensor([r["answer"] for r in rows]), torch.tensor([r["label"] for r in rows])
+        tensors = ids, mask, answer, labels
+        return tuple(t.to(DEVICE["device"]) for t in tensors)
 
     def scores(self, ids, mask, answer):
         logits = self.model(input_ids=ids, attention_mask=mask).logits  # [B, P? + T, V]
         answer = answer + (logits.size(1) - ids.size(1))  # virtual tokens lead the output
-        token_logits = logits[torch.arange(ids.size(0)), answer][:, self.token_ids]
+        token_logits = logits[torch.arange(ids.size(0), device=ids.device), answer][:, self.token_ids]
         return self.verbalizer.label_logits(token_logits.float())
 
     def step(self, rows, optimizer=None, scheduler=None, params=()):
@@ -230,6 +295,7 @@ class PeftSide:
         for p in params:
             p.grad = None
         start_rss = _rss_mb()
+        _reset_peak()
         with PeakRSS() as mem:
             optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self.cfg.weight_decay)
             scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=steps)
@@ -249,6 +315,7 @@ class PeftSide:
                     ids, mask, answer, labels = self._batch(rows)
                     correct += (self.scores(ids, mask, answer).argmax(-1) == labels).sum().item()
             eval_s = time.perf_counter() - start
+        _device_peak(mem)
         return {"train_ex_s": (steps - 1) * 16 / (times[-1] - times[1]),
                 "eval_ex_s": len(self.dev_items) / eval_s, "peak_rss_mb": mem.peak_mb,
                 "rss_growth_mb": mem.peak_mb - start_rss,
@@ -262,9 +329,9 @@ def compare(setting: str, steps: int, train, dev, model_name: str, peak: float) 
     lr = cfg.train.lr or cuetune.methods.get(cfg.method.name).default_lr
     cfg = _config(setting, steps, lr, out)
     _release_memory()
-    ours, ctx = run_cuetune(cfg, load_model(model_name), train, dev)
+    ours, ctx = run_cuetune(cfg, load_model(model_name, **DEVICE), train, dev)
     _release_memory()  # cuetune's model is gone; PEFT gets a fresh base (LoRA injects into it)
-    side = PeftSide(ctx, load_model(model_name).model, cfg.train)
+    side = PeftSide(ctx, load_model(model_name, **DEVICE).model, cfg.train)
     theirs = side.run(steps, lr)
     del side, ctx
     _release_memory()
@@ -286,17 +353,25 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", help="the base model's dtype (bfloat16 on CUDA)")
+    parser.add_argument("--random-model", action="store_true",
+                        help="a random model at smollm2-135m's shapes (no model package needed)")
     args = parser.parse_args()
+    DEVICE.update(device=args.device, dtype=args.dtype)
+    if args.random_model:
+        args.model = random_smollm2(Path(tempfile.mkdtemp()) / "random-smollm2")
     if args.quick:
         args.steps, args.train, args.dev = 4, 64, 64
     torch.manual_seed(0)
     start = time.perf_counter()
-    load_model(args.model)  # converted once before; this is the load every run pays
+    load_model(args.model, **DEVICE)  # converted once before; this is the load every run pays
     load_s = time.perf_counter() - start
     _release_memory()
     peak = matmul_peak_gflops()
     train, dev, source = load_data(args.train, args.dev, seed=0)
-    print(f"data: {source}; {len(train)} train, {len(dev)} dev; fp32 matmul peak {peak:.0f} GFLOP/s; "
+    print(f"data: {source}; {len(train)} train, {len(dev)} dev; {args.dtype} matmul peak {peak:.0f} GFLOP/s "
+          f"on {args.device}; "
           f"{torch.get_num_threads()} threads; model load {load_s:.1f} s", flush=True)
     rows = []
     for setting in args.settings.split(","):
@@ -304,7 +379,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     report = {"data": source, "matmul_peak_gflop_s": peak, "threads": torch.get_num_threads(),
               "model_load_s": load_s,
-              "device": "cpu", "rows": rows}
+              "device": args.device, "dtype": args.dtype, "random_model": args.random_model, "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
     print(table(report))

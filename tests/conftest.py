@@ -189,7 +189,9 @@ def toy_data(tmp_path_factory) -> dict[str, Path]:
 def toy_config(model_dir: Path, data: dict[str, Path], out: Path, **sections) -> dict:
     """A raw config for the toy task on a tiny model; `sections` update top-level sections."""
     cfg = {
-        "model": {"name": str(model_dir)},
+        # CUETUNE_TEST_DEVICE=cuda runs the suite's tiny models on a GPU (benchmarks/gpu_check.sh)
+        "model": {"name": str(model_dir), "device": os.environ.get("CUETUNE_TEST_DEVICE", "cpu"),
+                  "dtype": os.environ.get("CUETUNE_TEST_DTYPE", "float32")},
         "data": {"train": str(data["train"]), "dev": str(data["dev"]), "test": str(data["test"]),
                  "labels": ["negative", "positive"]},
         "prompt": {"template": "{soft:4} {text} sentiment : {answer}"},

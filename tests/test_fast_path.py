@@ -79,6 +79,7 @@ def test_fast_path_equals_plain_path(models, toy_data, monkeypatch, kind, method
     items = pipe.encode(_examples(pair))
     assert len({len(e.input_ids) for e in items}) > 1, "rows must differ in length to test padding"
     batch = collate(items, pipe.loaded.tokenizer.pad_token_id, side)
+    batch = {k: v.to(pipe.model.device) for k, v in batch.items()}
     pipe.model.eval()  # GPT-2's dropout would otherwise switch the shared path off
 
     calls, passes = [], []
