@@ -149,6 +149,7 @@ def test_chinese_labels_print_and_save_readably(tiny_dirs, toy_data, tmp_path, c
     cfg["data"]["labels"] = ["负面", "正面"]
     cuetune.train(cfg)
     assert "正面" in (tmp_path / "run" / "eval.json").read_text(encoding="utf-8")
+    assert "正面" in (tmp_path / "run" / "config.yaml").read_text(encoding="utf-8")  # not \u6B63
     inp = tmp_path / "in.txt"
     inp.write_text("the food was superb\n", encoding="utf-8")
     code, out, _ = run_cli(["predict", str(tmp_path / "run"), "--input", str(inp)], capsys)

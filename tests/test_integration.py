@@ -131,11 +131,13 @@ CHINESE = [  # template, input; the joined string is the template with the input
 ]
 
 
+@pytest.mark.parametrize("alias", ["smollm2-135m", "gemma3-270m"])
 @pytest.mark.parametrize("template, text", CHINESE)
-def test_chinese_prompts_encode_as_the_tokenizer_encodes_the_joined_text(template, text):
+def test_chinese_prompts_encode_as_the_tokenizer_encodes_the_joined_text(template, text, alias):
     """Chinese has no spaces between words: the encoder, which tokenises template pieces and the
     input separately, must neither invent nor drop one. The only difference allowed is the
-    documented one: a space before {answer} goes onto the label words (answer_space)."""
+    documented one: a space before {answer} goes onto the label words (answer_space). Both
+    packaged tokenizers: SmolLM2's byte-level BPE and Gemma's SentencePiece (which adds <bos>)."""
     from transformers import AutoTokenizer
 
     from cuetune import families
@@ -144,12 +146,14 @@ def test_chinese_prompts_encode_as_the_tokenizer_encodes_the_joined_text(templat
     from cuetune.models import resolve
     from cuetune.templates import parse
 
-    tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m")[0])
+    if not is_installed(ALIASES[alias]):
+        pytest.skip(f"{alias}'s package is not installed")
+    tok = AutoTokenizer.from_pretrained(resolve(alias)[0])
     enc = PromptEncoder(parse(template), tok, families.get("causal"))
     prompt = template.replace("{text}", text).split("{answer}")[0]
     if enc.answer_space:
         prompt = prompt[:-1]
-    assert enc.encode(Example(text)).input_ids == tok(prompt, add_special_tokens=False)["input_ids"]
+    assert enc.encode(Example(text)).input_ids == tok(prompt)["input_ids"]  # Gemma's <bos> too
 
 
 def test_chinese_label_words_are_several_tokens_on_smollm2():
@@ -164,6 +168,22 @@ def test_chinese_label_words_are_several_tokens_on_smollm2():
     negative, positive = Verbalizer(["neg", "pos"], {"neg": "负面", "pos": "正面"}).bind(tok, False).word_ids
     assert len(negative) == len(positive) == 4
     assert negative[2:] == positive[2:] and negative[0] != positive[0]
+
+
+def test_chinese_label_words_on_gemma_differ_in_length():
+    """On Gemma 负面 is two tokens (负, 面) and 正面 one: only the chain rule scores both whole;
+    a first-token score would compare 负 against 正面 (docs/prompts.md)."""
+    from transformers import AutoTokenizer
+
+    from cuetune.models import resolve
+    from cuetune.verbalizers import Verbalizer
+
+    if not is_installed(ALIASES["gemma3-270m"]):
+        pytest.skip("gemma3-270m's packages are not installed")
+    tok = AutoTokenizer.from_pretrained(resolve("gemma3-270m")[0])
+    negative, positive = Verbalizer(["neg", "pos"], {"neg": "负面", "pos": "正面"}).bind(tok, False).word_ids
+    assert [tok.decode([t]) for t in negative] == ["负", "面"] and tok.decode(list(positive)) == "正面"
+    assert len(positive) == 1
 
 
 def test_label_search_keeps_words_and_drops_fragments_on_smollm2():

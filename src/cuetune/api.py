@@ -93,8 +93,8 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> Manif
         zero = build(zero_cfg, splits.labels, loaded=pipe.loaded)
         metrics["zero_shot_test"] = evaluate(zero, zero.encode(splits.test), cfg.train.eval_batch_size)
     if main:
-        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"),
-                                                                   sort_keys=False))
+        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(  # Chinese stays readable
+            cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
         if resume is None:
             (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a stale one must not be resumed later
     training = None

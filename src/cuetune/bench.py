@@ -327,7 +327,8 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
     cells of the grid instead of all (a shard)."""
     out.mkdir(parents=True, exist_ok=True)
     recorded = recorded_rows(cfg, out)  # before the first cell rewrites results.json
-    atomic.write_text(out / "bench.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    atomic.write_text(out / "bench.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False,
+                                                         allow_unicode=True))
     todo, rows, ran = only if only is not None else cells(cfg), [], []
     kept = {c.key: recorded[c.key] for c in todo  # read back: their run folders are gone
             if c.key in recorded and not cell_dir(out, c).exists()}
