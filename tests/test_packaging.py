@@ -20,6 +20,9 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the CI image runs 3.11
 ROOT = Path(__file__).resolve().parents[1]
 # Modules that arrive with a declared dependency and are imported only as part of its API.
 VIA = {"click": "typer"}
+# Optional extras: imported only inside the functions that need them, declared under
+# [project.optional-dependencies] (`pip install 'cuetune[ray]'`).
+OPTIONAL = {"ray": "ray"}
 
 
 def _imported_top_modules() -> dict[str, str]:
@@ -53,6 +56,23 @@ def test_every_third_party_import_is_declared():
         owners = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
         if VIA.get(module) in declared:
             continue
+        if module in OPTIONAL:
+            continue  # checked by test_optional_extras_are_declared_and_imported_lazily
         if not owners & declared:
             missing.append(f"{module} (imported in {where}; distribution {sorted(owners)})")
     assert not missing, "add to [project].dependencies in pyproject.toml: " + "; ".join(missing)
+
+
+def test_optional_extras_are_declared_and_imported_lazily():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for module, extra in OPTIONAL.items():
+        assert any(req.startswith(module) for req in extras[extra]), f"[{extra}] lacks {module}"
+        for path in sorted((ROOT / "src").rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+            names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+            names += [n.module for n in top if isinstance(n, ast.ImportFrom) and n.module]
+            assert module not in {x.split(".")[0] for x in names}, (
+                f"{path.relative_to(ROOT)} imports {module} at module level: a default install "
+                f"(without cuetune[{extra}]) could not import it")
+
