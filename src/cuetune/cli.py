@@ -332,7 +332,7 @@ def bench(
 
     from cuetune import bench_dist
 
-    if sum(x is not None and x is not False for x in (shard, merge or None, ray)) > 1:
+    if sum([shard is not None, merge, ray is not None]) > 1:
         raise typer.BadParameter("--shard, --merge and --ray are separate ways to run; pick one")
     if (cpus != 1.0 or gpus != 0.0) and ray is None:
         raise typer.BadParameter("--cpus-per-cell/--gpus-per-cell apply to --ray only")
