@@ -102,6 +102,7 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
         assert (out / name).stat().st_size > 100, name
     md = (out / "results.md").read_text()
     assert "| soft |" in md and "| zero-shot |" in md
+    assert f"Model: `{tiny_dirs['causal']}`" in md
     per_seed = md.split("## Per seed")[1]
     soft_row = next(line for line in per_seed.splitlines() if line.startswith("| soft |"))
     cols = [c.strip() for c in soft_row.strip("|").split("|")]

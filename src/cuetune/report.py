@@ -250,7 +250,8 @@ def write_all(cfg, rows: list[dict], out: Path) -> None:
     if failed:
         failed_md = (f"\n## Failed cells ({len(failed)}; the same command retries them)\n\n"
                      + "".join(f"- {line}\n" for line in failed))
-    atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{table}\n## Per seed\n\n"
+    model = f"Model: `{cfg.model.get('name')}`\n\n"  # the name may predate a --set model.name=
+    atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{model}{table}\n## Per seed\n\n"
                       f"{per_seed(rows, cfg.seeds, own)}{failed_md}")
     images = {}
     for k in dict.fromkeys(r["k"] for r in rows):
