@@ -311,6 +311,13 @@ def recorded_rows(cfg: BenchConfig, out: Path, with_failed: bool = False) -> dic
             if (with_failed or r.get("error") is None) and r["method"] in same}
 
 
+def read_back(cfg: BenchConfig, out: Path, todo: list[Cell]) -> dict[str, dict]:
+    """Rows of `todo` taken from `out`'s results.json as they are: cells whose run folders are
+    gone (a cell whose folder is there is read back from it, or resumed, by `run_cell`)."""
+    recorded = recorded_rows(cfg, out)
+    return {c.key: recorded[c.key] for c in todo if c.key in recorded and not cell_dir(out, c).exists()}
+
+
 def cell_dir(out: Path, cell: Cell) -> Path:
     return out / "runs" / cell.key  # runs/<task>/<method>/k<K>-s<seed>
 
@@ -326,12 +333,10 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
     reached yet, so an interrupt never drops a finished cell from results.json. `only`: these
     cells of the grid instead of all (a shard)."""
     out.mkdir(parents=True, exist_ok=True)
-    recorded = recorded_rows(cfg, out)  # before the first cell rewrites results.json
+    todo, rows, ran = only if only is not None else cells(cfg), [], []
+    kept = read_back(cfg, out, todo)  # before the first cell rewrites results.json
     atomic.write_text(out / "bench.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False,
                                                          allow_unicode=True))
-    todo, rows, ran = only if only is not None else cells(cfg), [], []
-    kept = {c.key: recorded[c.key] for c in todo  # read back: their run folders are gone
-            if c.key in recorded and not cell_dir(out, c).exists()}
     left = len(todo) - len(kept)  # cells still to run (or resume from their folders)
     for done, cell in enumerate(todo):
         if cell.key in kept:

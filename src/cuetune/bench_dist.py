@@ -24,7 +24,7 @@ from dataclasses import astuple
 from pathlib import Path
 
 from cuetune import report
-from cuetune.bench import BenchConfig, cell_dir, cells, failed_row, recorded_rows, run_bench, run_cell
+from cuetune.bench import BenchConfig, cells, failed_row, read_back, recorded_rows, run_bench, run_cell
 from cuetune.errors import ConfigError, CuetuneError
 from cuetune.report import Cell
 
@@ -120,10 +120,8 @@ def run_ray(cfg: BenchConfig, root: Path, out: Path, address: str = "local", cpu
     if cpus <= 0 or gpus < 0:
         raise ConfigError(f"--cpus-per-cell {cpus} / --gpus-per-cell {gpus}: need cpus > 0, gpus >= 0")
     out.mkdir(parents=True, exist_ok=True)
-    recorded = recorded_rows(cfg, out)
     todo = cells(cfg)
-    # a finished cell is one results.json holds, or one whose run folder a worker can read back
-    done = {c.key: recorded[c.key] for c in todo if c.key in recorded and not cell_dir(out, c).exists()}
+    done = read_back(cfg, out, todo)  # the rest run, or are read back from their folders by a worker
     left = [c for c in todo if c.key not in done]
     threads = max(1, int(cpus))
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
