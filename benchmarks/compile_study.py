@@ -61,7 +61,8 @@ def run(mode: str, steps: int, train, model_name: str) -> dict:
     times = [r["elapsed_s"] for r in result.log]
     step_s = [b - a for a, b in zip(times, times[1:], strict=False)]
     median = statistics.median(step_s)
-    return {"mode": mode, "graphs": graphs, "first_step_s": times[0], "median_step_s": median, "total_s": total,
+    return {"mode": mode, "graphs": graphs, "first_step_s": times[0], "median_step_s": median,
+            "total_s": total,
             "projected_60_steps_s": times[0] + 59 * median, "losses": [r["loss"] for r in result.log],
             "gflop_per_example": flops / 1e9, "achieved_gflop_s": flops * 16 / median / 1e9}
 
