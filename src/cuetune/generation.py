@@ -97,7 +97,7 @@ def _greedy_or_sample(state, cfg: GenerateConfig, stops: Stops, seeds: list[int]
         if gens is None:
             tokens = logits.argmax(-1)
         else:
-            probs = _filtered(logits.float(), cfg).softmax(-1).cpu()
+            probs = filter_logits(logits.float(), cfg).softmax(-1).cpu()
             tokens = torch.tensor([int(torch.multinomial(probs[r], 1, generator=gens[r]))
                                    for r in range(rows)])
         for r in range(rows):
@@ -112,7 +112,7 @@ def _greedy_or_sample(state, cfg: GenerateConfig, stops: Stops, seeds: list[int]
     return seqs
 
 
-def _filtered(logits: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
     """Temperature, then top-k, then nucleus (top-p) filtering of logits [B, V]."""
     logits = logits / cfg.temperature
     if cfg.top_k:

@@ -56,12 +56,17 @@ class Pipeline:
         """Label probabilities [N, L], contextually calibrated when `prompt.calibrate` is set
         (`content_free`: the distribution to divide out, if the caller has computed it)."""
         probs = predict_probs(self.model, items, self.loaded.tokenizer.pad_token_id, batch_size)
-        if self.config.prompt.calibrate:  # p / p_cf, renormalised; in logs, so no 0 / 0
-            if content_free is None:
-                content_free = self.content_free_probs()
-            bias = content_free.clamp_min(TINY).log()  # [L]
-            probs = (probs.clamp_min(TINY).log() - bias).softmax(-1)
-        return probs
+        return self.calibrated(probs, content_free)
+
+    def calibrated(self, probs: torch.Tensor, content_free: torch.Tensor | None = None) -> torch.Tensor:
+        """Label probabilities [N, L] divided by the content-free distribution and renormalised
+        when `prompt.calibrate` is set (in logs, so no 0 / 0); unchanged otherwise."""
+        if not self.config.prompt.calibrate:
+            return probs
+        if content_free is None:
+            content_free = self.content_free_probs()
+        bias = content_free.clamp_min(TINY).log().to(probs.device)  # [L]
+        return (probs.clamp_min(TINY).log() - bias).softmax(-1)
 
     def content_free_probs(self) -> torch.Tensor:
         """The mean label distribution [L] the prompt gives inputs with no content."""

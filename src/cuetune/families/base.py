@@ -31,6 +31,9 @@ class Family:
     an input-independent start of the prompt can be computed once per batch."""
     generates: ClassVar[bool] = False
     """Whether this family can write text (`data.task: generation`)."""
+    mixes_rows: ClassVar[bool] = False
+    """Whether rows of several adapters can share one forward (`cuetune.serve.mixed`): left
+    padding with positions from the mask, per-row prefix keys, one token per decoding step."""
     peft_task_type: ClassVar[str | None] = None
     """PEFT's `task_type` for this family's adapters (None: PEFT has none that fits)."""
     peft_prompts: ClassVar[bool] = False

@@ -26,6 +26,7 @@ class Causal(Family):
     answer_is_next = True
     shares_prefix = True
     generates = True
+    mixes_rows = True
     peft_task_type = "CAUSAL_LM"
     peft_prompts = True
     fallback = True

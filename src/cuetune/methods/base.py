@@ -16,6 +16,9 @@ The trainer, evaluator and artifact code talk to every method through these hook
   (LoRA's low-rank updates as forward hooks, full fine-tuning's own copy of the weights). The
   engine enters it through `applied()` around every forward; outside it the base model is
   exactly as loaded, so several methods share one base model side by side;
+- `patch_rows(rows)`: the same changes for some rows of a batch only, so a server runs rows
+  of several adapters in one forward (LoRA gathers its rows, S-LoRA style); None when a
+  method cannot restrict its change to rows (a trained copy of every weight);
 - `scores(hidden, model)`: label scores from the answer-position hidden state (the default
   reads label-word logits through the verbalizer; a classification head replaces it);
 - `adapter_tensors()`: the parameters this method trains, by the name the adapter file uses;
@@ -106,6 +109,12 @@ class Method(nn.Module):
         """A context manager in which the base model computes with this method's weight
         changes; the default changes nothing."""
         return nullcontext()
+
+    def patch_rows(self, rows: torch.Tensor):
+        """A context in which this method's weight changes apply to batch rows `rows` [R] only,
+        or None when they cannot be restricted to rows. Methods that change no weight need
+        nothing."""
+        return nullcontext() if type(self).patch is Method.patch else None
 
     @contextmanager
     def applied(self):

@@ -111,19 +111,22 @@ class LoraWeights(nn.Module):
             out[f"base.{name}.lora_B.default.weight"] = b
         return out
 
-    def _hook(self, i: int):
+    def _hook(self, i: int, rows: torch.Tensor | None):
         def add_update(layer, args, output):
-            x = args[0]  # [..., in]
+            x = args[0] if rows is None else args[0][rows]  # [..., in]: all rows, or ours
             if self.p:
                 x = F.dropout(x, self.p, layer.training)
             a, b = self.a[i], self.b[i]
-            update = F.linear(F.linear(x.to(a.dtype), a), b) * self.scaling  # [..., out]
-            return output + update.to(output.dtype)
+            update = (F.linear(F.linear(x.to(a.dtype), a), b) * self.scaling).to(output.dtype)
+            if rows is None:
+                return output + update  # [..., out]
+            return output.index_add(0, rows, update)  # only our rows of a mixed batch
         return add_update
 
     @contextmanager
-    def patch(self):
-        handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self._layers)]
+    def patch(self, rows: torch.Tensor | None = None):
+        """The updates applied to every row, or only to batch rows `rows` [R]."""
+        handles = [layer.register_forward_hook(self._hook(i, rows)) for i, layer in enumerate(self._layers)]
         try:
             yield
         finally:
@@ -152,6 +155,9 @@ class Lora(Method):
 
     def patch(self):
         return self.lora.patch()
+
+    def patch_rows(self, rows):
+        return self.lora.patch(rows)
 
     def merged_weights(self):
         if self.soft is not None:

@@ -64,6 +64,9 @@ class TwoStage(Method):
     def patch(self):
         return self.tuned.patch()
 
+    def patch_rows(self, rows):
+        return self.tuned.patch(rows) if isinstance(self.tuned, LoraWeights) else None
+
     def _tuned(self) -> dict[str, nn.Parameter]:
         return self.tuned.tensors()
 
