@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import save_tiny, toy_config, toy_rows
 
 from cuetune.config import RunConfig
 from cuetune.data import Example
@@ -18,7 +19,6 @@ from cuetune.models import load_model
 from cuetune.pipeline import build
 from cuetune.serve.decoding import Decoding, GenRow
 from cuetune.serve.mixed import can_mix, mixed_probs
-from tests.conftest import save_tiny, toy_config, toy_rows
 
 LABELS = ["negative", "positive"]
 METHODS = {  # name -> (method section, template)

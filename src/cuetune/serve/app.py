@@ -1,0 +1,236 @@
+"""`cuetune serve`: the HTTP server (FastAPI + uvicorn) over one frozen base and many adapters.
+
+Endpoints: OpenAI-compatible `POST /v1/completions` and `/v1/chat/completions` (`model` names
+the adapter, as in vLLM and LoRAX, so the `openai` client works unchanged), `POST
+/v1/classify`, `GET /v1/models`, `POST /v1/adapters` and `DELETE /v1/adapters/{name}`,
+`GET /health` and Prometheus `GET /metrics`. Every refusal is OpenAI's error body
+`{"error": {"message", "type", "param", "code"}}`; the server keeps serving through all of them.
+With an API key, /v1 requests need `Authorization: Bearer KEY` (health and metrics stay open
+for probes and scrapers). uvicorn drains on SIGTERM: it stops accepting, lets requests finish,
+then the worker finishes what is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from cuetune.errors import CuetuneError
+from cuetune.serve import api as req
+from cuetune.serve.adapters import UnknownAdapter
+from cuetune.serve.metrics import Metrics
+from cuetune.serve.scheduler import Job, QueueFull
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 1 << 20
+    max_tokens: int = 512
+    """The most tokens one completion may ask for (`max_tokens`)."""
+    max_inputs: int = 64
+    """Texts per request (a list `prompt` or `input`)."""
+    retry_after_s: int = 1
+
+
+def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None,
+               limits: Limits | None = None) -> FastAPI:
+    limits = limits or Limits()
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await asyncio.to_thread(scheduler.stop)  # drain: queued and running jobs finish
+
+    app = FastAPI(title="cuetune serve", lifespan=lifespan)
+    metrics.queue_depth.set_function(scheduler.depth)
+
+    @app.exception_handler(req.Refused)
+    async def refused(_request, exc: req.Refused):
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        status = 400 if first["type"] == "json_invalid" else 422
+        message = f"{field}: {first['msg']}" if field else first["msg"]
+        return JSONResponse(req.Refused(status, message, field).body(), status)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        started = time.perf_counter()
+        if request.url.path.startswith("/v1") and api_key:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                              kind="authentication_error")
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
+            return _error(413, f"request body of {size} bytes is over the limit of "
+                               f"{limits.max_body_bytes} bytes")
+        if request.method == "POST" and len(await request.body()) > limits.max_body_bytes:
+            return _error(413, f"request body is over the limit of {limits.max_body_bytes} bytes")
+        response = await call_next(request)
+        adapter = getattr(request.state, "adapter", None)
+        if adapter is not None:
+            metrics.requests.labels(adapter, request.url.path, str(response.status_code)).inc()
+            if response.status_code == 200:
+                metrics.latency.labels(adapter).observe(time.perf_counter() - started)
+        return response
+
+    def adapter_for(request: Request, name: str):
+        try:
+            adapter = registry.get(name)
+        except UnknownAdapter as exc:
+            raise req.Refused(404, str(exc), "model", "not_found_error") from None
+        request.state.adapter = name
+        return adapter
+
+    async def run(request: Request, jobs: list[Job]) -> list:
+        try:
+            futures = scheduler.submit(jobs)
+        except QueueFull as exc:
+            raise req.Refused(429, f"{exc}; retry after {limits.retry_after_s} s", kind="rate_limit_error",
+                              headers={"Retry-After": str(limits.retry_after_s)}) from None
+        gathered = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        while True:
+            done, _ = await asyncio.wait({gathered}, timeout=0.1)
+            if done:
+                break
+            if await request.is_disconnected():  # the client left: stop its work
+                for f in futures:
+                    f.cancel()
+                gathered.cancel()
+                return []
+        try:
+            return gathered.result()
+        except CuetuneError as exc:
+            raise req.Refused(400, str(exc)) from None
+        except asyncio.CancelledError:
+            return []
+
+    @app.post("/v1/classify")
+    async def classify(body: req.ClassifyRequest, request: Request):
+        adapter = adapter_for(request, body.model)
+        if adapter.task != "classification":
+            raise req.Refused(400, f"model: adapter {adapter.name!r} writes text; use /v1/completions",
+                              "model")
+        texts = req.as_list(body.input, "input", limits.max_inputs)
+        pairs = None if body.input_pair is None else req.as_list(body.input_pair, "input_pair",
+                                                                 limits.max_inputs)
+        items = req.encode(adapter, texts, pairs, "input", generation=False)
+        probs = await run(request, [Job("classify", adapter, item) for item in items])
+        labels = adapter.tuned.labels
+        data = [{"index": i, "label": labels[int(p.argmax())],
+                 "probs": {lab: float(v) for lab, v in zip(labels, p.tolist(), strict=True)}}
+                for i, p in enumerate(probs)]
+        return {"object": "list", "model": adapter.name, "data": data,
+                "usage": {"prompt_tokens": sum(len(i.input_ids) for i in items)}}
+
+    @app.post("/v1/completions")
+    async def completions(body: req.CompletionRequest, request: Request):
+        adapter = adapter_for(request, body.model)
+        texts = req.as_list(body.prompt, "prompt", limits.max_inputs)
+        jobs = req.generate_jobs(adapter, body, texts, limits.max_tokens)
+        rows = await run(request, jobs)
+        choices = [{"index": i, "text": r.text(), "finish_reason": r.finish_reason, "logprobs": None}
+                   for i, r in enumerate(rows)]
+        return _completion("text_completion", adapter, jobs, rows, choices, metrics)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: req.ChatRequest, request: Request):
+        adapter = adapter_for(request, body.model)
+        text = req.chat_text(adapter, body)
+        jobs = req.generate_jobs(adapter, body, [text], limits.max_tokens)
+        rows = await run(request, jobs)
+        choices = [{"index": i, "message": {"role": "assistant", "content": r.text()},
+                    "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(rows)]
+        return _completion("chat.completion", adapter, jobs, rows, choices, metrics)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [registry.get(n).describe() for n in registry.names()]}
+
+    @app.post("/v1/adapters", status_code=201)
+    async def add_adapter(body: req.AdapterRequest):
+        try:
+            path = registry.within_root(body.path)
+        except CuetuneError as exc:
+            raise req.Refused(403, str(exc), "path", "permission_error") from None
+        try:
+            adapter = await asyncio.wrap_future(scheduler.call(lambda: registry.add(path, body.name)))
+        except CuetuneError as exc:
+            raise req.Refused(400, str(exc), "path") from None
+        return adapter.describe()
+
+    @app.delete("/v1/adapters/{name}")
+    async def remove_adapter(name: str):
+        try:
+            registry.remove(name)
+        except UnknownAdapter as exc:
+            raise req.Refused(404, str(exc), "name", "not_found_error") from None
+        return {"id": name, "object": "model", "deleted": True}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "adapters": len(registry.names()), "queue": scheduler.depth()}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    async def unknown(path: str):
+        raise req.Refused(404, f"/{path}: no such endpoint (see /docs)", kind="not_found_error")
+
+    return app
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse(req.Refused(status, message, kind=kind).body(), status)
+
+
+def _completion(kind: str, adapter, jobs, rows, choices, metrics: Metrics) -> dict:
+    if not rows:  # the client went away; nobody reads this
+        return {}
+    written = sum(len(r.tokens) for r in rows)
+    metrics.tokens.labels(adapter.name).inc(written)
+    prompt = sum(len(j.item.input_ids) for j in jobs)
+    return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()),
+            "model": adapter.name, "choices": choices,
+            "usage": {"prompt_tokens": prompt, "completion_tokens": written,
+                      "total_tokens": prompt + written}}
+
+
+def build_server(runs: list[str], *, device: str | None = None, adapter_root: str | None = None,
+                 api_key: str | None = None, limits: Limits | None = None, **scheduling):
+    """The app with its adapters loaded and its worker started. `runs`: run folders, or
+    `NAME=FOLDER` to name an adapter (default: the folder's name)."""
+    from cuetune.serve.adapters import Registry
+    from cuetune.serve.scheduler import Scheduler
+
+    registry = Registry(device, adapter_root)
+    for spec in runs:
+        name, _, path = spec.rpartition("=") if "=" in spec else (None, "", spec)
+        registry.add(path, name or None)
+    metrics = Metrics()
+    scheduler = Scheduler(registry, metrics=metrics, **scheduling).start()
+    return create_app(registry, scheduler, metrics, api_key, limits), registry
+
+
+def serve(runs: list[str], host: str = "127.0.0.1", port: int = 8000, **options) -> None:
+    """Load the runs, then serve until SIGTERM or Ctrl-C (which drain first)."""
+    import uvicorn
+
+    app, registry = build_server(runs, **options)
+    print(f"cuetune serve: {len(registry.names())} adapters ({', '.join(registry.names())}) on "
+          f"http://{host}:{port}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=60)

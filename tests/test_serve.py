@@ -1,0 +1,197 @@
+"""`cuetune serve` over HTTP: adapters of several methods and tasks on one base, answers equal to
+each run loaded alone, the `openai` client unchanged, and every refusal in OpenAI's error body
+while the server keeps serving."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from conftest import FILLER, NEG, POS, toy_config, write_jsonl
+from fastapi.testclient import TestClient
+
+import cuetune
+from cuetune.errors import ArtifactError
+from cuetune.serve.app import Limits, build_server
+
+TEXTS = ["the movie was great", "the food was awful and dull", "a very poor day", "lovely phone",
+         "the phone was broken and the day was quite dull", "fine"]
+
+
+def copy_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        word = rng.choice(POS + NEG)
+        words = rng.sample(FILLER, 3) + [word]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "target": f"{word} ."})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_dirs, toy_data, tmp_path_factory):
+    """Three classification runs (soft, prefix, LoRA), two generation runs, one full run."""
+    root = tmp_path_factory.mktemp("serve")
+    model = tiny_dirs["causal"]
+    for name, method, lr in (("soft", {"name": "soft"}, 0.1), ("prefix", {"name": "prefix"}, 0.01),
+                             ("lora", {"name": "lora", "r": 4}, 0.02), ("full", {"name": "full"}, 1e-3)):
+        raw = toy_config(model, toy_data, root / "runs" / name, method=method)
+        raw["train"].update(lr=lr, max_steps=6)
+        cuetune.train(raw)
+    gen = {"train": write_jsonl(root / "gen.jsonl", copy_rows(24, 1))}
+    for name, method in (("gen-soft", {"name": "soft"}), ("gen-lora", {"name": "lora", "r": 4})):
+        template = ("{soft:4} " if name == "gen-soft" else "") + "review : {text} answer : {answer}"
+        raw = toy_config(model, toy_data, root / "runs" / name, method=method, prompt={"template": template})
+        raw["data"] = {"task": "generation", "train": str(gen["train"]), "dev": str(gen["train"])}
+        raw["generate"] = {"max_new_tokens": 5}
+        raw["train"].update(lr=0.05, max_steps=6, zero_shot_baseline=False)
+        cuetune.train(raw)
+    return root / "runs"
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    names = ["soft", "prefix", "lora", "gen-soft", "gen-lora"]
+    app, registry = build_server([str(runs / n) for n in names], adapter_root=str(runs),
+                                 api_key="sekret", limits=Limits(max_tokens=16, max_body_bytes=4000))
+    with TestClient(app) as client:
+        client.headers["Authorization"] = "Bearer sekret"
+        yield client, registry
+
+
+def test_models_lists_every_adapter(server):
+    client, _ = server
+    data = client.get("/v1/models").json()["data"]
+    assert {m["id"]: m["task"] for m in data} == {
+        "soft": "classification", "prefix": "classification", "lora": "classification",
+        "gen-soft": "generation", "gen-lora": "generation"}
+
+
+def test_classify_equals_each_run_alone_under_concurrent_mixed_traffic(server, runs):
+    client, _ = server
+    names = ["soft", "prefix", "lora"]
+    alone = {n: cuetune.load(runs / n).predict(TEXTS) for n in names}
+
+    def ask(i):
+        name = names[i % 3]
+        text = TEXTS[i % len(TEXTS)]
+        r = client.post("/v1/classify", json={"model": name, "input": text})
+        return name, text, r
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(36)))
+    for name, text, r in answers:
+        assert r.status_code == 200, r.text
+        got = r.json()["data"][0]
+        want = alone[name][TEXTS.index(text)]
+        assert got["label"] == want["label"]
+        for lab, p in want["probs"].items():
+            assert abs(got["probs"][lab] - p) < 1e-5
+    metrics = client.get("/metrics").text
+    assert 'cuetune_requests_total{adapter="lora",endpoint="/v1/classify",status="200"} 12.0' in metrics
+    mixed = [line for line in metrics.splitlines()
+             if line.startswith('cuetune_batch_adapters_bucket{kind="classify",le="1.0"}')
+             or line.startswith('cuetune_batch_adapters_count{kind="classify"}')]
+    one, total = (float(line.split()[-1]) for line in mixed)
+    assert total > one  # some forwards held rows of several adapters
+
+
+def test_openai_client_gets_each_runs_greedy_text(server, runs):
+    openai = pytest.importorskip("openai")
+    client, _ = server
+    oa = openai.OpenAI(base_url="http://testserver/v1", api_key="sekret", http_client=client, max_retries=0)
+    for name in ("gen-soft", "gen-lora"):
+        want = cuetune.load(runs / name).generate(TEXTS[:3])
+        got = oa.completions.create(model=name, prompt=TEXTS[:3], max_tokens=5, temperature=0)
+        assert [c.text for c in got.choices] == want
+        assert got.usage.completion_tokens > 0
+    with pytest.raises(openai.NotFoundError):
+        oa.completions.create(model="nope", prompt="x")
+
+
+def _error(r, status: int, param=None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    if param is not None:
+        assert err["param"] == param
+    return err
+
+
+def test_refusals_use_openai_error_bodies_and_serving_goes_on(server):
+    client, _ = server
+    _error(client.post("/v1/classify", json={"model": "nope", "input": "x"}), 404, "model")
+    as_json = {"content-type": "application/json"}
+    _error(client.post("/v1/classify", content=b"{not json", headers=as_json), 400)
+    _error(client.post("/v1/classify", json={"model": "soft", "input": 3}), 422, "input.str")
+    _error(client.post("/v1/classify", json={"model": "soft", "input": "x", "temperature": 1}), 422,
+           "temperature")
+    _error(client.post("/v1/classify", json={"model": "gen-soft", "input": "x"}), 400, "model")
+    _error(client.post("/v1/completions", json={"model": "soft", "prompt": "x"}), 400, "model")
+    _error(client.post("/v1/completions", json={"model": "gen-soft", "prompt": "x", "max_tokens": 17}),
+           400, "max_tokens")
+    _error(client.post("/v1/completions", json={"model": "gen-soft", "prompt": "x", "n": 2}), 400, "n")
+    long = " ".join(["good"] * 300)
+    assert "max_length" in _error(client.post("/v1/classify", json={"model": "soft", "input": long}),
+                                  400, "input")["message"]
+    _error(client.post("/v1/classify", json={"model": "soft", "input": "x" * 5000}), 413)
+    _error(client.get("/v1/nothing"), 404)
+    wrong_key = {"Authorization": "Bearer no"}
+    r = client.post("/v1/classify", json={"model": "soft", "input": "x"}, headers=wrong_key)
+    assert _error(r, 401)["type"] == "authentication_error"
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.post("/v1/classify", json={"model": "soft", "input": "fine"}).status_code == 200
+
+
+def test_a_full_queue_answers_429_with_retry_after(runs):
+    app, _ = build_server([str(runs / "soft")], max_queue=0)
+    with TestClient(app) as client:
+        r = client.post("/v1/classify", json={"model": "soft", "input": "fine"})
+        assert _error(r, 429)["type"] == "rate_limit_error"
+        assert r.headers["retry-after"] == "1"
+
+
+def test_adapters_load_under_the_root_only_and_unload(server, runs):
+    client, registry = server
+    _error(client.post("/v1/adapters", json={"path": "../elsewhere"}), 403, "path")
+    err = _error(client.post("/v1/adapters", json={"path": "full", "name": "full"}), 400, "path")
+    assert "copy of every model weight" in err["message"]
+    assert "full" not in registry.names()
+    (runs / "broken").mkdir(exist_ok=True)
+    _error(client.post("/v1/adapters", json={"path": "broken"}), 400, "path")
+    r = client.post("/v1/adapters", json={"path": "lora", "name": "lora-2"})
+    assert r.status_code == 201, r.text
+    assert client.post("/v1/classify", json={"model": "lora-2", "input": "fine"}).status_code == 200
+    assert client.delete("/v1/adapters/lora-2").json()["deleted"] is True
+    _error(client.post("/v1/classify", json={"model": "lora-2", "input": "fine"}), 404, "model")
+    _error(client.delete("/v1/adapters/lora-2"), 404)
+
+
+def test_full_weight_runs_are_refused_at_start(runs):
+    with pytest.raises(ArtifactError, match="copy of every model weight"):
+        build_server([str(runs / "full")])
+
+
+def test_a_cancelled_generation_leaves_the_running_batch(runs):
+    from cuetune.serve.adapters import Registry
+    from cuetune.serve.api import CompletionRequest, generate_jobs
+    from cuetune.serve.scheduler import Scheduler
+
+    registry = Registry()
+    adapter = registry.add(runs / "gen-soft")
+    sched = Scheduler(registry, wait_ms=0)  # driven by hand here, not started
+    body = CompletionRequest(model="gen-soft", prompt="x", max_tokens=16, temperature=0)
+    jobs = generate_jobs(adapter, body, ["the movie was great", "a very poor day"], 16)
+    for job in jobs:
+        job.row.stops.ended = lambda tokens: False  # never stops early: only cancel can end it
+    sched.waiting_gen = list(jobs)
+    with torch.inference_mode():
+        sched._generate()
+        assert len(sched.decoding) == 2
+        jobs[0].future.cancel()
+        sched._generate()
+    assert len(sched.decoding) == 1 and sched.decoding.rows[0] is jobs[1].row
+    assert not jobs[1].future.done()
