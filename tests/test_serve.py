@@ -171,6 +171,13 @@ def test_adapters_load_under_the_root_only_and_unload(server, runs):
     _error(client.delete("/v1/adapters/lora-2"), 404)
 
 
+def test_unloading_needs_the_adapter_root(runs):
+    app, registry = build_server([str(runs / "soft")])
+    with TestClient(app) as client:
+        _error(client.delete("/v1/adapters/soft"), 403, "name")
+    assert registry.names() == ["soft"]
+
+
 def test_full_weight_runs_are_refused_at_start(runs):
     with pytest.raises(ArtifactError, match="copy of every model weight"):
         build_server([str(runs / "full")])
@@ -262,3 +269,22 @@ def test_cli_server_answers_then_drains_on_sigterm(runs):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("kind,prompt", [("masked", {}),
+                                         ("causal", {"multi_token": "chain",
+                                                     "verbalizer": {"negative": ["awful bad"],
+                                                                    "positive": ["great good"]}})])
+def test_runs_that_cannot_mix_are_served_apart_and_equal(kind, prompt, tiny_dirs, toy_data, tmp_path):
+    """Encoder models and chain-rule scoring run through the run's own path, still batched."""
+    raw = toy_config(tiny_dirs[kind], toy_data, tmp_path / "run", prompt=prompt)
+    raw["train"].update(max_steps=3)
+    cuetune.train(raw)
+    app, registry = build_server([f"apart={tmp_path / 'run'}"])
+    assert not registry.get("apart").mixable
+    want = cuetune.load(tmp_path / "run").predict(TEXTS)
+    with TestClient(app) as client:
+        got = client.post("/v1/classify", json={"model": "apart", "input": TEXTS}).json()["data"]
+    for g, w in zip(got, want, strict=True):
+        assert g["label"] == w["label"]
+        assert all(abs(g["probs"][k] - v) < 1e-5 for k, v in w["probs"].items())

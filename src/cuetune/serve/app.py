@@ -173,6 +173,10 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
 
     @app.delete("/v1/adapters/{name}")
     async def remove_adapter(name: str):
+        if registry.root is None:
+            raise req.Refused(403, "unloading adapters at run time is off; start the server with "
+                                   "--adapter-root DIR to manage adapters over HTTP", "name",
+                              "permission_error")
         try:
             registry.remove(name)
         except UnknownAdapter as exc:
