@@ -5,10 +5,15 @@ while the server keeps serving."""
 from __future__ import annotations
 
 import random
+import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 import torch
+import uvicorn
 from conftest import FILLER, NEG, POS, toy_config, write_jsonl
 from fastapi.testclient import TestClient
 
@@ -53,13 +58,43 @@ def runs(tiny_dirs, toy_data, tmp_path_factory):
     return root / "runs"
 
 
+class Live:
+    """A server on 127.0.0.1 on a free port (uvicorn in a thread), and an httpx client for it."""
+
+    def __init__(self, app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+
+    def client(self, **headers) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
 @pytest.fixture(scope="module")
-def server(runs):
+def live(runs):
     names = ["soft", "prefix", "lora", "gen-soft", "gen-lora"]
     app, registry = build_server([str(runs / n) for n in names], adapter_root=str(runs),
                                  api_key="sekret", limits=Limits(max_tokens=16, max_body_bytes=4000))
-    with TestClient(app) as client:
-        client.headers["Authorization"] = "Bearer sekret"
+    server = Live(app)
+    yield server, registry
+    server.close()
+
+
+@pytest.fixture
+def server(live):
+    server, registry = live
+    with server.client(Authorization="Bearer sekret") as client:
         yield client, registry
 
 
@@ -103,7 +138,7 @@ def test_classify_equals_each_run_alone_under_concurrent_mixed_traffic(server, r
 def test_openai_client_gets_each_runs_greedy_text(server, runs):
     openai = pytest.importorskip("openai")
     client, _ = server
-    oa = openai.OpenAI(base_url="http://testserver/v1", api_key="sekret", http_client=client, max_retries=0)
+    oa = openai.OpenAI(base_url=str(client.base_url).rstrip("/") + "/v1", api_key="sekret", max_retries=0)
     for name in ("gen-soft", "gen-lora"):
         want = cuetune.load(runs / name).generate(TEXTS[:3])
         got = oa.completions.create(model=name, prompt=TEXTS[:3], max_tokens=5, temperature=0)
@@ -139,6 +174,8 @@ def test_refusals_use_openai_error_bodies_and_serving_goes_on(server):
     assert "max_length" in _error(client.post("/v1/classify", json={"model": "soft", "input": long}),
                                   400, "input")["message"]
     _error(client.post("/v1/classify", json={"model": "soft", "input": "x" * 5000}), 413)
+    chunks = iter([b'{"model": "soft", "input": "', b"x" * 5000, b'"}'])  # no content-length
+    _error(client.post("/v1/classify", content=chunks, headers=as_json), 413)
     _error(client.get("/v1/nothing"), 404)
     wrong_key = {"Authorization": "Bearer no"}
     r = client.post("/v1/classify", json={"model": "soft", "input": "x"}, headers=wrong_key)
@@ -225,12 +262,8 @@ def test_cli_server_answers_then_drains_on_sigterm(runs):
     """A real `cuetune serve` process: requests in flight when SIGTERM comes still get answers,
     and the process ends cleanly."""
     import signal
-    import socket
     import subprocess
     import sys
-    import time
-
-    import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -288,3 +321,33 @@ def test_runs_that_cannot_mix_are_served_apart_and_equal(kind, prompt, tiny_dirs
     for g, w in zip(got, want, strict=True):
         assert g["label"] == w["label"]
         assert all(abs(g["probs"][k] - v) < 1e-5 for k, v in w["probs"].items())
+
+
+def test_a_client_that_leaves_cancels_its_generation(live, monkeypatch):
+    from cuetune.serve.decoding import Decoding
+
+    server, registry = live
+    slow_step = Decoding.step
+
+    def step(self):  # 50 ms a token: 16 tokens outlast the client's 0.3 s
+        time.sleep(0.05)
+        slow_step(self)
+
+    monkeypatch.setattr(Decoding, "step", step)
+    monkeypatch.setattr(registry.get("gen-soft").pipe.config.generate, "stop", ["never-written"])
+    with server.client(Authorization="Bearer sekret") as client:
+        before = _cancelled(client)
+        body = {"model": "gen-soft", "prompt": "the movie was great", "max_tokens": 16}
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/v1/completions", json=body, timeout=0.3)
+        deadline = time.time() + 5
+        while _cancelled(client) == before and time.time() < deadline:
+            time.sleep(0.05)
+        assert _cancelled(client) == before + 1
+
+
+def _cancelled(client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('cuetune_cancelled_total{adapter="gen-soft"}'):
+            return float(line.split()[-1])
+    return 0.0

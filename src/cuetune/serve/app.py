@@ -50,11 +50,16 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
         await asyncio.to_thread(scheduler.stop)  # drain: queued and running jobs finish
 
     app = FastAPI(title="cuetune serve", lifespan=lifespan)
+    app.add_middleware(Guard, api_key=api_key, max_body=limits.max_body_bytes, metrics=metrics)
     metrics.queue_depth.set_function(scheduler.depth)
 
     @app.exception_handler(req.Refused)
     async def refused(_request, exc: req.Refused):
         return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(_request, _exc):
+        return _error(413, f"request body is over the limit of {limits.max_body_bytes} bytes")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):
@@ -63,28 +68,6 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
         status = 400 if first["type"] == "json_invalid" else 422
         message = f"{field}: {first['msg']}" if field else first["msg"]
         return JSONResponse(req.Refused(status, message, field).body(), status)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        started = time.perf_counter()
-        if request.url.path.startswith("/v1") and api_key:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
-                              kind="authentication_error")
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
-            return _error(413, f"request body of {size} bytes is over the limit of "
-                               f"{limits.max_body_bytes} bytes")
-        if request.method == "POST" and len(await request.body()) > limits.max_body_bytes:
-            return _error(413, f"request body is over the limit of {limits.max_body_bytes} bytes")
-        response = await call_next(request)
-        adapter = getattr(request.state, "adapter", None)
-        if adapter is not None:
-            metrics.requests.labels(adapter, request.url.path, str(response.status_code)).inc()
-            if response.status_code == 200:
-                metrics.latency.labels(adapter).observe(time.perf_counter() - started)
-        return response
 
     def adapter_for(request: Request, name: str):
         try:
@@ -196,6 +179,53 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
         raise req.Refused(404, f"/{path}: no such endpoint (see /docs)", kind="not_found_error")
 
     return app
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    """ASGI middleware: the API key on /v1, the body size cap (declared or streamed), and the
+    request count and latency per adapter. A plain ASGI wrapper, not `BaseHTTPMiddleware`,
+    which would hide a client's disconnect from the endpoint (cancellation needs it)."""
+
+    def __init__(self, app, api_key: str | None, max_body: int, metrics: Metrics):
+        self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if scope["path"].startswith("/v1") and self.api_key:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):
+                return await _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                                    kind="authentication_error")(scope, receive, send)
+        size = headers.get(b"content-length", b"")
+        if size.isdigit() and int(size) > self.max_body:
+            return await _error(413, f"request body of {int(size)} bytes is over the limit of "
+                                     f"{self.max_body} bytes")(scope, receive, send)
+        started, status, seen = time.perf_counter(), [500], [0]
+
+        async def counted_receive():
+            message = await receive()
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > self.max_body:
+                raise BodyTooLarge
+            return message
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, counted_receive, send_status)
+        adapter = scope.get("state", {}).get("adapter")
+        if adapter is not None:
+            self.metrics.requests.labels(adapter, scope["path"], str(status[0])).inc()
+            if status[0] == 200:
+                self.metrics.latency.labels(adapter).observe(time.perf_counter() - started)
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:

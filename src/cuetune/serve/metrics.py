@@ -22,6 +22,8 @@ class Metrics:
         self.batch_adapters = Histogram("cuetune_batch_adapters", "Distinct adapters per forward",
                                         ["kind"], buckets=ROW_BUCKETS, registry=r)
         self.queue_depth = Gauge("cuetune_queue_depth", "Rows waiting for the worker", registry=r)
+        self.cancelled = Counter("cuetune_cancelled", "Requests dropped because their client left",
+                                 ["adapter"], registry=r)
         self.tokens = Counter("cuetune_generated_tokens", "Tokens written per adapter", ["adapter"],
                               registry=r)
 

@@ -157,6 +157,9 @@ class Scheduler:
                 _done(job, p)
 
     def _generate(self) -> None:
+        for job in self.waiting_gen:
+            if job.future.cancelled():
+                self._cancelled(job)
         self.waiting_gen = [j for j in self.waiting_gen if not j.future.cancelled()]
         apart = [j for j in self.waiting_gen if not j.adapter.mixable or j.row.cfg.strategy == "beam"]
         self.waiting_gen = [j for j in self.waiting_gen if j not in apart]
@@ -194,7 +197,13 @@ class Scheduler:
         if gone:
             dec.leave(gone)
         for row in gone:
+            if row.ticket.future.cancelled():
+                self._cancelled(row.ticket)
             _done(row.ticket, row)
+
+    def _cancelled(self, job: Job) -> None:
+        if self.metrics:
+            self.metrics.cancelled.labels(job.adapter.name).inc()
 
     def _observe(self, kind: str, rows: int, adapters: int = 1) -> None:
         if self.metrics:
