@@ -57,10 +57,6 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
     async def refused(_request, exc: req.Refused):
         return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(_request, _exc):
-        return _error(413, f"request body is over the limit of {limits.max_body_bytes} bytes")
-
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):
         first = exc.errors()[0]
@@ -181,10 +177,6 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
     return app
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class Guard:
     """ASGI middleware: the API key on /v1, the body size cap (declared or streamed), and the
     request count and latency per adapter. A plain ASGI wrapper, not `BaseHTTPMiddleware`,
@@ -206,16 +198,26 @@ class Guard:
         if size.isdigit() and int(size) > self.max_body:
             return await _error(413, f"request body of {int(size)} bytes is over the limit of "
                                      f"{self.max_body} bytes")(scope, receive, send)
-        started, status, seen = time.perf_counter(), [500], [0]
+        started, status, seen, over = time.perf_counter(), [500], [0], [False]
+        end = {"type": "http.request", "body": b"", "more_body": False}
 
-        async def counted_receive():
+        async def counted_receive():  # a body streamed without content-length is cut at the cap
+            if over[0]:
+                return end
             message = await receive()
             seen[0] += len(message.get("body", b""))
             if seen[0] > self.max_body:
-                raise BodyTooLarge
+                over[0] = True
+                return end
             return message
 
         async def send_status(message):
+            if over[0]:  # whatever the app made of the cut body, the answer is 413
+                if message["type"] == "http.response.start":
+                    status[0] = 413
+                    await _error(413, f"request body is over the limit of {self.max_body} bytes")(
+                        scope, receive, send)
+                return
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
