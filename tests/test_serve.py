@@ -148,6 +148,28 @@ def test_openai_client_gets_each_runs_greedy_text(server, runs):
         oa.completions.create(model="nope", prompt="x")
 
 
+def test_streamed_pieces_join_into_the_same_text(server, runs, monkeypatch):
+    openai = pytest.importorskip("openai")
+    from cuetune.serve.decoding import Decoding
+
+    slow_step = Decoding.step
+
+    def step(self):  # 40 ms a token, so the text arrives in several pieces
+        time.sleep(0.04)
+        slow_step(self)
+
+    monkeypatch.setattr(Decoding, "step", step)
+    client, _ = server
+    oa = openai.OpenAI(base_url=str(client.base_url).rstrip("/") + "/v1", api_key="sekret", max_retries=0)
+    for name in ("gen-soft", "gen-lora"):
+        texts = cuetune.load(runs / name).generate(TEXTS)
+        text, want = max(zip(TEXTS, texts, strict=True), key=lambda p: len(p[1]))
+        assert want
+        pieces = [c.choices[0].text for c in oa.completions.create(
+            model=name, prompt=text, max_tokens=5, temperature=0, stream=True)]
+        assert "".join(pieces) == want and len([p for p in pieces if p]) >= 2
+
+
 def _error(r, status: int, param=None) -> dict:
     assert r.status_code == status, r.text
     err = r.json()["error"]
@@ -170,6 +192,8 @@ def test_refusals_use_openai_error_bodies_and_serving_goes_on(server):
     _error(client.post("/v1/completions", json={"model": "gen-soft", "prompt": "x", "max_tokens": 17}),
            400, "max_tokens")
     _error(client.post("/v1/completions", json={"model": "gen-soft", "prompt": "x", "n": 2}), 400, "n")
+    _error(client.post("/v1/completions", json={"model": "gen-soft", "prompt": ["x", "y"], "stream": True}),
+           400, "stream")
     long = " ".join(["good"] * 300)
     assert "max_length" in _error(client.post("/v1/classify", json={"model": "soft", "input": long}),
                                   400, "input")["message"]

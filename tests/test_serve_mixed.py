@@ -29,6 +29,7 @@ METHODS = {  # name -> (method section, template)
     "lora": ({"name": "lora", "r": 4}, "review : {text} sentiment : {answer}"),
     "lora-soft": ({"name": "lora", "r": 2}, "{soft:2} {text} it is {answer}"),
     "zero-shot": ({"name": "zero-shot"}, "question : {text} sentiment : {answer}"),
+    "two-stage": ({"name": "two-stage", "r": 2}, "{soft:3} review : {text} sentiment : {answer}"),
 }
 
 
@@ -83,7 +84,7 @@ def test_mixed_classification_equals_each_adapter_alone(base, toy_data, tmp_path
 
 def test_mixed_decoding_writes_each_adapters_greedy_text(base, toy_data, tmp_path):
     pipes = pipelines(base, toy_data, tmp_path, "generation")
-    texts = [r["text"] for r in toy_rows(7, 9)]
+    texts = [r["text"] for r in toy_rows(len(METHODS), 9)]
     texts[1] += " and a very dull day"
     names = list(pipes)
     rows = []

@@ -2,7 +2,7 @@
 
 Unknown fields are refused (422 naming the field) rather than ignored, so a client never
 believes a setting took effect when it did not; OpenAI fields this server does not implement
-(n > 1, streaming, logprobs, echo, best_of) are refused with the reason.
+(n > 1, logprobs, echo, best_of) are refused with the reason.
 """
 
 from __future__ import annotations
@@ -80,8 +80,6 @@ class AdapterRequest(Strict):
 def refuse_unsupported(req: Decoding) -> None:
     if req.n != 1:
         raise Refused(400, "n: this server writes one completion per prompt; send n=1", "n")
-    if req.stream:
-        raise Refused(400, "stream: streaming is not supported; send stream=false", "stream")
     for name in ("logprobs", "best_of"):
         if getattr(req, name, None) not in (None, 1):
             raise Refused(400, f"{name}: not supported by this server; leave it out", name)
@@ -140,6 +138,9 @@ def generate_jobs(adapter, req: Decoding, texts: list[str], max_tokens: int) -> 
         update["seed"] = req.seed
     if req.stop:
         update["stop"] = list(base.stop) + ([req.stop] if isinstance(req.stop, str) else list(req.stop))
+    if req.stream and len(texts) > 1:
+        raise Refused(400, "stream: a streamed request takes one prompt; send a list without "
+                           "stream, or one request per prompt", "stream")
     cfg = base.model_copy(update=update)
     loaded = adapter.pipe.loaded
     items = encode(adapter, texts, None, "prompt", generation=True)

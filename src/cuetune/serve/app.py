@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from cuetune.errors import CuetuneError
 from cuetune.serve import api as req
+from cuetune.serve import streaming
 from cuetune.serve.adapters import UnknownAdapter
 from cuetune.serve.metrics import Metrics
 from cuetune.serve.scheduler import Job, QueueFull
@@ -73,12 +74,20 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
         request.state.adapter = name
         return adapter
 
-    async def run(request: Request, jobs: list[Job]) -> list:
+    def submit(jobs: list[Job]) -> list:
         try:
-            futures = scheduler.submit(jobs)
+            return scheduler.submit(jobs)
         except QueueFull as exc:
             raise req.Refused(429, f"{exc}; retry after {limits.retry_after_s} s", kind="rate_limit_error",
                               headers={"Retry-After": str(limits.retry_after_s)}) from None
+
+    def streamed(request: Request, jobs: list[Job], kind: str) -> StreamingResponse:
+        futures = submit(jobs)
+        return StreamingResponse(streaming.events(request, jobs[0], futures[0], kind),
+                                 media_type="text/event-stream")
+
+    async def run(request: Request, jobs: list[Job]) -> list:
+        futures = submit(jobs)
         gathered = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         while True:
             done, _ = await asyncio.wait({gathered}, timeout=0.1)
@@ -119,6 +128,8 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
         adapter = adapter_for(request, body.model)
         texts = req.as_list(body.prompt, "prompt", limits.max_inputs)
         jobs = req.generate_jobs(adapter, body, texts, limits.max_tokens)
+        if body.stream:
+            return streamed(request, jobs, "text_completion")
         rows = await run(request, jobs)
         choices = [{"index": i, "text": r.text(), "finish_reason": r.finish_reason, "logprobs": None}
                    for i, r in enumerate(rows)]
@@ -129,6 +140,8 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
         adapter = adapter_for(request, body.model)
         text = req.chat_text(adapter, body)
         jobs = req.generate_jobs(adapter, body, [text], limits.max_tokens)
+        if body.stream:
+            return streamed(request, jobs, "chat.completion.chunk")
         rows = await run(request, jobs)
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text()},
                     "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(rows)]
