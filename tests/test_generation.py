@@ -310,3 +310,25 @@ def test_rouge_1_2_and_l_are_pinned_on_a_small_example():
     assert m["rouge_1"] == pytest.approx(100 * 2 / 3, abs=1e-3)
     assert m["rouge_2"] == pytest.approx(100 * 4 / 7, abs=1e-3)
     assert m["rouge_l"] == pytest.approx(100 * 2 / 3, abs=1e-3)
+
+
+def test_a_stop_string_counts_only_once_the_text_has_begun():
+    """SAMSum zero-shot: the model answers "Summary:" on a new line; stopping at that first
+    line break gave empty summaries (ROUGE-1 0.7). White space before the text is no stop."""
+    from cuetune.generation import Stops
+
+    pieces = {0: "", 1: "\n", 2: "Amanda", 3: " calls", 4: "\n", 5: "Bob:"}
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(pieces[i] for i in ids)
+
+    class Family:
+        def end_token_ids(self, tokenizer):
+            return {0}
+
+    stops = Stops(Tok(), ["\n"], Family())
+    assert not stops.ended([1]) and not stops.ended([1, 1, 2, 3])
+    assert stops.ended([1, 2, 3, 4])
+    assert stops.finish([1, 2, 3, 4, 5]) == "Amanda calls"
+    assert stops.finish([1, 2, 0]) == "Amanda"

@@ -40,7 +40,10 @@ class Stops:
         return bool(self.strings) and any(s in self._text(tokens) for s in self.strings)
 
     def _text(self, tokens: list[int]) -> str:
-        return self.tok.decode(tokens, skip_special_tokens=True)
+        """The text written so far, from its first visible character: white space before the
+        text begins is no stop (a model that starts its answer on a new line after
+        "Summary:" has not ended it)."""
+        return self.tok.decode(tokens, skip_special_tokens=True).lstrip()
 
     def finish(self, tokens: list[int]) -> str:
         if tokens and tokens[-1] in self.end_ids:
