@@ -166,6 +166,18 @@ def toy_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def copy_rows(n: int, seed: int) -> list[dict]:
+    """The toy generation task: write the sentence's polar word, then a full stop."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        word = rng.choice(POS + NEG)
+        words = rng.sample(FILLER, 3) + [word]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "target": f"{word} ."})
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

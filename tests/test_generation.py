@@ -12,11 +12,10 @@ What must hold for every method x family that writes text:
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
-from conftest import FILLER, NEG, POS, save_tiny, write_jsonl
+from conftest import copy_rows, save_tiny, write_jsonl
 
 import cuetune
 from cuetune.config import GenerateConfig, validate
@@ -39,18 +38,6 @@ METHODS = {
 }
 KINDS = ["causal", "gpt2", "gemma3", "seq2seq"]
 TEMPLATE = "{soft:4} review : {text} answer : {answer}"
-
-
-def copy_rows(n: int, seed: int) -> list[dict]:
-    """The toy generation task: write the sentence's polar word, then a full stop."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        word = rng.choice(POS + NEG)
-        words = rng.sample(FILLER, 3) + [word]
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "target": f"{word} ."})
-    return rows
 
 
 @pytest.fixture(scope="module")

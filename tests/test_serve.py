@@ -4,7 +4,6 @@ while the server keeps serving."""
 
 from __future__ import annotations
 
-import random
 import socket
 import threading
 import time
@@ -14,7 +13,7 @@ import httpx
 import pytest
 import torch
 import uvicorn
-from conftest import FILLER, NEG, POS, toy_config, write_jsonl
+from conftest import copy_rows, toy_config, write_jsonl
 from fastapi.testclient import TestClient
 
 import cuetune
@@ -24,17 +23,6 @@ from cuetune.serve.app import Limits, build_server
 
 TEXTS = ["the movie was great", "the food was awful and dull", "a very poor day", "lovely phone",
          "the phone was broken and the day was quite dull", "fine"]
-
-
-def copy_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        word = rng.choice(POS + NEG)
-        words = rng.sample(FILLER, 3) + [word]
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "target": f"{word} ."})
-    return rows
 
 
 @pytest.fixture(scope="module")
