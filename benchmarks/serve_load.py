@@ -14,8 +14,10 @@ at random; classification through `/v1/classify` (httpx), generation through the
 client (`max_retries=0`, temperature 0, `max_tokens` 40, the runs stop at a line break). A rate
 is sustained when nothing failed, p99 latency is under 1 s (classification) or 10 s
 (generation), and latency does not grow during the step (the median of the last third of
-arrivals within 1.5x the first third's + 0.2 s): an open loop the server cannot keep up with
-shows as a queue that keeps growing.
+arrivals within 1.5x the first third's + 0.2 s, judged once a third holds 10 requests): an
+open loop the server cannot keep up with shows as a queue that keeps growing. Each server's
+peak is the highest achieved rate of any step (answers from the first arrival to the last
+answer).
 The ladder stops at the first rate that is not sustained. Servers (each its own process, 2 torch threads):
 
 - `mixed`: `cuetune serve` with the 8 mixed-method adapters, traffic spread over them;
@@ -185,7 +187,7 @@ def summary(start: float, rows: list[dict], rate: float) -> dict:
     by_send = [r["latency"] for r in sorted(ok, key=lambda r: r["end"] - r["latency"])]
     third = max(1, len(by_send) // 3)
     first, last = sorted(by_send[:third]), sorted(by_send[-third:])
-    growing = bool(ok) and last[len(last) // 2] > 1.5 * first[len(first) // 2] + 0.2
+    growing = third >= 10 and last[len(last) // 2] > 1.5 * first[len(first) // 2] + 0.2
     return {"offered": rate, "sent": len(rows), "achieved": round(len(ok) / span, 2), "growing": growing,
             "failed": len(rows) - len(ok), "p50": round(lat[len(lat) // 2], 3), "p99": round(p99, 3),
             "tokens_per_s": round(sum(r["tokens"] for r in ok) / span, 1)}
@@ -202,7 +204,9 @@ def ladder(url: str, kind: str, names: list[str], texts: list[str], rates: list[
         if s["failed"] or s["p99"] > bound or s["growing"]:
             break
         best = s
-    return {"sustained": best, "steps": steps}
+    peak = max(steps, key=lambda s: s["achieved"])
+    return {"sustained": best, "peak_rate": peak["achieved"], "peak_tokens_per_s": peak["tokens_per_s"],
+            "steps": steps}
 
 
 def inputs() -> dict[str, list[str]]:
@@ -230,7 +234,7 @@ def hostile(url: str, names: dict[str, list[str]]) -> list[tuple[str, str, dict]
         ("POST", "/v1/completions", {"json": {"model": gen, "prompt": "x", "max_tokens": 100000}}),
         ("POST", "/v1/completions", {"json": {"model": gen, "prompt": "x", "max_tokens": -1}}),
         ("POST", "/v1/completions", {"json": {"model": gen, "prompt": "x", "n": 3}}),
-        ("POST", "/v1/completions", {"json": {"model": gen, "prompt": "x", "stream": True}}),
+        ("POST", "/v1/completions", {"json": {"model": gen, "prompt": ["x", "y"], "stream": True}}),
         ("POST", "/v1/chat/completions", {"json": {"model": gen, "messages": [user]}}),
         ("POST", "/v1/chat/completions", {"json": {"model": gen, "messages": "hello"}}),
         ("POST", "/v1/adapters", {"json": {"path": "../../etc"}}),
@@ -316,7 +320,7 @@ def main() -> None:
     texts = inputs()
     mixed = {t: [f"{t}-{m}" for m in METHODS] for t in ("cls", "gen")}
     lora = {t: [f"{t}-lora"] + [f"{t}-lora{s}" for s in (1, 2, 3)] for t in ("cls", "gen")}
-    rates = {"cls": [2, 4, 8, 12, 16, 24, 32, 48, 64], "gen": [0.25, 0.5, 1, 2, 3, 4, 6, 8]}
+    rates = {"cls": [2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48], "gen": [0.5, 1, 2, 3, 4, 5, 6, 8]}
     every, loras = mixed["cls"] + mixed["gen"], lora["cls"] + lora["gen"]
     servers = {
         "mixed": (lambda: ours(runs, every), mixed),

@@ -189,6 +189,8 @@ def test_refusals_use_openai_error_bodies_and_serving_goes_on(server):
     chunks = iter([b'{"model": "soft", "input": "', b"x" * 5000, b'"}'])  # no content-length
     _error(client.post("/v1/classify", content=chunks, headers=as_json), 413)
     _error(client.get("/v1/nothing"), 404)
+    assert _error(client.put("/v1/completions", json={}), 405)["message"].endswith("use POST")
+    _error(client.post("/v1/classify", content=b"\xdc\xff\x00garbage", headers=as_json), 400)
     wrong_key = {"Authorization": "Bearer no"}
     r = client.post("/v1/classify", json={"model": "soft", "input": "x"}, headers=wrong_key)
     assert _error(r, 401)["type"] == "authentication_error"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cuetune.errors import CuetuneError
 from cuetune.serve import api as req
@@ -61,10 +62,16 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            why = (first.get("ctx") or {}).get("error", first["msg"])
+            return _error(400, f"request body is not valid JSON ({why})")
         field = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        status = 400 if first["type"] == "json_invalid" else 422
         message = f"{field}: {first['msg']}" if field else first["msg"]
-        return JSONResponse(req.Refused(status, message, field).body(), status)
+        return JSONResponse(req.Refused(422, message, field).body(), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, exc: StarletteHTTPException):  # e.g. a body that is not UTF-8
+        return _error(exc.status_code, f"request refused: {exc.detail}")
 
     def adapter_for(request: Request, name: str):
         try:
@@ -184,7 +191,12 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    async def unknown(path: str):
+    async def unknown(path: str, request: Request):
+        allowed = sorted(m for r in app.routes if getattr(r, "path", None) == f"/{path}"
+                         for m in getattr(r, "methods", ()) if m != "HEAD")
+        if allowed:
+            raise req.Refused(405, f"/{path}: {request.method} is not allowed; use {', '.join(allowed)}",
+                              headers={"Allow": ", ".join(allowed)})
         raise req.Refused(404, f"/{path}: no such endpoint (see /docs)", kind="not_found_error")
 
     return app

@@ -23,7 +23,7 @@ from transformers import DynamicCache
 from cuetune.config import GenerateConfig
 from cuetune.families.base import kv_cache, select_cache
 from cuetune.generation import Stops, filter_logits
-from cuetune.serve.mixed import group_rows, prepare
+from cuetune.serve.mixed import by_length, group_rows, prepare
 
 
 @dataclass
@@ -78,16 +78,18 @@ class Decoding:
         return len(self.rows)
 
     def join(self, new: list[GenRow]) -> None:
-        """Run the new rows' prompts (one mixed forward) and add them to the running batch;
-        each gets its first token."""
-        mixed = prepare([(r.pipe, r.item) for r in new], self.pad_id)
-        cache = kv_cache(None, mixed.prefix, len(new))  # keeps every key; the mask decides
-        out = mixed.run(self.base, cache)
-        logits = self.family.token_logits(self.base, out.last_hidden_state[:, -1], None)  # [N, V]
-        for row, row_logits in zip(new, logits, strict=True):
-            row.add(row.choose(row_logits))
-        self._stack(cache, mixed.mask, mixed.positions[:, -1] + 1)
-        self.rows += new
+        """Run the new rows' prompts (mixed forwards, one per length group) and add them to the
+        running batch; each gets its first token."""
+        for group in by_length([(r.pipe, r.item) for r in new]):
+            rows = [new[i] for i in group]
+            mixed = prepare([(r.pipe, r.item) for r in rows], self.pad_id)
+            cache = kv_cache(None, mixed.prefix, len(rows))  # keeps every key; the mask decides
+            out = mixed.run(self.base, cache)
+            logits = self.family.token_logits(self.base, out.last_hidden_state[:, -1], None)  # [N, V]
+            for row, row_logits in zip(rows, logits, strict=True):
+                row.add(row.choose(row_logits))
+            self._stack(cache, mixed.mask, mixed.positions[:, -1] + 1)
+            self.rows += rows
 
     def step(self) -> None:
         """One token for every running row that is not done."""

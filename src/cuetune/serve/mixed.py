@@ -25,6 +25,7 @@ import torch
 
 from cuetune.encoding import Encoded, collate
 from cuetune.families.base import kv_cache, pick
+from cuetune.families.fastpath import length_groups
 
 
 def can_mix(pipe) -> bool:
@@ -113,10 +114,29 @@ def pad_prefixes(prefixes: list, tokens: torch.Tensor):
     return out, mask
 
 
+def by_length(rows: list[tuple[object, Encoded]]) -> list[list[int]]:
+    """Row indices in groups of similar length, whatever their adapters (the fast path's
+    partition: a group costs its longest row times its rows, plus a fixed cost per forward).
+    Adapters differ in prompt length (a 20-token soft prompt, a bare LoRA template), so one
+    padded forward over all of them would mostly compute padding."""
+    groups = length_groups([len(e.input_ids) for _, e in rows])
+    return [list(range(len(rows)))] if groups == [None] else [g.tolist() for g in groups]
+
+
 def mixed_probs(rows: list[tuple[object, Encoded]], pad_id: int,
                 content_free: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """Label probabilities [L_i] for each row (pipeline, encoded input), all rows in one
-    forward; calibrated with `content_free[id(pipe)]` where the run calibrates."""
+    """Label probabilities [L_i] for each row (pipeline, encoded input): rows of all adapters
+    share forwards, one per length group; calibrated with `content_free[id(pipe)]` where the
+    run calibrates."""
+    result: list = [None] * len(rows)
+    for group in by_length(rows):
+        for i, probs in zip(group, _probs([rows[i] for i in group], pad_id, content_free or {}),
+                            strict=True):
+            result[i] = probs
+    return result
+
+
+def _probs(rows: list[tuple[object, Encoded]], pad_id: int, content_free: dict) -> list[torch.Tensor]:
     mixed = prepare(rows, pad_id)
     base = rows[0][0].loaded.model
     cache = None
@@ -127,7 +147,7 @@ def mixed_probs(rows: list[tuple[object, Encoded]], pad_id: int,
     result: list = [None] * len(rows)
     for pipe, idx in mixed.groups:
         probs = pipe.method.scores(hidden[idx], pipe.model).float().softmax(-1)  # [R, L]
-        probs = pipe.calibrated(probs, (content_free or {}).get(id(pipe)))
+        probs = pipe.calibrated(probs, content_free.get(id(pipe)))
         for j, row in enumerate(idx.tolist()):
             result[row] = probs[j].cpu()
     return result
