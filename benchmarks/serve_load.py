@@ -2,6 +2,7 @@
 
     python benchmarks/serve_load.py --out bench-out/serve            # the docs/PERFORMANCE.md table
     python benchmarks/serve_load.py --quick --out bench-out/serve-q  # a few minutes
+    python benchmarks/serve_load.py --out bench-out/serve --table    # the table from the JSON
 
 Adapters (trained once into OUT/runs, a few steps each: speed does not depend on quality), on
 smollm2-135m: 4 classification runs on the packaged sentiment data (soft, prefix, p-tuning,
@@ -304,6 +305,31 @@ async def overload(url: str, name: str, text: str, n: int) -> dict:
     return {"burst": n, "status": codes, "429_with_retry_after": retry}
 
 
+def table(results: dict) -> str:
+    """The docs/PERFORMANCE.md table from serve_load.json."""
+    lines = ["| server | traffic | classify: sustained req/s (p50 / p99 s) | classify: peak req/s | "
+             "generate: sustained req/s (p50 / p99 s) | generate: tokens/s there | generate: peak tokens/s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    four = "8 adapters, 4 methods"
+    traffic = {"mixed": four, "single": "1 adapter (soft)", "one-per-batch": four, "lora-mixed": "8 LoRA",
+               "peft-switch": "8 LoRA", "peft-mixed": "8 LoRA"}
+    for name, label in traffic.items():
+        if name not in results:
+            continue
+        row = [name, label]
+        for kind in ("cls", "gen"):
+            r = results[name][kind]
+            s = r["sustained"]
+            row.append(f"{s['offered']} ({s['p50']} / {s['p99']})" if s else "-")
+            if kind == "gen":
+                row.append(f"{s['tokens_per_s']}" if s else "-")
+                row.append(f"{max(x['tokens_per_s'] for x in r['steps'])}")
+            else:
+                row.append(f"{max(x['achieved'] for x in r['steps'])}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench-out/serve"))
@@ -311,7 +337,11 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=None, help="seconds per rate (default 15; quick 5)")
     ap.add_argument("--only", nargs="*", help="servers to run (default: all), and 'faults'")
     ap.add_argument("--threads", default="1", help="torch threads per server process")
+    ap.add_argument("--table", action="store_true", help="print OUT/serve_load.json as a table")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads((args.out / "serve_load.json").read_text())))
+        return
     global THREADS
     THREADS = args.threads
     duration = args.duration or (5.0 if args.quick else 15.0)
