@@ -19,7 +19,7 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the CI image runs 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
 # Modules that arrive with a declared dependency and are imported only as part of its API.
-VIA = {"click": "typer"}
+VIA = {"click": "typer", "starlette": "fastapi"}  # FastAPI documents handlers on Starlette's HTTPException
 # Optional extras: imported only inside the functions that need them, declared under
 # [project.optional-dependencies] (`pip install 'cuetune[ray]'`).
 OPTIONAL = {"ray": "ray"}

@@ -273,8 +273,10 @@ def test_stop_drains_queued_and_running_jobs(runs):
 
 
 def test_cli_server_answers_then_drains_on_sigterm(runs):
-    """A real `cuetune serve` process: requests in flight when SIGTERM comes still get answers,
-    and the process ends cleanly."""
+    """A real `cuetune serve` process under SIGTERM with requests arriving: each gets a whole
+    answer or is turned away at the connection (uvicorn closes connections whose request it
+    has not read yet), never an error; the process ends cleanly. That queued and running jobs
+    are finished is `test_stop_drains_queued_and_running_jobs`."""
     import signal
     import subprocess
     import sys
@@ -302,13 +304,15 @@ def test_cli_server_answers_then_drains_on_sigterm(runs):
                 return httpx.post(f"{url}/v1/completions", json=body, timeout=60).status_code
             except httpx.ConnectError:
                 return "refused"  # came after SIGTERM: not accepted, which is right
+            except httpx.RemoteProtocolError:
+                return "closed"  # connected, but its request was not yet read: uvicorn closes it
 
         with ThreadPoolExecutor(12) as pool:
             pending = [pool.submit(ask, i) for i in range(48)]
             time.sleep(0.2)
             proc.send_signal(signal.SIGTERM)
             answers = [p.result() for p in pending]
-        assert set(answers) <= {200, "refused"}, answers  # accepted requests were all answered
+        assert set(answers) <= {200, "refused", "closed"}, answers  # never a 5xx or a half answer
         assert 200 in answers
         # uvicorn re-raises the signal once drained, so the parent sees a SIGTERM exit
         assert proc.wait(60) in (0, -signal.SIGTERM)
