@@ -369,3 +369,18 @@ def _cancelled(client) -> float:
         if line.startswith('cuetune_cancelled_total{adapter="gen-soft"}'):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_a_fault_in_the_model_fails_its_requests_and_serving_goes_on(server, monkeypatch):
+    import cuetune.serve.scheduler as scheduler
+
+    client, _ = server
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(scheduler, "mixed_probs", broken)
+    err = _error(client.post("/v1/classify", json={"model": "soft", "input": "fine"}), 500)
+    assert err["type"] == "server_error" and "simulated kernel failure" in err["message"]
+    monkeypatch.undo()
+    assert client.post("/v1/classify", json={"model": "soft", "input": "fine"}).status_code == 200

@@ -111,6 +111,9 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
             raise req.Refused(400, str(exc)) from None
         except asyncio.CancelledError:
             return []
+        except Exception as exc:  # a fault in the worker's round: this request fails, serving goes on
+            raise req.Refused(500, f"the model failed on this batch: {type(exc).__name__}: {exc}",
+                              kind="server_error") from None
 
     @app.post("/v1/classify")
     async def classify(body: req.ClassifyRequest, request: Request):
