@@ -256,7 +256,7 @@ def test_a_cancelled_generation_leaves_the_running_batch(runs):
     assert not jobs[1].future.done()
 
 
-def test_stop_drains_queued_and_running_jobs(runs):
+def test_stop_drains_queued_and_running_jobs_even_of_an_unloaded_adapter(runs):
     from cuetune.serve.adapters import Registry
     from cuetune.serve.api import CompletionRequest, generate_jobs
     from cuetune.serve.scheduler import Job, Scheduler
@@ -268,6 +268,7 @@ def test_stop_drains_queued_and_running_jobs(runs):
     jobs = generate_jobs(gen, body, TEXTS, 8)
     jobs += [Job("classify", cls, item) for item in cls.pipe.encode([Example(t) for t in TEXTS], "inputs")]
     futures = sched.submit(jobs)
+    registry.remove(cls.name)  # unloaded with rows queued: they still finish
     sched.stop()  # returns once every job is answered
     assert all(f.done() and f.exception() is None for f in futures)
 
@@ -276,7 +277,7 @@ def test_cli_server_answers_then_drains_on_sigterm(runs):
     """A real `cuetune serve` process under SIGTERM with requests arriving: each gets a whole
     answer or is turned away at the connection (uvicorn closes connections whose request it
     has not read yet), never an error; the process ends cleanly. That queued and running jobs
-    are finished is `test_stop_drains_queued_and_running_jobs`."""
+    are finished is `test_stop_drains_queued_and_running_jobs_even_of_an_unloaded_adapter`."""
     import signal
     import subprocess
     import sys
