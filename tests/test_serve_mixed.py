@@ -109,3 +109,30 @@ def test_mixed_decoding_writes_each_adapters_greedy_text(base, toy_data, tmp_pat
             step += 1
     assert [r.text() for r in rows] == alone
     assert len(set(alone)) >= 4  # the adapters write different texts: a mix-up would show
+
+
+def test_rows_past_a_sliding_window_run_apart_and_equal(tmp_path_factory, toy_data, tmp_path):
+    """Gemma-3 with an 8-token window: a padded mixed batch would measure the window in padded
+    columns, so such batches run each adapter's rows through its own path."""
+    path = save_tiny(tmp_path_factory.mktemp("narrow") / "gemma3", "gemma3", window=8)
+    narrow = load_model(str(path), "float32", "cpu")
+    pipes = pipelines(narrow, toy_data, tmp_path)
+    rows = [(pipes[n], pipes[n].encode([Example(r["text"])], "inputs")[0])
+            for n, r in zip(["prefix", "soft", "lora", "prefix3"], toy_rows(4, 5), strict=True)]
+    with torch.inference_mode():
+        mixed = mixed_probs(rows, narrow.tokenizer.pad_token_id)
+    for (pipe, item), got in zip(rows, mixed, strict=True):
+        torch.testing.assert_close(got, pipe.label_probs([item])[0], atol=1e-5, rtol=0)
+
+
+def test_generation_rows_past_a_sliding_window_are_refused_by_the_batch(tmp_path_factory, toy_data,
+                                                                         tmp_path):
+    path = save_tiny(tmp_path_factory.mktemp("narrow-gen") / "gemma3", "gemma3", window=8)
+    narrow = load_model(str(path), "float32", "cpu")
+    pipe = pipelines(narrow, toy_data, tmp_path, "generation")["soft"]
+    cfg = pipe.config.generate
+    row = GenRow(pipe, pipe.encode([Example("the movie was good")], "inputs", with_target=False)[0], cfg,
+                 Stops(narrow.tokenizer, cfg.stop, narrow.family))
+    dec = Decoding(narrow.model, narrow.family, narrow.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        assert dec.join([row]) == [row] and len(dec) == 0

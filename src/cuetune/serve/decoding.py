@@ -21,7 +21,7 @@ import torch
 from transformers import DynamicCache
 
 from cuetune.config import GenerateConfig
-from cuetune.families.base import kv_cache, select_cache
+from cuetune.families.base import kv_cache, select_cache, window_allows
 from cuetune.generation import Stops, filter_logits
 from cuetune.serve.mixed import by_length, group_rows, prepare
 
@@ -77,12 +77,18 @@ class Decoding:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def join(self, new: list[GenRow]) -> None:
+    def join(self, new: list[GenRow]) -> list[GenRow]:
         """Run the new rows' prompts (mixed forwards, one per length group) and add them to the
-        running batch; each gets its first token."""
+        running batch; each gets its first token. Returns the rows that cannot join: on a
+        sliding-window model, those that would take the batch past the window (it measures
+        distance in columns, and the batch's left padding adds columns a row alone has not)."""
+        refused = []
         for group in by_length([(r.pipe, r.item) for r in new]):
             rows = [new[i] for i in group]
             mixed = prepare([(r.pipe, r.item) for r in rows], self.pad_id)
+            if not self._fits(mixed.mask.size(1), rows):
+                refused += rows
+                continue
             cache = kv_cache(None, mixed.prefix, len(rows))  # keeps every key; the mask decides
             out = mixed.run(self.base, cache)
             logits = self.family.token_logits(self.base, out.last_hidden_state[:, -1], None)  # [N, V]
@@ -90,6 +96,13 @@ class Decoding:
                 row.add(row.choose(row_logits))
             self._stack(cache, mixed.mask, mixed.positions[:, -1] + 1)
             self.rows += rows
+        return refused
+
+    def _fits(self, width: int, rows: list[GenRow]) -> bool:
+        """Whether the batch stays inside a sliding window until its longest row could end."""
+        running = self.mask.size(1) if self.mask is not None else 0
+        left = max(r.cfg.max_new_tokens - len(r.tokens) for r in self.rows + rows)
+        return window_allows(self.base.config, max(running, width) + left)
 
     def step(self) -> None:
         """One token for every running row that is not done."""

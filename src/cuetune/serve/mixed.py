@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from cuetune.encoding import Encoded, collate
-from cuetune.families.base import kv_cache, pick
+from cuetune.families.base import kv_cache, pick, window_allows
 from cuetune.families.fastpath import length_groups
+from cuetune.inference import predict_probs
 
 
 def can_mix(pipe) -> bool:
@@ -139,6 +140,8 @@ def mixed_probs(rows: list[tuple[object, Encoded]], pad_id: int,
 def _probs(rows: list[tuple[object, Encoded]], pad_id: int, content_free: dict) -> list[torch.Tensor]:
     mixed = prepare(rows, pad_id)
     base = rows[0][0].loaded.model
+    if not window_allows(base.config, mixed.mask.size(1)):
+        return _apart(rows, pad_id, content_free)
     cache = None
     if mixed.prefix is not None:
         cache = kv_cache(base.config, mixed.prefix, mixed.embeds.size(0))
@@ -150,4 +153,17 @@ def _probs(rows: list[tuple[object, Encoded]], pad_id: int, content_free: dict) 
         probs = pipe.calibrated(probs, content_free.get(id(pipe)))
         for j, row in enumerate(idx.tolist()):
             result[row] = probs[j].cpu()
+    return result
+
+
+def _apart(rows: list[tuple[object, Encoded]], pad_id: int, content_free: dict) -> list[torch.Tensor]:
+    """Each adapter's rows through its own inference path. A sliding-window layer measures
+    distance in columns, and left padding between a row's prefix keys and its tokens would
+    stretch it past the window where training saw them inside it."""
+    result: list = [None] * len(rows)
+    for pipe, idx in group_rows([p for p, _ in rows], "cpu"):
+        items = [rows[i][1] for i in idx.tolist()]
+        probs = pipe.calibrated(predict_probs(pipe.model, items, pad_id), content_free.get(id(pipe)))
+        for i, p in zip(idx.tolist(), probs, strict=True):
+            result[i] = p
     return result

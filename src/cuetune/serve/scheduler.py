@@ -185,7 +185,9 @@ class Scheduler:
         if joining:
             for job in joining:
                 job.row.ticket = job
-            dec.join([j.row for j in joining])
+            for row in dec.join([j.row for j in joining]):  # past a sliding window: alone
+                row.tokens = generate_ids(row.pipe, [row.item], row.cfg, row.stops)[0]
+                _done(row.ticket, row)
         self._finish(dec)
         if len(dec):
             dec.step()
