@@ -19,6 +19,7 @@ full-vocabulary logits at every position).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import queue
 import tempfile
 import threading
@@ -137,8 +138,6 @@ def app_for(worker: Worker) -> FastAPI:
 
     @app.post("/v1/classify")
     async def classify(body: dict):
-        import asyncio
-
         tuned = worker.runs[body["model"]]
         item = tuned.pipe.encode([Example(body["input"])], "inputs")[0]
         probs = await asyncio.wrap_future(worker.submit("classify", body["model"], item))
@@ -148,8 +147,6 @@ def app_for(worker: Worker) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: dict):
-        import asyncio
-
         tuned = worker.runs[body["model"]]
         item = tuned.pipe.encode([Example(body["prompt"])], "inputs", with_target=False)[0]
         cfg = tuned.pipe.config.generate

@@ -385,3 +385,22 @@ def test_a_fault_in_the_model_fails_its_requests_and_serving_goes_on(server, mon
     assert err["type"] == "server_error" and "simulated kernel failure" in err["message"]
     monkeypatch.undo()
     assert client.post("/v1/classify", json={"model": "soft", "input": "fine"}).status_code == 200
+
+
+def test_beam_rows_run_apart_batched_per_adapter_and_equal_alone(runs):
+    from cuetune.serve.adapters import Registry
+    from cuetune.serve.api import CompletionRequest, generate_jobs
+    from cuetune.serve.scheduler import Scheduler
+
+    registry = Registry()
+    adapter = registry.add(runs / "gen-lora")
+    sched = Scheduler(registry, wait_ms=0)  # driven by hand
+    jobs = generate_jobs(adapter, CompletionRequest(model="gen-lora", prompt="x"), TEXTS[:3], 16)
+    beam = adapter.pipe.config.generate.model_copy(update={"strategy": "beam", "num_beams": 3})
+    for job in jobs:
+        job.row.cfg = beam
+    sched.waiting_gen = list(jobs)
+    with torch.inference_mode():
+        sched._generate()
+    want = cuetune.load(runs / "gen-lora").generate(TEXTS[:3], strategy="beam", num_beams=3)
+    assert [j.future.result().text() for j in jobs] == want

@@ -141,7 +141,7 @@ def _probs(rows: list[tuple[object, Encoded]], pad_id: int, content_free: dict) 
     mixed = prepare(rows, pad_id)
     base = rows[0][0].loaded.model
     if not window_allows(base.config, mixed.mask.size(1)):
-        return _apart(rows, pad_id, content_free)
+        return apart_probs(rows, pad_id, content_free)
     cache = None
     if mixed.prefix is not None:
         cache = kv_cache(base.config, mixed.prefix, mixed.embeds.size(0))
@@ -156,14 +156,17 @@ def _probs(rows: list[tuple[object, Encoded]], pad_id: int, content_free: dict) 
     return result
 
 
-def _apart(rows: list[tuple[object, Encoded]], pad_id: int, content_free: dict) -> list[torch.Tensor]:
-    """Each adapter's rows through its own inference path. A sliding-window layer measures
-    distance in columns, and left padding between a row's prefix keys and its tokens would
-    stretch it past the window where training saw them inside it."""
+def apart_probs(rows: list[tuple[object, Encoded]], pad_id: int, content_free: dict,
+                batch_size: int = 32) -> list[torch.Tensor]:
+    """Each adapter's rows through its own inference path, batched per adapter: for runs that
+    cannot mix (`can_mix`), and for batches past a sliding window (a sliding-window layer
+    measures distance in columns, and left padding between a row's prefix keys and its tokens
+    would stretch it past the window where training saw them inside it)."""
     result: list = [None] * len(rows)
     for pipe, idx in group_rows([p for p, _ in rows], "cpu"):
         items = [rows[i][1] for i in idx.tolist()]
-        probs = pipe.calibrated(predict_probs(pipe.model, items, pad_id), content_free.get(id(pipe)))
+        probs = pipe.calibrated(predict_probs(pipe.model, items, pad_id, batch_size),
+                                content_free.get(id(pipe)))
         for i, p in zip(idx.tolist(), probs, strict=True):
             result[i] = p
     return result

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from cuetune.generation import generate_ids
-from cuetune.inference import predict_probs
 from cuetune.serve.decoding import Decoding, GenRow
-from cuetune.serve.mixed import mixed_probs
+from cuetune.serve.mixed import apart_probs, mixed_probs
 
 
 class QueueFull(Exception):
@@ -139,21 +138,15 @@ class Scheduler:
     def _classify(self, jobs: list[Job]) -> None:
         mixable = [j for j in jobs if j.adapter.mixable]
         batches = [mixable] if self.mix else list(_by_adapter(mixable).values())
-        for batch in filter(None, batches):
+        apart = [j for j in jobs if not j.adapter.mixable]  # the run's own path (chain-rule scoring)
+        for batch, score in [(b, mixed_probs) for b in batches] + [(apart, apart_probs)]:
+            if not batch:
+                continue
             pad = batch[0].adapter.pipe.loaded.tokenizer.pad_token_id
             free = {id(j.adapter.pipe): j.adapter.content_free for j in batch}
-            probs = mixed_probs([(j.adapter.pipe, j.item) for j in batch], pad, free)
+            probs = score([(j.adapter.pipe, j.item) for j in batch], pad, free)
             self._observe("classify", len(batch), len(_by_adapter(batch)))
             for job, p in zip(batch, probs, strict=True):
-                _done(job, p)
-        for group in _by_adapter([j for j in jobs if not j.adapter.mixable]).values():
-            adapter = group[0].adapter  # the run's own inference path (chain-rule scoring, ...)
-            pipe = adapter.pipe
-            probs = predict_probs(pipe.model, [j.item for j in group], pipe.loaded.tokenizer.pad_token_id,
-                                  self.max_batch)
-            probs = pipe.calibrated(probs, adapter.content_free)
-            self._observe("classify", len(group))
-            for job, p in zip(group, probs, strict=True):
                 _done(job, p)
 
     def _generate(self) -> None:
@@ -163,36 +156,45 @@ class Scheduler:
         self.waiting_gen = [j for j in self.waiting_gen if not j.future.cancelled()]
         apart = [j for j in self.waiting_gen if not j.adapter.mixable or j.row.cfg.strategy == "beam"]
         self.waiting_gen = [j for j in self.waiting_gen if j not in apart]
-        for group in _by_adapter(apart).values():  # the run's own decoding, one adapter at a time
-            for job in group:
-                job.row.tokens = generate_ids(job.adapter.pipe, [job.item], job.row.cfg, job.row.stops)[0]
-                _done(job, job.row)
-            self._observe("generate", len(group))
+        self._generate_apart(apart)
         if self.decoding is None:
             base = self.registry.base
             self.decoding = Decoding(base.model, base.family, base.tokenizer.pad_token_id)
         dec = self.decoding
         room = self.max_running - len(dec)
         joining, self.waiting_gen = self.waiting_gen[:room], self.waiting_gen[room:]
-        if joining and not self.mix and len(dec):  # one adapter per batch: join only the same one
-            same = [j for j in joining if j.adapter is dec.rows[0].ticket.adapter]
-            self.waiting_gen = [j for j in joining if j not in same] + self.waiting_gen
-            joining = same
-        elif joining and not self.mix:
-            first = joining[0].adapter
-            self.waiting_gen = [j for j in joining if j.adapter is not first] + self.waiting_gen
-            joining = [j for j in joining if j.adapter is first]
+        if joining and not self.mix:  # one adapter per batch: only the running one's rows join
+            only = dec.rows[0].ticket.adapter if len(dec) else joining[0].adapter
+            self.waiting_gen = [j for j in joining if j.adapter is not only] + self.waiting_gen
+            joining = [j for j in joining if j.adapter is only]
         if joining:
             for job in joining:
                 job.row.ticket = job
-            for row in dec.join([j.row for j in joining]):  # past a sliding window: alone
-                row.tokens = generate_ids(row.pipe, [row.item], row.cfg, row.stops)[0]
-                _done(row.ticket, row)
+            refused = dec.join([j.row for j in joining])  # past a sliding window: apart
+            self._generate_apart([r.ticket for r in refused])
         self._finish(dec)
         if len(dec):
             dec.step()
             self._observe("decode", len(dec), len({id(r.pipe) for r in dec.rows}))
             self._finish(dec)
+
+    def _generate_apart(self, jobs: list[Job]) -> None:
+        """Rows decoded by the run's own `generate`, batched per adapter and settings (beam
+        search, models that cannot mix, rows past a sliding window). Sampled rows go one at a
+        time: `generate` seeds row i with seed + i, and a request's draws must not depend on
+        its neighbours."""
+        groups: dict = {}
+        for i, job in enumerate(jobs):
+            cfg = job.row.cfg
+            key = (id(job.adapter), cfg.model_dump_json(), i if cfg.strategy == "sample" else -1)
+            groups.setdefault(key, []).append(job)
+        for group in groups.values():
+            first = group[0].row
+            seqs = generate_ids(first.pipe, [j.item for j in group], first.cfg, first.stops)
+            for job, seq in zip(group, seqs, strict=True):
+                job.row.tokens = seq
+                _done(job, job.row)
+            self._observe("generate", len(group))
 
     def _finish(self, dec: Decoding) -> None:
         gone = [r for r in dec.rows if r.done or r.ticket.future.cancelled()]
