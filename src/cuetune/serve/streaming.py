@@ -20,16 +20,13 @@ POLL_S = 0.02
 
 
 def settled(row: GenRow) -> str:
-    """The part of the text so far that the final text is sure to begin with."""
-    tokens = [t for t in row.tokens if t not in row.stops.end_ids]
-    text = row.stops.tok.decode(tokens, skip_special_tokens=True).lstrip()
-    for stop in row.stops.strings:
-        if stop in text:
-            text = text[:text.index(stop)]
+    """The part of the text so far that the final text is sure to begin with: the finished
+    text of the tokens so far (`Stops.finish`: cut at a stop string, stripped), less a tail
+    that could be the start of a stop string or half a UTF-8 character."""
+    text = row.stops.finish(row.tokens)
     hold = max((n for stop in row.stops.strings for n in range(1, len(stop))
                 if text.endswith(stop[:n])), default=0)
-    text = text[:len(text) - hold] if hold else text
-    text = text.rstrip()
+    text = text[:len(text) - hold].rstrip()
     return text[:-1] if text.endswith("\ufffd") else text
 
 
