@@ -38,6 +38,8 @@ ROWS = {
     "full": ({"name": "full"}, 3e-3, {"verbalizer": {"positive": "yes", "negative": "no"}}),
     "head": ({"name": "head"}, 3e-3),
     "two-stage": ({"name": "two-stage", "soft_lr": 0.1, "tune_lr": 0.02}, None),
+    # Two soft prompts on the toy template ({soft:4}), under a learned prior.
+    "mixture": ({"name": "mixture", "copies": 2}, 0.03),
     "zero-shot": ({"name": "zero-shot"}, None),
     "in-context": ({"name": "in-context"}, None),
 }

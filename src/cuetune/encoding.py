@@ -38,6 +38,8 @@ class Encoded:
     decoder_ids: list[int] | None = None
     """Seq2seq teacher forcing: the decoder's inputs after its start token."""
     refs: tuple[str, ...] = ()
+    views: tuple[Encoded, ...] | None = None
+    """Several encodings of one example (a mixture's prompts): rows of one batch, one label."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
 
 class PromptEncoder:
     """Encodes examples with one template for one tokenizer and family."""
+
+    views = 1
+    """Rows per input (a mixture's encoder gives one per prompt)."""
 
     def __init__(self, template: Template, tokenizer, family, *,
                  instruction: str | None = None, chat: bool = False, max_length: int = 256,
@@ -347,7 +352,13 @@ def collate(items: list[Encoded], pad_id: int, side: str = "right") -> dict[str,
     Returns input_ids/attention_mask/soft_index [B, T] and answer_pos [B] (column in the
     padded row). Teacher-forced generation items add target [B, A] (-100 past a row's end),
     answer_pos becomes [B, A] (where each target token is predicted from) and seq2seq items add
-    decoder_input_ids [B, A]."""
+    decoder_input_ids [B, A]. Items with `views` give one row per view (view-major within an
+    item) and one label per item."""
+    if items[0].views is not None:
+        batch = collate([v for e in items for v in e.views], pad_id, side)
+        if all(e.label is not None for e in items):
+            batch["labels"] = torch.tensor([e.label for e in items])
+        return batch
     width = max(len(e.input_ids) for e in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)

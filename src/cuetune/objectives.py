@@ -63,7 +63,7 @@ class Classification(Objective):
 
     def loss(self, model, batch, label_smoothing):
         scores = model(batch)  # [B, L]
-        return F.cross_entropy(scores, batch["labels"], label_smoothing=label_smoothing)
+        return model.method.label_loss(scores, batch["labels"], label_smoothing)
 
     def units(self, batch):
         return batch["labels"].numel()  # rows
@@ -76,6 +76,7 @@ class Classification(Objective):
             shares = zip(pipe.labels, cf.tolist(), strict=True)
             metrics["content_free"] = {lab: round(p, 6) for lab, p in shares}
         metrics["truncated"] = sum(e.truncated for e in items)
+        metrics.update(pipe.method.report())
         return metrics
 
     def score(self, metrics, metric):

@@ -90,7 +90,7 @@ def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) 
     objective = objective_for(cfg.data.task)
     objective.check(cfg, method_cls, loaded.family)
     template = method_cls.adapt_template(cfg.method, parse(cfg.prompt.template))
-    encoder = PromptEncoder.for_run(cfg, template, loaded)
+    encoder = method_cls.build_encoder(cfg, template, loaded)
     if cfg.prompt.demonstrations is not None:
         _add_demonstrations(cfg, encoder, template, labels)
     verbalizer = None

@@ -238,7 +238,7 @@ def _train_step(model, next_batch, optimizer, scheduler, params,
         loss = objective.loss(model, batch, cfg.label_smoothing)
         (loss * share / cfg.grad_accum if share != 1.0 else loss / cfg.grad_accum).backward()
         loss_sum += loss.item() * share / cfg.grad_accum
-        seen += batch["input_ids"].size(0)
+        seen += len(batch["labels"]) if "labels" in batch else batch["input_ids"].size(0)  # inputs, not rows
     loss_sum, seen = distributed.total(loss_sum), int(distributed.total(seen))
     distributed.sum_gradients(params)
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))

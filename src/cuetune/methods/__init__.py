@@ -43,6 +43,7 @@ def _register_builtin() -> None:
     from cuetune.methods.full import Full, Head, PromptFinetune
     from cuetune.methods.in_context import InContext
     from cuetune.methods.lora import Lora
+    from cuetune.methods.mixture import Mixture
     from cuetune.methods.prefix import Prefix
     from cuetune.methods.ptuning import PTuning
     from cuetune.methods.soft import SoftPrompt
@@ -50,7 +51,7 @@ def _register_builtin() -> None:
     from cuetune.methods.zero_shot import ZeroShot
 
     for cls in (SoftPrompt, Prefix, PTuning, Lora, PromptFinetune, Full, Head, TwoStage,
-                ZeroShot, InContext):
+                ZeroShot, InContext, Mixture):
         register(cls)
 
 

@@ -19,8 +19,12 @@ The trainer, evaluator and artifact code talk to every method through these hook
 - `patch_rows(rows)`: the same changes for some rows of a batch only, so a server runs rows
   of several adapters in one forward (LoRA gathers its rows, S-LoRA style); None when a
   method cannot restrict its change to rows (a trained copy of every weight);
+- `build_encoder(cfg, template, loaded)`: the encoder of this method's inputs (a mixture of
+  prompts encodes each input once per prompt, as rows of one batch);
 - `scores(hidden, model)`: label scores from the answer-position hidden state (the default
   reads label-word logits through the verbalizer; a classification head replaces it);
+- `label_loss(scores, labels, smoothing)`: the training loss on those scores (cross-entropy;
+  a mixture's expected cost and prior entropy); `report()`: numbers added to eval metrics;
 - `adapter_tensors()`: the parameters this method trains, by the name the adapter file uses;
   `trainable_parameters`, `adapter_state` and `load_adapter_state` follow from it;
 - `phases()`: what is trained in which order (two-stage training has two phases);
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cuetune.config import MethodConfig
@@ -102,6 +107,13 @@ class Method(nn.Module):
         """`section.key` -> why it would do nothing here (the user's template as written)."""
         return {}
 
+    @classmethod
+    def build_encoder(cls, cfg, template: Template, loaded):
+        """The encoder of this method's inputs (a mixture encodes each input once per prompt)."""
+        from cuetune.encoding import PromptEncoder
+
+        return PromptEncoder.for_run(cfg, template, loaded)
+
     def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
         return inputs
 
@@ -133,6 +145,14 @@ class Method(nn.Module):
         """Answer hidden states [B, H] -> label scores [B, L]: label-word logits only."""
         token_logits = model.family.token_logits(model.base, hidden, model.token_ids)  # [B, V']
         return model.verbalizer.label_logits(token_logits)
+
+    def label_loss(self, scores: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+        """The training loss of label scores [B, L]: cross-entropy on the gold label."""
+        return F.cross_entropy(scores, labels, label_smoothing=label_smoothing)
+
+    def report(self) -> dict:
+        """Method-specific numbers added to evaluation metrics (a mixture's prior)."""
+        return {}
 
     def adapter_tensors(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}

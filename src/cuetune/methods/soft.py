@@ -74,12 +74,16 @@ class SoftBlock(nn.Module):
 
     def fill(self, inputs: dict, batch: dict, prompt: torch.Tensor | None = None) -> dict:
         """Put `prompt` [P, H] (default: the trained one) where `batch["soft_index"]` says."""
-        prompt = self.prompt if prompt is None else prompt
-        soft_index = batch["soft_index"]  # [B, T], -1 where no soft token
-        embeds = inputs["inputs_embeds"]  # [B, T, H]
-        rows = prompt.to(embeds.dtype)[soft_index.clamp(min=0)]  # [B, T, H]
-        inputs["inputs_embeds"] = torch.where((soft_index >= 0)[..., None], rows, embeds)
-        return inputs
+        return fill_soft(inputs, batch["soft_index"], self.prompt if prompt is None else prompt)
+
+
+def fill_soft(inputs: dict, soft_index: torch.Tensor, prompt: torch.Tensor) -> dict:
+    """Put rows of `prompt` [P, H] into the input embeddings where `soft_index` [B, T] (-1
+    where no soft token) points."""
+    embeds = inputs["inputs_embeds"]  # [B, T, H]
+    rows = prompt.to(embeds.dtype)[soft_index.clamp(min=0)]  # [B, T, H]
+    inputs["inputs_embeds"] = torch.where((soft_index >= 0)[..., None], rows, embeds)
+    return inputs
 
 
 DEFAULT_SOFT_TOKENS = 20

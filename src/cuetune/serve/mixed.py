@@ -31,11 +31,13 @@ from cuetune.inference import predict_probs
 
 def can_mix(pipe) -> bool:
     """Whether a pipeline's rows can share a forward with other adapters' rows: a family that
-    mixes rows, one answer position (chain-rule scoring runs its own teacher-forced rows) and a
+    mixes rows, one row and one answer position per input (chain-rule scoring runs its own
+    teacher-forced rows; a mixture of prompts one row per prompt) and a
     weight change restricted to rows (full fine-tuning's copy of every weight cannot be)."""
     chain = pipe.verbalizer is not None and pipe.model.chain
     rows = torch.zeros(0, dtype=torch.long)
-    return pipe.loaded.family.mixes_rows and not chain and pipe.method.patch_rows(rows) is not None
+    return (pipe.loaded.family.mixes_rows and not chain and pipe.encoder.views == 1
+            and pipe.method.patch_rows(rows) is not None)
 
 
 @dataclass

@@ -1,0 +1,230 @@
+"""A mixture of prompts: M prompts trained together under a prior P(phi), so a prediction rests
+on a distribution of prompts rather than on one.
+
+The product's formulation treats the prompt as a random variable:
+L = sum_x sum_phi C(y | x, theta) P(x | phi) P(phi). In code (docs/methods.md relates each term):
+
+- phi ranges over the components: the templates in `method.prompts` (hand or searched), each
+  repeated `copies` times; a component whose template has a `{soft}` block (or gets one from
+  `num_tokens`) trains its own soft prompt, so `copies` > 1 gives M soft prompts on one wording;
+- P(phi) is `prior`: `uniform` (fixed 1/M), `learned` (a softmax over M logits) or `gate`
+  (those logits plus a linear gate over the frozen model's answer states for x, Qin & Eisner
+  2021: the prior depends on the input);
+- p(y | x, phi) is the label distribution the model gives under component phi;
+- `objective: marginal` trains -log sum_phi P(phi) p(y | x, phi) (the mixture's likelihood);
+  `objective: expected` trains sum_phi P(phi) [-log p(y | x, phi)], the expected cost of the
+  formula, which by Jensen's inequality bounds the other from above;
+- `entropy` subtracts that multiple of the prior's entropy from the loss, and `temperature`
+  divides the prior's logits: two guards against the prior collapsing onto one prompt early.
+
+Prediction is always the mixture p(y | x) = sum_phi P(phi) p(y | x, phi). The M variants of an
+input are rows of one batch (`Views` encodes them), so the frozen model runs once per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from cuetune.config import MethodConfig
+from cuetune.encoding import Encoded, PromptEncoder
+from cuetune.errors import ConfigError, TemplateError
+from cuetune.methods.base import Method
+from cuetune.methods.soft import SoftBlock, fill_soft
+from cuetune.templates import Template, parse
+
+
+class MixtureConfig(MethodConfig):
+    name: Literal["mixture"] = "mixture"
+    prompts: list[str] | None = None
+    """The components' templates (the label words are the run's); None: `prompt.template` only."""
+    copies: int = Field(1, ge=1, le=64)
+    """Components per template, each with its own soft prompt (needs soft tokens)."""
+    num_tokens: int | None = Field(None, ge=1, le=1000)
+    """A leading soft block of this many tokens on every template that has none; None: the
+    templates as written (hard ones train nothing but the prior)."""
+    prior: Literal["uniform", "learned", "gate"] = "learned"
+    objective: Literal["marginal", "expected"] = "marginal"
+    entropy: float = Field(0.0, ge=0.0)
+    """Weight of the prior's entropy, subtracted from the loss (keeps the prior spread)."""
+    temperature: float = Field(1.0, gt=0.0)
+    """Divides the prior's logits: above 1 flattens the prior."""
+    init: Literal["vocab", "words", "random"] = "vocab"
+    """Soft-prompt initialisation, as for method soft; copy m draws with seed + m."""
+    init_words: str | None = None
+    vocab_top: int = Field(5000, ge=10)
+    seed: int = 0
+
+
+def component_templates(cfg: MixtureConfig, template: Template) -> list[Template]:
+    """The M templates, in component order: each prompt `copies` times."""
+    sources = cfg.prompts if cfg.prompts is not None else [template.source]
+    if not sources:
+        raise ConfigError("method.prompts: empty; give at least one template (or leave it unset "
+                          "to use prompt.template)")
+    out = []
+    for i, source in enumerate(sources):
+        try:
+            parsed = template if cfg.prompts is None else parse(source)
+        except TemplateError as exc:
+            raise ConfigError(f"method.prompts[{i}]: {exc}") from None
+        if cfg.num_tokens is not None and not parsed.soft_segments:
+            parsed = parsed.with_leading_soft(cfg.num_tokens)
+        out += [parsed] * cfg.copies
+    if len(out) < 2:
+        raise ConfigError("method: a mixture needs at least two prompts; list several in "
+                          "method.prompts or set method.copies (with soft tokens)")
+    return out
+
+
+class Views:
+    """Encodes each example once per component; an item's `views` become rows of one batch
+    (`encoding.collate`), component-major within each example: row b * M + m."""
+
+    def __init__(self, encoders: list[PromptEncoder]):
+        self.encoders = encoders
+        first = encoders[0]
+        for i, enc in enumerate(encoders[1:], 1):
+            if enc.template.has("text_pair") != first.template.has("text_pair"):
+                raise ConfigError(f"method.prompts[{i}]: every prompt must take the same inputs "
+                                  "({text_pair} in all or none)")
+            if enc.answer_space != first.answer_space:
+                raise ConfigError(f"method.prompts[{i}]: the label words follow a space in one prompt "
+                                  "and not in another, so they would be different tokens; end every "
+                                  "prompt's text before {answer} the same way")
+        self.views = len(encoders)
+        self.template = first.template
+        self.answer_space = first.answer_space
+        self.shared_len = 0  # rows of different prompts share no first tokens
+        self.num_soft = sum(e.num_soft for e in encoders)
+        self.soft_specs = [s for e in encoders for s in e.soft_specs]
+
+    def encode_all(self, examples, what: str = "examples", with_target: bool = True) -> list[Encoded]:
+        per = [enc.encode_all(examples, what, with_target) for enc in self.encoders]
+        out = []
+        for views in zip(*per, strict=True):
+            longest = max(views, key=lambda v: len(v.input_ids))
+            out.append(Encoded(longest.input_ids, longest.soft_index, longest.answer_pos, views[0].label,
+                               any(v.truncated for v in views), views=tuple(views)))
+        return out
+
+    def use_demonstrations(self, demos) -> None:
+        raise ConfigError("prompt.demonstrations: not available with method mixture (each prompt "
+                          "would need its own rendering of them); remove it")
+
+    def pieces(self) -> list[dict]:
+        raise ConfigError("method mixture: M prompts have no single layout to export")
+
+
+class Mixture(Method):
+    config_class = MixtureConfig
+    default_lr = 3e-2
+    generates = False
+    merge_refusal = "its prompts are inputs the model reads and a prior over them, not a weight change"
+
+    @classmethod
+    def build_encoder(cls, cfg, template: Template, loaded) -> Views:
+        if cfg.data.task != "classification":
+            raise ConfigError("method mixture: classification only (a prior over prompts mixes "
+                              "label distributions)")
+        if cfg.prompt.multi_token == "chain":
+            raise ConfigError("prompt.multi_token: chain runs its own teacher-forced rows, which "
+                              "method mixture does not combine yet; use mean, first or max")
+        templates = component_templates(cfg.method, template)
+        if cfg.method.copies > 1 and not any(t.soft_segments for t in templates):
+            raise ConfigError("method.copies: copies of a hard template are the same prompt; set "
+                              "method.num_tokens (or put {soft:N} in the template) so each copy "
+                              "trains its own soft prompt")
+        return Views([PromptEncoder.for_run(cfg, t, loaded) for t in templates])
+
+    @classmethod
+    def unused_settings(cls, run_config, template):
+        m, unused = run_config.method, {}
+        if m.prior == "uniform":
+            for key in ("entropy", "temperature"):
+                unused[f"method.{key}"] = "shapes a learned prior; prior is uniform"
+        if m.init != "words" and m.init_words is not None:
+            unused["method.init_words"] = "read only with method.init=words"
+        return unused
+
+    def __init__(self, config: MixtureConfig, loaded, encoder: Views, labels=None):
+        super().__init__(config, loaded, encoder, labels)
+        self.count = len(encoder.encoders)
+        blocks, offsets, at = {}, [], 0
+        for m, enc in enumerate(encoder.encoders):
+            offsets.append(at)
+            if enc.num_soft:
+                blocks[str(m)] = SoftBlock(config.model_copy(update={"seed": config.seed + m}), loaded, enc)
+                at += enc.num_soft
+        self.blocks = nn.ModuleDict(blocks)
+        self.register_buffer("offsets", torch.tensor(offsets), persistent=False)  # [M]
+        self.prior_logits = nn.Parameter(torch.zeros(self.count), requires_grad=config.prior != "uniform")
+        hidden = loaded.model.get_input_embeddings().weight.size(1)
+        self.gate = nn.Linear(hidden, self.count) if config.prior == "gate" else None
+        if self.gate is not None:  # starts as the plain learned prior
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+        """(log p(y|x,phi) [B, M, L], log P(phi|x) [B, M]) of the latest forward, for the loss."""
+        self._seen = [torch.zeros(self.count), 0]  # prior mass summed over scored inputs, count
+
+    def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
+        if not len(self.blocks):
+            return inputs
+        prompt = torch.cat([b.prompt for b in self.blocks.values()])  # [P_total, H]
+        soft = batch["soft_index"]  # [B*M, T]
+        shift = self.offsets.repeat(soft.size(0) // self.count)[:, None]  # [B*M, 1]
+        return fill_soft(inputs, torch.where(soft >= 0, soft + shift, soft), prompt)
+
+    def log_prior(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log P(phi | x) [B, M] from answer states [B, M, H]."""
+        logits = self.prior_logits.expand(hidden.size(0), -1)  # [B, M]
+        if self.gate is not None:  # the frozen model's view of x, averaged over the prompts
+            logits = logits + self.gate(hidden.detach().float().mean(1))
+        return F.log_softmax(logits / self.config.temperature, -1)
+
+    def scores(self, hidden: torch.Tensor, model) -> torch.Tensor:
+        """Answer states [B*M, H] -> log p(y|x) [B, L] of the mixture (normalised, so a
+        cross-entropy on it is the marginal likelihood)."""
+        per = super().scores(hidden, model).float()  # [B*M, L]
+        logp = F.log_softmax(per, -1).view(-1, self.count, per.size(-1))  # [B, M, L]
+        prior = self.log_prior(hidden.view(logp.size(0), self.count, -1))  # [B, M]
+        self.last = (logp, prior)
+        if not torch.is_grad_enabled():
+            self._seen[0] += prior.detach().exp().sum(0).cpu()
+            self._seen[1] += prior.size(0)
+        return torch.logsumexp(prior[..., None] + logp, 1)  # [B, L]
+
+    def label_loss(self, scores: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+        logp, prior = self.last
+        if self.config.objective == "marginal":
+            loss = F.cross_entropy(scores, labels, label_smoothing=label_smoothing)
+        else:  # E_phi[C]: each prompt's own cross-entropy, weighted by its prior
+            flat = logp.flatten(0, 1)  # [B*M, L]
+            each = F.cross_entropy(flat, labels.repeat_interleave(self.count), reduction="none",
+                                   label_smoothing=label_smoothing).view(-1, self.count)  # [B, M]
+            loss = (prior.exp() * each).sum(1).mean()
+        if self.config.entropy:
+            loss = loss - self.config.entropy * entropy(prior).mean()
+        return loss
+
+    def report(self) -> dict:
+        """The prior (for a gate: its mean over the inputs scored since the last report) and
+        its entropy in nats (log M is uniform, 0 is one prompt)."""
+        total, n = self._seen
+        if self.gate is not None and n:
+            prior = total / n
+        else:
+            prior = F.softmax(self.prior_logits.detach().float().cpu() / self.config.temperature, -1)
+        self._seen = [torch.zeros(self.count), 0]
+        return {"prior": [round(float(p), 6) for p in prior],
+                "prior_entropy": round(float(entropy(prior.clamp_min(1e-30).log())), 6)}
+
+
+def entropy(log_p: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of distributions given as log-probabilities over the last dim."""
+    return -(log_p.exp() * log_p).sum(-1)

@@ -1,0 +1,131 @@
+"""Method `mixture`: M prompts under a prior P(phi). The prior learns the prompt that unlocks a
+tiny model's planted skill (conftest.pretrain: "review :" answers the sentiment, "question :"
+the opposite); the marginal likelihood and the expected cost equal hand computations from each
+prompt alone; settings that cannot work are refused with the reason."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import toy_config
+
+import cuetune
+from cuetune.config import validate
+from cuetune.data import Example
+from cuetune.encoding import collate
+from cuetune.errors import ConfigError
+from cuetune.pipeline import build
+
+REVIEW = "review : {text} sentiment : {answer}"
+QUESTION = "question : {text} sentiment : {answer}"
+PLAIN = "{text} sentiment : {answer}"
+LABELS = ["negative", "positive"]
+TEXTS = ["the movie was great", "the food was awful and dull", "a very poor day", "lovely phone"]
+
+
+def _mixture(tiny_dirs, toy_data, out, family="causal", **method):
+    raw = toy_config(tiny_dirs[family], toy_data, out, prompt={"template": PLAIN},
+                     method={"name": "mixture", **method})
+    raw["train"].update(lr=0.05, max_steps=30)
+    return raw
+
+
+@pytest.mark.parametrize("family", ["causal", "gpt2", "masked"])
+def test_the_prior_goes_to_the_prompt_that_unlocks_the_skill(tiny_dirs, toy_data, tmp_path, family):
+    raw = _mixture(tiny_dirs, toy_data, tmp_path / "run", family, prompts=[QUESTION, PLAIN, REVIEW])
+    raw["train"].update(lr=0.1, max_steps=60)  # hard prompts: only the prior trains
+    manifest = cuetune.train(raw)
+    prior = manifest.metrics["test"]["prior"]
+    assert prior[0] < 0.15, prior  # the prompt that answers the opposite
+    if family != "masked":  # the tiny BERT answers the sentiment with no trigger too (test_contract)
+        assert prior[2] == max(prior) and prior[2] > 0.6, prior
+        assert manifest.metrics["test"]["prior_entropy"] < math.log(3) - 0.2
+    assert manifest.metrics["test"]["accuracy"] >= 0.9
+    model = cuetune.load(tmp_path / "run")
+    assert model.predict(TEXTS) == cuetune.load(tmp_path / "run").predict(TEXTS)
+    assert [p["label"] for p in model.predict(TEXTS)] == ["positive", "negative", "negative", "positive"]
+
+
+def _alone(pipe, template, examples, soft=None):
+    """p(y | x, phi) from a pipeline of that one prompt (a soft run given `soft` as its prompt)."""
+    raw = pipe.config.model_dump()
+    raw["prompt"]["template"] = template
+    raw["method"] = {"name": "soft" if soft is not None else "zero-shot"}
+    alone = build(validate(raw), LABELS, loaded=pipe.loaded)
+    if soft is not None:
+        with torch.no_grad():
+            alone.method.soft.prompt.copy_(soft)
+    return alone.label_probs(alone.encode(examples))  # [N, L]
+
+
+@pytest.mark.parametrize("objective", ["marginal", "expected"])
+def test_both_objectives_equal_hand_computations(tiny_dirs, toy_data, tmp_path, objective):
+    soft = "{soft:3} " + PLAIN
+    raw = _mixture(tiny_dirs, toy_data, tmp_path / "run", prompts=[REVIEW, soft], objective=objective,
+                   entropy=0.3)
+    pipe = build(validate(raw), LABELS)
+    with torch.no_grad():
+        pipe.method.prior_logits.copy_(torch.tensor([0.4, -0.7]))
+    examples = [Example(t, None, i % 2) for i, t in enumerate(TEXTS)]
+    p = torch.stack([_alone(pipe, REVIEW, examples),
+                     _alone(pipe, soft, examples, pipe.method.blocks["1"].prompt)], 1)  # [N, 2, L]
+    prior = torch.tensor([0.4, -0.7]).softmax(0)  # [2]
+    gold = torch.tensor([e.label for e in examples])
+    p_gold = p[torch.arange(len(examples)), :, gold]  # [N, 2]
+    if objective == "marginal":
+        want = -(p_gold * prior).sum(1).log().mean()
+    else:
+        want = -(p_gold.log() * prior).sum(1).mean()
+    want = want - 0.3 * -(prior * prior.log()).sum()  # the entropy guard
+    batch = collate(pipe.encode(examples), pipe.loaded.tokenizer.pad_token_id)
+    pipe.model.eval()
+    got = pipe.objective.loss(pipe.model, batch, 0.0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    mixed = pipe.label_probs(pipe.encode(examples))  # prediction: always the mixture
+    torch.testing.assert_close(mixed, (p * prior[None, :, None]).sum(1), atol=1e-5, rtol=1e-5)
+
+
+def test_the_expected_cost_bounds_the_marginal_likelihood(tiny_dirs, toy_data, tmp_path):
+    """Jensen: E_phi[-log p] >= -log E_phi[p], with equality only when the prompts agree."""
+    losses = {}
+    for objective in ("marginal", "expected"):
+        pipe = build(validate(_mixture(tiny_dirs, toy_data, tmp_path / objective, prompts=[REVIEW, QUESTION],
+                                       objective=objective)), LABELS)
+        batch = collate(pipe.encode([Example(t, None, i % 2) for i, t in enumerate(TEXTS)]), 0)
+        losses[objective] = pipe.objective.loss(pipe.model.eval(), batch, 0.0).item()
+    assert losses["expected"] > losses["marginal"] + 0.1, losses
+
+
+def test_soft_copies_and_a_gate_train_save_and_load(tiny_dirs, toy_data, tmp_path):
+    raw = _mixture(tiny_dirs, toy_data, tmp_path / "run", copies=3, num_tokens=4, prior="gate",
+                   entropy=0.01)
+    manifest = cuetune.train(raw)
+    pipe = cuetune.load(tmp_path / "run").pipe
+    blocks = [b.prompt for b in pipe.method.blocks.values()]
+    assert len(blocks) == 3 and not torch.equal(blocks[0], blocks[1]), "each copy has its own prompt"
+    assert pipe.method.gate.weight.abs().sum() > 0, "the gate trained"
+    prior = manifest.metrics["test"]["prior"]
+    assert len(prior) == 3 and sum(prior) == pytest.approx(1, abs=1e-4)
+    assert manifest.metrics["test"]["accuracy"] >= 0.75
+    assert cuetune.load(tmp_path / "run").predict(TEXTS) == cuetune.load(tmp_path / "run").predict(TEXTS)
+
+
+@pytest.mark.parametrize(("method", "extra", "match"), [
+    ({"prompts": [REVIEW]}, {}, "at least two prompts"),
+    ({"copies": 2}, {}, "copies of a hard template are the same prompt"),
+    ({"prompts": [REVIEW, "review : {text} sentiment :{answer}"]}, {}, "follow a space in one prompt"),
+    ({"prompts": [REVIEW, "{text} {text_pair} {answer}"]}, {}, "same inputs"),
+    ({"prompts": [REVIEW, "{text"]}, {}, r"method\.prompts\[1\]"),
+    ({"prompts": [REVIEW, QUESTION], "prior": "uniform", "entropy": 0.1}, {}, "prior is uniform"),
+    ({"prompts": [REVIEW, QUESTION]}, {"prompt": {"multi_token": "chain"}}, "chain"),
+    ({"prompts": [REVIEW, QUESTION]}, {"prompt": {"demonstrations": {"select": "random"}}}, "demonstrations"),
+])
+def test_settings_that_cannot_work_are_refused(tiny_dirs, toy_data, tmp_path, method, extra, match):
+    raw = _mixture(tiny_dirs, toy_data, tmp_path / "run", **method)
+    for key, value in extra.items():
+        raw[key].update(value)
+    with pytest.raises(ConfigError, match=match):
+        cuetune.train(raw)
+    assert not (tmp_path / "run" / "adapter.safetensors").exists()
