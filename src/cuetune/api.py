@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -59,10 +61,13 @@ def prepare_run_dir(path: str | Path) -> Path:
     return run_dir
 
 
-def train(config=None, progress=None, resume: Checkpoint | None = None) -> Manifest:
+def train(config=None, progress=None, resume: Checkpoint | None = None,
+          train_examples: list[Example] | None = None, record: dict | None = None) -> Manifest:
     """Train (or, for baselines, just evaluate) as the config says; return the manifest.
 
     `resume`: a checkpoint of this same run to continue from (see `resume_run`).
+    `train_examples`: train on these instead of the config's train split (distillation: labels
+    are the teacher's distributions); `record`: entries added to the manifest's metrics.
 
     Under `accelerate launch` every process calls this: all of them train and score their
     share, only the main one writes the run directory, and all return its manifest."""
@@ -72,7 +77,10 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> Manif
     if resume is None:  # a resumed run's saved config was checked when it started
         check_settings(cfg)
     splits = load_splits(cfg.data)
-    _check_splits(cfg, splits)
+    if train_examples is not None:
+        splits = dataclasses.replace(splits, train=train_examples)
+    else:
+        _check_splits(cfg, splits)
     run_dir = prepare_run_dir(cfg.output_dir) if main else Path(cfg.output_dir)  # fails at once
     distributed.barrier()
     loaded = load_for(cfg)
@@ -87,11 +95,14 @@ def train(config=None, progress=None, resume: Checkpoint | None = None) -> Manif
     if cfg.train.augment.kind != "none":
         enc["train"] = pipe.encode(augment(splits.train, cfg.train.augment, cfg.train.seed),
                                    "augmented train examples")
-    metrics: dict = {}
+    metrics: dict = dict(record or {})
     if cfg.train.zero_shot_baseline and pipe.method.trains and enc["test"]:
         zero_cfg = RunConfig.model_validate({**cfg.model_dump(), "method": {"name": "zero-shot"}})
         zero = build(zero_cfg, splits.labels, loaded=pipe.loaded)
         metrics["zero_shot_test"] = evaluate(zero, zero.encode(splits.test), cfg.train.eval_batch_size)
+    if main and train_examples is not None and resume is None:  # what a resume trains on again
+        atomic.write_json(run_dir / TRAINED_ON, {"record": record or {}, "examples": [
+            {"text": e.text, "text_pair": e.text_pair, "label": e.label} for e in train_examples]})
     if main:
         atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(  # Chinese stays readable
             cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
@@ -197,7 +208,25 @@ def resume_run(run_dir: str | Path, progress=None) -> Manifest:
     ckpt = load_checkpoint(run_dir)
     if ckpt is None:
         log.warning("%s: no checkpoint yet; training starts from the beginning", run_dir)
-    return train(cfg, progress, resume=ckpt)
+    examples, record = _trained_on(run_dir)
+    return train(cfg, progress, resume=ckpt, train_examples=examples, record=record)
+
+
+TRAINED_ON = "trained_on.json"
+"""Written when a run trains on given examples (distillation's soft-labelled pool)."""
+
+
+def _trained_on(run_dir: Path) -> tuple[list[Example] | None, dict | None]:
+    path = run_dir / TRAINED_ON
+    if not path.is_file():
+        return None, None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        examples = [Example(r["text"], r["text_pair"], tuple(r["label"]) if isinstance(r["label"], list)
+                            else r["label"], f"{path}:{i + 1}") for i, r in enumerate(saved["examples"])]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path}: damaged ({exc}); the run cannot be resumed, start it again") from None
+    return examples, saved["record"]
 
 
 def _check_splits(cfg: RunConfig, splits) -> None:

@@ -231,6 +231,25 @@ def ensemble_(runs: list[Path] = typer.Argument(..., help="Finished runs trained
 
 
 @app.command()
+def distill(teacher: Path = typer.Argument(..., help="A finished run, mixture run or ensemble folder"),
+            pool: Path = typer.Option(..., "--pool", help="Unlabelled inputs (labels, if any, are dropped)"),
+            out_dir: str = typer.Option(..., "--out", help="Run directory of the student"),
+            set_: list[str] = typer.Option([], "--set", "-s", help="Student key=value: method.name=prefix"),
+            size: int | None = typer.Option(None, "--pool-size", help="Seeded sample of the pool")) -> None:
+    """Label a pool with a teacher's probabilities and train one adapter on them (PET); the
+    student is scored on the teacher's gold dev and test splits."""
+    from cuetune import distill as distillmod
+
+    update, stop = _progress()
+    try:
+        manifest = distillmod.distill(teacher, pool, out_dir, list(set_), size, progress=update)
+    finally:
+        stop()
+    pool_size = manifest.metrics["distillation"]["pool"]["size"]
+    out.print_json(json.dumps({**_summary(manifest), "pool_size": pool_size}))
+
+
+@app.command()
 def search(config: Path = typer.Argument(..., help="Run config with a search: section"),
            set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: key=value"),
            out_dir: str | None = typer.Option(None, "--out",

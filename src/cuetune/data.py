@@ -25,8 +25,9 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".t
 class Example:
     text: str
     text_pair: str | None = None
-    label: int | None = None
-    """Index into the label list; None for unlabelled input (predict)."""
+    label: int | tuple[float, ...] | None = None
+    """Index into the label list; None for unlabelled input (predict); a distribution over the
+    labels for a distilled student's training pool (`cuetune.distill`)."""
     where: str = ""
     """file:line, for error messages."""
     target: str | None = None

@@ -1,0 +1,103 @@
+"""Distillation (PET / iPET, Schick & Schütze 2021): a teacher labels an unlabelled pool with its
+label probabilities, and one adapter is trained on them, so prediction costs one prompt.
+
+The teacher is any classifier cuetune loads: a run, a mixture-of-prompts run or an ensemble
+folder. The pool is declared: a file read with the student's column mapping (any label column
+is dropped), with texts that are also in the run's train, dev or test split removed (so no test
+sentence is trained on) and optionally a seeded sample of `size`. The student's config is the
+teacher's (an ensemble's first member's) with `key=value` overrides, typically `method.name`;
+it trains on the pool's soft labels (cross-entropy against the teacher's distribution), picks
+its checkpoint on the gold dev split and is scored on the gold test split as any run is. The
+manifest's metrics record the teacher, the pool and its size under `distillation`.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from cuetune import api, methods
+from cuetune.config import RunConfig, apply_overrides, validate
+from cuetune.data import Example, clean, load_splits, read_rows, to_examples
+from cuetune.errors import ConfigError, DataError
+
+
+def teacher_probs(teacher, examples: list[Example], batch_size: int = 32) -> torch.Tensor:
+    """Label probabilities [N, L] of a loaded run or ensemble."""
+    if hasattr(teacher, "probs"):  # an ensemble
+        return teacher.probs(examples, batch_size)
+    return teacher.pipe.label_probs(teacher.pipe.encode(examples, "pool examples"), batch_size)
+
+
+def teacher_config(teacher) -> RunConfig:
+    """The run config the student starts from."""
+    return teacher.members[0].pipe.config if hasattr(teacher, "members") else teacher.pipe.config
+
+
+def student_config(base: RunConfig, overrides: list[str], out_dir) -> RunConfig:
+    """The teacher's config with `overrides`; a new `method.name` starts that method's section
+    from its defaults (the teacher's method keys would not fit it)."""
+    raw = apply_overrides(base.model_dump(mode="json"), overrides)
+    if raw["method"].get("name") != base.method.name:
+        raw["method"] = {"name": raw["method"]["name"]}
+        raw = apply_overrides(raw, [o for o in overrides if o.startswith("method.")])
+    raw["output_dir"] = str(out_dir)
+    return validate(raw, "distill --set")
+
+
+def read_pool(path: str | Path, cfg: RunConfig, splits, size: int | None,
+              seed: int) -> tuple[list[Example], dict]:
+    """Unlabelled pool examples and what was done to them (read, removed as in the splits,
+    sampled)."""
+    data = cfg.data
+    rows = read_rows(path, "auto" if data.format == "auto" else data.format, data.columns)
+    examples = to_examples(rows, data.text_column, data.text_pair_column, None, None, str(path))
+    examples, _ = clean(examples, data.clean, str(path))  # duplicates inside the pool go too
+    taken = {_key(e) for split in (splits.train, splits.dev, splits.test) for e in split}
+    kept = [e for e in examples if _key(e) not in taken]
+    record = {"source": str(path), "read": len(examples), "in_splits_removed": len(examples) - len(kept)}
+    if size is not None:
+        if size > len(kept):
+            raise DataError(f"{path}: --pool-size {size} but the pool has {len(kept)} examples outside "
+                            "the run's splits; lower it or leave it unset")
+        kept = random.Random(seed).sample(kept, size)
+    if not kept:
+        raise DataError(f"{path}: no pool example is left outside the run's train, dev and test splits")
+    record["size"] = len(kept)
+    return kept, record
+
+
+def _key(e: Example) -> tuple[str, str]:
+    return e.text.strip().lower(), (e.text_pair or "").strip().lower()
+
+
+def distill(teacher_dir: str | Path, pool: str | Path, out_dir: str | Path,
+            overrides: list[str] | None = None, size: int | None = None, seed: int = 0,
+            progress=None, batch_size: int = 32):
+    """Label `pool` with the teacher and train a student on it; returns the student's manifest."""
+    import cuetune
+
+    teacher = cuetune.load(teacher_dir)
+    if getattr(teacher, "task", "classification") != "classification":
+        raise ConfigError(f"{teacher_dir}: distillation transfers label probabilities; this run writes text")
+    cfg = student_config(teacher_config(teacher), list(overrides or []), out_dir)
+    method = methods.get(cfg.method.name)
+    if not method.trains:
+        raise ConfigError(f"method.name={cfg.method.name}: the student must train; choose soft, prefix, "
+                          "lora, ... with --set method.name=...")
+    if cfg.method.name == "in-context" or cfg.prompt.demonstrations is not None:
+        raise ConfigError("prompt.demonstrations: they are drawn from gold-labelled training examples, "
+                          "which a distilled student does not train on; remove them")
+    splits = load_splits(cfg.data)
+    if splits.labels != teacher.labels:
+        raise ConfigError(f"the student's labels {splits.labels} differ from the teacher's {teacher.labels}")
+    examples, record = read_pool(pool, cfg, splits, size, seed)
+    probs = teacher_probs(teacher, examples, batch_size)  # [N, L]
+    soft = [Example(e.text, e.text_pair, tuple(round(float(p), 6) for p in row), e.where)
+            for e, row in zip(examples, probs, strict=True)]
+    teacher_record = {"teacher": str(Path(teacher_dir).resolve()), "pool": record,
+                      "teacher_pool_label_share": [round(float(s), 4) for s in probs.mean(0)]}
+    del teacher
+    return api.train(cfg, progress=progress, train_examples=soft, record={"distillation": teacher_record})
