@@ -566,3 +566,52 @@ def test_chinese_tasks_read_their_shared_files(name, tmp_path, monkeypatch):
     test_texts = {e.text for e in splits.test}
     train_file = (tmp_path / "tasks" / name / "train.jsonl").read_text(encoding="utf-8")
     assert not any(json.loads(line)["text"] in test_texts for line in train_file.splitlines())
+
+
+def test_ensemble_and_distilled_rows_sit_in_the_table(tiny_dirs, tmp_path):
+    """An ensemble row combines other rows' runs of its cell; a distilled row trains a student
+    from a teacher row on a pool; members and teachers run first whatever the order, and a
+    rerun reads every row back."""
+    from cuetune import ensemble
+
+    _toy_kshot(tmp_path / "data", [13])
+    pool = tmp_path / "data" / "pool.tsv"
+    pool.write_text("sentence\tlabel\n" + "".join(f"{r['text']}\t0\n" for r in toy_rows(40, 5)))
+    out = tmp_path / "out"
+    path = _bench_file(tmp_path, tiny_dirs["causal"], out)
+    raw = yaml.safe_load(path.read_text())
+    raw["seeds"] = [13]
+    raw["methods"]["soft"].pop("grid")
+    raw["methods"]["soft"]["train"] = {"lr": 0.1}
+    raw["methods"] = {"student": {"method": {"name": "soft"}, "train": {"lr": 0.1},
+                                  "distill": {"teacher": "ens", "pool": "pool.tsv", "size": 24}},
+                      "ens": {"ensemble": {"members": ["zero-shot", "soft"]}}, **raw["methods"]}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg, root = bench.load_bench(path)
+    rows = {r["method"]: r for r in bench.run_bench(cfg, root, out)}
+    assert all(r["error"] is None for r in rows.values()), rows
+    ens = ensemble.load(rows["ens"]["run_dir"])
+    assert [m.run_dir for m in ens.members] == [Path(rows[m]["run_dir"]).resolve() for m in ("zero-shot", "soft")]
+    assert rows["ens"]["test_score"] == ens.score(ens.read(tmp_path / "data/kshot/SST-2/16-13/test.tsv"))["accuracy"]
+    student = api.load(rows["student"]["run_dir"])
+    assert student.manifest.metrics["distillation"]["teacher"] == str(Path(rows["ens"]["run_dir"]).resolve())
+    assert rows["student"]["train_examples"] == 24  # the pool's size, in the table
+    assert "student" in (out / "results.md").read_text()
+    again = {r["method"]: r for r in bench.run_bench(cfg, root, out)}
+    assert {m: r["test_score"] for m, r in again.items()} == {m: r["test_score"] for m, r in rows.items()}
+
+
+@pytest.mark.parametrize(("methods", "match"), [
+    ({"e": {"ensemble": {"members": ["soft", "nope"]}}}, "'nope' is not another row"),
+    ({"e": {"ensemble": {"members": ["soft", "zero-shot"]}, "train": {"lr": 1}}}, r"e\.train: a combined row"),
+    ({"d": {"distill": {"teacher": "soft", "pool": "p.tsv"}}}, r"d\.method: missing"),
+    ({"e": {"ensemble": {"members": ["soft", "zero-shot"]}},
+      "f": {"ensemble": {"members": ["soft", "e"]}}}, "is itself combined"),
+])
+def test_combined_rows_that_cannot_run_are_refused(tiny_dirs, tmp_path, methods, match):
+    path = _bench_file(tmp_path, tiny_dirs["causal"], tmp_path / "out")
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"].update(methods)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match=match):
+        bench.load_bench(path)

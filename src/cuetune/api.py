@@ -78,7 +78,8 @@ def train(config=None, progress=None, resume: Checkpoint | None = None,
         check_settings(cfg)
     splits = load_splits(cfg.data)
     if train_examples is not None:
-        splits = dataclasses.replace(splits, train=train_examples)
+        sizes = {**splits.report.get("sizes", {}), "train": len(train_examples)}
+        splits = dataclasses.replace(splits, train=train_examples, report={**splits.report, "sizes": sizes})
     else:
         _check_splits(cfg, splits)
     run_dir = prepare_run_dir(cfg.output_dir) if main else Path(cfg.output_dir)  # fails at once

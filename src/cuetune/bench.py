@@ -29,7 +29,8 @@ from pathlib import Path
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError
 
-from cuetune import api, artifacts, atomic, report, tasks
+from cuetune import api, artifacts, atomic, bench_combine, report, tasks
+from cuetune.bench_combine import DistillEntry, EnsembleEntry
 from cuetune.checkpoint import CHECKPOINT
 from cuetune.config import RunConfig, Strict, apply_overrides, read_mapping
 from cuetune.errors import ConfigError, CuetuneError
@@ -44,7 +45,10 @@ FULL_WEIGHTS_MB = 50
 class MethodEntry(Strict):
     """One row of the table: a method section plus its own settings and hyperparameter grid."""
 
-    method: dict
+    method: dict | None = None
+    """The method section (a distilled row's: the student's); an ensemble row has none."""
+    ensemble: EnsembleEntry | None = None
+    distill: DistillEntry | None = None
     model: dict = Field(default_factory=dict)
     train: dict = Field(default_factory=dict)
     prompt: dict = Field(default_factory=dict)
@@ -116,15 +120,31 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
             raise ConfigError(f"{p}: references.{name}: not one of the bench's tasks {cfg.tasks}; "
                               "a reference for it would be drawn nowhere")
     for name, entry in cfg.methods.items():
+        _check_kind(entry, f"{p}: methods.{name}")
         if entry.search is not None:
             _search_settings(entry, f"{p}: methods.{name}.search")
         if entry.seeds is not None and (not entry.seeds or set(entry.seeds) - set(cfg.seeds)):
             raise ConfigError(f"{p}: methods.{name}.seeds: {entry.seeds} must be a non-empty subset "
                               f"of the grid's seeds {cfg.seeds}; a seed outside it would never run")
+    bench_combine.check(cfg.methods, str(p))
     root = Path(cfg.data_root)
     if not root.is_absolute() and (p.parent / root).is_dir():
         root = p.parent / root
     return cfg, root
+
+
+def _check_kind(entry: MethodEntry, where: str) -> None:
+    """A row is a method, an ensemble of rows, or a student distilled from a row."""
+    if entry.ensemble is not None and entry.distill is not None:
+        raise ConfigError(f"{where}: ensemble and distill are two kinds of row; keep one")
+    if entry.method is None and entry.ensemble is None:
+        raise ConfigError(f"{where}.method: missing; every row but an ensemble names its method")
+    combined = entry.ensemble is not None or entry.distill is not None
+    extra = [k for k in ("grid", "search", "prompt", "model") if combined and getattr(entry, k)]
+    extra += ["method"] if entry.ensemble is not None and entry.method is not None else []
+    extra += ["train"] if entry.ensemble is not None and entry.train else []
+    if extra:
+        raise ConfigError(f"{where}.{extra[0]}: a combined row takes its members' settings; remove it")
 
 
 def cells(cfg: BenchConfig) -> list[Cell]:
@@ -225,6 +245,20 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
     afterwards: the protocol's "test chooses nothing" then holds by construction, and a grid
     of N points costs one test pass instead of N."""
     entry = cfg.methods[cell.method]
+
+    def member(c: Cell) -> dict:
+        return run_cell(cfg, root, c, out)
+
+    if entry.ensemble is not None:
+        return bench_combine.run_ensemble(cfg, cell, out, member, _row)
+    if entry.distill is not None:
+        run_dir, best = bench_combine.run_distill(cfg, root, cell, out, member)
+        dev = best.metrics.get("dev_best") or best.metrics.get("dev")
+        metric = RunConfig.model_validate(best.config).train.metric
+        return _row(cfg, cell, {}, run_dir, dev and objective_for(best.task).score(dev, metric),
+                    best.metrics.get("test") or {}, best.trainable_parameters,
+                    best.data.get("sizes", {}).get("train"), 1,
+                    (best.wall_seconds or 0.0) + (best.test_seconds or 0.0))
     points = grid_points(entry)
     searched = searched_prompt(cfg, root, cell, out) if entry.search is not None else None
     results = []
@@ -248,21 +282,24 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
     if not cfg.keep_full_weights:
         for _, path, _ in results:
             drop_full_weights(path)
-    test = best.metrics.get("test") or {}
+    wall = sum(r[2].wall_seconds or 0.0 for r in results) + (best.test_seconds or 0.0)
+    return _row(cfg, cell, point, run_dir, dev_score((point, run_dir, best)), best.metrics.get("test") or {},
+                best.trainable_parameters, best.data.get("sizes", {}).get("train"), len(results), wall)
+
+
+def _row(cfg: BenchConfig, cell: Cell, point: dict, run_dir: Path, dev_score, test: dict, params,
+         train_examples, grid_size: int, wall: float) -> dict:
+    """A cell's results row (test: the chosen run's test metrics)."""
     headline = cfg.task(cell.task).metric
     score = test.get(headline)
     scale = 1.0 if headline in ("accuracy", "macro_f1") else 0.01  # generation metrics are 0-100
     return {**asdict(cell), "hyperparameters": point, "run_dir": str(run_dir),
-            "metric": headline, "dev_score": dev_score((point, run_dir, best)),
+            "metric": headline, "dev_score": dev_score,
             "test_score": None if score is None else score * scale,
             "test_macro_f1": test.get("macro_f1"), "test_size": test.get("n"),
             "test_majority": _majority(test), "test_truncated": test.get("truncated"),
-            "trainable_parameters": best.trainable_parameters,
-            "train_examples": best.data.get("sizes", {}).get("train"),
-            "grid_size": len(results),
-            "wall_seconds": round(sum(r[2].wall_seconds or 0.0 for r in results)
-                                  + (best.test_seconds or 0.0), 1),
-            "error": None}
+            "trainable_parameters": params, "train_examples": train_examples,
+            "grid_size": grid_size, "wall_seconds": round(wall, 1), "error": None}
 
 
 def _majority(test: dict) -> float | None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import astuple
 from pathlib import Path
 
-from cuetune import report
+from cuetune import bench_combine, report
 from cuetune.bench import BenchConfig, cells, failed_row, read_back, recorded_rows, run_bench, run_cell
 from cuetune.errors import ConfigError, CuetuneError
 from cuetune.report import Cell
@@ -98,10 +98,12 @@ def _cell_task(raw_cfg: dict, folder: str, root: str, group: list[tuple], out: s
 
 
 def _groups(cfg: BenchConfig, todo: list[Cell]) -> list[list[Cell]]:
-    """One group per cell, except cells that share a prompt search: one group per (task, K, seed)."""
+    """One group per cell, except cells that share a prompt search, or that an ensemble or a
+    distilled row combines: one group per (task, K, seed), run in grid order on one worker."""
     groups: dict[object, list[Cell]] = {}
     for c in todo:
-        key = (c.task, c.k, c.seed) if cfg.methods[c.method].search is not None else c.key
+        together = cfg.methods[c.method].search is not None or bench_combine.linked(cfg.methods, c.method)
+        key = (c.task, c.k, c.seed) if together else c.key
         groups.setdefault(key, []).append(c)
     return list(groups.values())
 
