@@ -591,8 +591,10 @@ def test_ensemble_and_distilled_rows_sit_in_the_table(tiny_dirs, tmp_path):
     rows = {r["method"]: r for r in bench.run_bench(cfg, root, out)}
     assert all(r["error"] is None for r in rows.values()), rows
     ens = ensemble.load(rows["ens"]["run_dir"])
-    assert [m.run_dir for m in ens.members] == [Path(rows[m]["run_dir"]).resolve() for m in ("zero-shot", "soft")]
-    assert rows["ens"]["test_score"] == ens.score(ens.read(tmp_path / "data/kshot/SST-2/16-13/test.tsv"))["accuracy"]
+    want = [Path(rows[m]["run_dir"]).resolve() for m in ("zero-shot", "soft")]
+    assert [m.run_dir for m in ens.members] == want
+    test = ens.read(tmp_path / "data/kshot/SST-2/16-13/test.tsv")
+    assert rows["ens"]["test_score"] == ens.score(test)["accuracy"]
     student = api.load(rows["student"]["run_dir"])
     assert student.manifest.metrics["distillation"]["teacher"] == str(Path(rows["ens"]["run_dir"]).resolve())
     assert rows["student"]["train_examples"] == 24  # the pool's size, in the table
@@ -603,7 +605,8 @@ def test_ensemble_and_distilled_rows_sit_in_the_table(tiny_dirs, tmp_path):
 
 @pytest.mark.parametrize(("methods", "match"), [
     ({"e": {"ensemble": {"members": ["soft", "nope"]}}}, "'nope' is not another row"),
-    ({"e": {"ensemble": {"members": ["soft", "zero-shot"]}, "train": {"lr": 1}}}, r"e\.train: a combined row"),
+    ({"e": {"ensemble": {"members": ["soft", "zero-shot"]}, "train": {"lr": 1}}},
+     r"e\.train: a combined row"),
     ({"d": {"distill": {"teacher": "soft", "pool": "p.tsv"}}}, r"d\.method: missing"),
     ({"e": {"ensemble": {"members": ["soft", "zero-shot"]}},
       "f": {"ensemble": {"members": ["soft", "e"]}}}, "is itself combined"),

@@ -120,6 +120,8 @@ def test_soft_copies_and_a_gate_train_save_and_load(tiny_dirs, toy_data, tmp_pat
     ({"prompts": [REVIEW, "{text"]}, {}, r"method\.prompts\[1\]"),
     ({"prompts": [REVIEW, QUESTION], "prior": "uniform", "entropy": 0.1}, {}, "prior is uniform"),
     ({"prompts": [REVIEW, QUESTION]}, {"prompt": {"multi_token": "chain"}}, "chain"),
+    ({"prompts": ["{soft:2} " + REVIEW], "copies": 2, "num_tokens": 4}, {},
+     r"method\.num_tokens: has no effect"),
     ({"prompts": [REVIEW, QUESTION]}, {"prompt": {"demonstrations": {"select": "random"}}}, "demonstrations"),
 ])
 def test_settings_that_cannot_work_are_refused(tiny_dirs, toy_data, tmp_path, method, extra, match):
