@@ -131,3 +131,26 @@ def test_settings_that_cannot_work_are_refused(tiny_dirs, toy_data, tmp_path, me
     with pytest.raises(ConfigError, match=match):
         cuetune.train(raw)
     assert not (tmp_path / "run" / "adapter.safetensors").exists()
+
+
+def test_each_prompts_rows_share_their_own_first_tokens(tiny_dirs, toy_data, tmp_path, monkeypatch):
+    """Two soft prompts on one template: their rows start with the same token ids under
+    different embeddings, so each group keeps its own shared keys (and memo); every component
+    scores what its prompt scores alone."""
+    from cuetune.families import fastpath
+
+    soft = "{soft:3} " + REVIEW
+    pipe = build(validate(_mixture(tiny_dirs, toy_data, tmp_path / "run", prompts=[soft], copies=2)), LABELS)
+    calls = []
+    real = fastpath.run_groups
+    monkeypatch.setattr(fastpath, "run_groups", lambda m, i: calls.append(i["row_groups"]) or real(m, i))
+    examples = [Example(t) for t in TEXTS]
+    batch = collate(pipe.encode(examples), pipe.loaded.tokenizer.pad_token_id)
+    with pipe.model.inference():  # with the memo of shared keys, as prediction runs
+        pipe.model(batch)
+        pipe.model(batch)  # the second time from the memo
+    logp, prior = pipe.method.last
+    assert calls and [int(n) for _, n in calls[0]] == [6, 6]  # [BOS], 3 soft tokens, "review :"
+    for m in range(2):
+        alone = _alone(pipe, soft, examples, pipe.method.blocks[str(m)].prompt)
+        torch.testing.assert_close(logp[:, m].exp(), alone, atol=1e-5, rtol=1e-5)

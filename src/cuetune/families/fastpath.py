@@ -28,6 +28,8 @@ GROUP_OVERHEAD_TOKENS = 16
 
 def run(model, inputs: dict) -> torch.Tensor:
     """Hidden states at the answer [B, H] (or [B, A, H]) through the fast path."""
+    if inputs.get("row_groups"):
+        return run_groups(model, inputs)
     answer = inputs["answer_pos"]
     first = answer.reshape(answer.size(0), -1)[:, 0]  # [B]: the (first) answer position
     prefix, embeds, mask, past, shared = share_prompt(model, inputs, first, 0)
@@ -40,6 +42,26 @@ def run(model, inputs: dict) -> torch.Tensor:
     if len(groups) == 1:
         return hidden[0]
     order = torch.cat(groups).to(embeds.device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return torch.cat(hidden)[inverse]  # [B, H] in the batch's row order
+
+
+ROW_KEYS = ("inputs_embeds", "attention_mask", "answer_pos", "input_ids")
+
+
+def run_groups(model, inputs: dict) -> torch.Tensor:
+    """`inputs["row_groups"]`: [(rows [R], shared length)], groups of rows that share their own
+    first tokens (a mixture's prompts: each prompt's rows begin alike, other prompts' rows do
+    not). Each group runs through the fast path with its own shared prompt (and its own memo,
+    since rows of different prompts can have the same ids under different soft embeddings)."""
+    memo, hidden, order = inputs.get("memo"), [], []
+    for g, (idx, shared) in enumerate(inputs["row_groups"]):
+        sub = {**inputs, **{k: inputs[k][idx] for k in ROW_KEYS}, "row_groups": None, "shared_len": shared,
+               "memo": None if memo is None else memo.setdefault(("row group", g), {})}
+        hidden.append(run(model, sub))
+        order.append(idx)
+    order = torch.cat(order).to(hidden[0].device)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     return torch.cat(hidden)[inverse]  # [B, H] in the batch's row order

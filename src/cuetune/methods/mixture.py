@@ -18,7 +18,9 @@ L = sum_x sum_phi C(y | x, theta) P(x | phi) P(phi). In code (docs/methods.md re
   divides the prior's logits: two guards against the prior collapsing onto one prompt early.
 
 Prediction is always the mixture p(y | x) = sum_phi P(phi) p(y | x, phi). The M variants of an
-input are rows of one batch (`Views` encodes them), so the frozen model runs once per batch.
+input are rows of one batch (`Views` encodes them); on a causal model each prompt's rows run
+together with their shared first tokens (special tokens, soft prompt, template words before the
+input) computed once, as a single-prompt run computes them.
 """
 
 from __future__ import annotations
@@ -99,7 +101,10 @@ class Views:
         self.views = len(encoders)
         self.template = first.template
         self.answer_space = first.answer_space
-        self.shared_len = 0  # rows of different prompts share no first tokens
+        self.shared_lens = [e.shared_len for e in encoders]
+        self.shared_len = max(self.shared_lens)
+        """Nonzero when some prompt's rows share first tokens; `Mixture.prepare_inputs` then runs
+        each prompt's rows as a group with its own shared length (`fastpath.run_groups`)."""
         self.num_soft = sum(e.num_soft for e in encoders)
         self.soft_specs = [s for e in encoders for s in e.soft_specs]
 
@@ -176,6 +181,11 @@ class Mixture(Method):
         self._seen = [torch.zeros(self.count), 0]  # prior mass summed over scored inputs, count
 
     def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
+        if inputs.get("shared_len"):  # allowed here (no dropout): per prompt, never across prompts
+            rows = torch.arange(batch["soft_index"].size(0), device=self.offsets.device)
+            lens = self.encoder.shared_lens
+            inputs["row_groups"] = [(rows[m::self.count], lens[m]) for m in range(self.count)]
+            inputs["shared_len"] = 0
         if not len(self.blocks):
             return inputs
         prompt = torch.cat([b.prompt for b in self.blocks.values()])  # [P_total, H]
