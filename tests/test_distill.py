@@ -20,6 +20,8 @@ from cuetune.encoding import collate
 from cuetune.errors import ConfigError, DataError
 from cuetune.pipeline import build
 
+PLAIN = "{text} sentiment : {answer}"
+
 
 @pytest.fixture(scope="module")
 def teacher(tiny_dirs, toy_data, tmp_path_factory):
@@ -87,6 +89,18 @@ def test_an_interrupted_student_resumes_on_the_same_pool(teacher, pool, tmp_path
     a = cuetune.load(tmp_path / "whole").pipe.method.adapter_state()
     b = cuetune.load(tmp_path / "cut").pipe.method.adapter_state()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_student_of_the_teachers_own_method_keeps_its_settings(tiny_dirs, toy_data, pool, tmp_path):
+    """The teacher's saved config lists every key; the student keeps the chosen ones
+    (num_tokens = 4), and a default the settings check would refuse if chosen (prefix's
+    `projection_hidden` without `projection`) is not passed off as a choice."""
+    prefix = {"name": "prefix", "num_tokens": 4}
+    raw = toy_config(tiny_dirs["causal"], toy_data, tmp_path / "t", method=prefix, prompt={"template": PLAIN})
+    raw["train"].update(lr=0.05, max_steps=4)
+    cuetune.train(raw)
+    manifest = distill(tmp_path / "t", pool, tmp_path / "s", ["train.max_steps=4"], size=8)
+    assert manifest.method_name == "prefix" and manifest.config["method"]["num_tokens"] == 4
 
 
 def test_what_cannot_be_distilled_is_refused(teacher, pool, tiny_dirs, toy_data, tmp_path):

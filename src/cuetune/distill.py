@@ -39,12 +39,23 @@ def teacher_config(teacher) -> RunConfig:
 def student_config(base: RunConfig, overrides: list[str], out_dir) -> RunConfig:
     """The teacher's config with `overrides`; a new `method.name` starts that method's section
     from its defaults (the teacher's method keys would not fit it)."""
-    raw = apply_overrides(base.model_dump(mode="json"), overrides)
+    raw = base.model_dump(mode="json")
+    for section in ("method", "train"):  # a saved config lists every key; keep the chosen ones
+        raw[section] = _non_default(getattr(base, section))
+    raw = apply_overrides(raw, overrides)
     if raw["method"].get("name") != base.method.name:
         raw["method"] = {"name": raw["method"]["name"]}
         raw = apply_overrides(raw, [o for o in overrides if o.startswith("method.")])
     raw["output_dir"] = str(out_dir)
     return validate(raw, "distill --set")
+
+
+def _non_default(section) -> dict:
+    """The keys of a config section that differ from their defaults (and a method's name): a
+    saved config lists every key, and the student's settings check must see only the chosen
+    ones (a prefix run's `projection_hidden` is moot without `projection`)."""
+    defaults = type(section)().model_dump(mode="json")
+    return {k: v for k, v in section.model_dump(mode="json").items() if k == "name" or v != defaults.get(k)}
 
 
 def read_pool(path: str | Path, cfg: RunConfig, splits, size: int | None,
