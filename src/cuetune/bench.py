@@ -211,8 +211,9 @@ def run_config(cfg: BenchConfig, root: Path, cell: Cell, point: dict, run_dir: P
     return apply_overrides(raw, [f"{k}={v}" for k, v in point.items()])
 
 
-def run_point(raw: dict, run_dir: Path) -> Manifest:
-    """Finish one run (resuming or restarting a leftover) and return its manifest."""
+def run_point(run_dir: Path, begin: Callable[[], object]) -> Manifest:
+    """Finish one run (read back, resumed from its checkpoint, or restarted with `begin()`
+    after clearing a leftover) and return its manifest."""
     manifest_path = run_dir / artifacts.MANIFEST
     if manifest_path.exists():
         return artifacts.read_manifest(run_dir)
@@ -222,7 +223,7 @@ def run_point(raw: dict, run_dir: Path) -> Manifest:
     else:
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        api.train(raw)
+        begin()
     return artifacts.update_manifest(run_dir, wall_seconds=round(time.perf_counter() - start, 1))
 
 
@@ -252,7 +253,7 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
     if entry.ensemble is not None:
         return bench_combine.run_ensemble(cfg, cell, out, member, _row)
     if entry.distill is not None:
-        run_dir, best = bench_combine.run_distill(cfg, root, cell, out, member)
+        run_dir, best = bench_combine.run_distill(cfg, root, cell, out, member, run_point)
         dev = best.metrics.get("dev_best") or best.metrics.get("dev")
         metric = RunConfig.model_validate(best.config).train.metric
         return _row(cfg, cell, {}, run_dir, dev and objective_for(best.task).score(dev, metric),
@@ -267,7 +268,7 @@ def run_cell(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
         raw = run_config(cfg, root, cell, point, run_dir, searched)
         if len(points) > 1:
             raw["train"]["evaluate_test"] = False
-        results.append((point, run_dir, run_point(raw, run_dir)))
+        results.append((point, run_dir, run_point(run_dir, lambda raw=raw: api.train(raw))))
     metric = RunConfig.model_validate(results[0][2].config).train.metric
     objective = objective_for(results[0][2].task)
 

@@ -22,8 +22,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from cuetune import api, artifacts, ensemble
-from cuetune.checkpoint import CHECKPOINT
+from cuetune import ensemble
 from cuetune.config import Strict
 from cuetune.errors import ConfigError
 from cuetune.report import Cell
@@ -95,26 +94,21 @@ def run_ensemble(cfg, cell: Cell, out: Path, member_row: Callable[[Cell], dict],
                members[0]["train_examples"], 1, wall)
 
 
-def run_distill(cfg, root: Path, cell: Cell, out: Path, member_row: Callable[[Cell], dict]):
+def run_distill(cfg, root: Path, cell: Cell, out: Path, member_row: Callable[[Cell], dict], run_point):
     """Distil (or resume, or read back) the cell's student; returns (run folder, manifest)."""
     from cuetune.distill import distill
 
     entry = cfg.methods[cell.method]
     teacher = member_row(Cell(cell.task, entry.distill.teacher, cell.k, cell.seed))
     run_dir = out / "runs" / cell.key / "default"
-    if (run_dir / artifacts.MANIFEST).exists():
-        return run_dir, artifacts.read_manifest(run_dir)
-    start = time.perf_counter()
-    if (run_dir / CHECKPOINT).exists():
-        api.resume_run(run_dir)
-    else:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        pool = Path(entry.distill.pool)
-        overrides = _dotted("method", entry.method) + _dotted("train", entry.train)
+    pool = Path(entry.distill.pool)
+    overrides = _dotted("method", entry.method) + _dotted("train", entry.train)
+
+    def begin():
         distill(teacher["run_dir"], pool if pool.is_absolute() else root / pool, run_dir, overrides,
                 entry.distill.size, seed=cell.seed)
-    return run_dir, artifacts.update_manifest(run_dir, wall_seconds=round(time.perf_counter() - start, 1))
+
+    return run_dir, run_point(run_dir, begin)
 
 
 def _dotted(section: str, values: dict) -> list[str]:
