@@ -85,7 +85,7 @@ def component_templates(cfg: MixtureConfig, template: Template) -> list[Template
 
 class Views:
     """Encodes each example once per component; an item's `views` become rows of one batch
-    (`encoding.collate`), component-major within each example: row b * M + m."""
+    (`encoding.collate`): example b's prompt m is row b * M + m."""
 
     def __init__(self, encoders: list[PromptEncoder]):
         self.encoders = encoders
@@ -112,7 +112,7 @@ class Views:
         per = [enc.encode_all(examples, what, with_target) for enc in self.encoders]
         out = []
         for views in zip(*per, strict=True):
-            longest = max(views, key=lambda v: len(v.input_ids))
+            longest = max(views, key=lambda v: len(v.input_ids))  # what length ordering reads
             out.append(Encoded(longest.input_ids, longest.soft_index, longest.answer_pos, views[0].label,
                                any(v.truncated for v in views), views=tuple(views)))
         return out
