@@ -130,3 +130,13 @@ def test_cli_distills_an_ensemble(teacher, pool, tiny_dirs, toy_data, tmp_path, 
     assert summary["pool_size"] == 16 and summary["method"] == "soft"
     record = cuetune.load(tmp_path / "student").manifest.metrics["distillation"]
     assert record["teacher"] == str((tmp_path / "ens").resolve())
+
+
+def test_a_text_pool_is_one_input_per_line(teacher, toy_data, tmp_path):
+    test = [json.loads(line)["text"] for line in toy_data["test"].read_text().splitlines()][:2]
+    lines = [r["text"] for r in toy_rows(8, 55)] + test
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    manifest = distill(teacher, pool, tmp_path / "s", ["method.name=soft", "train.max_steps=2"])
+    assert manifest.metrics["distillation"]["pool"] == {"source": str(pool), "read": 10,
+                                                        "in_splits_removed": 2, "size": 8}

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cuetune.data import lines_to_examples
 from cuetune.errors import CuetuneError
 from cuetune.serve.command import serve_command
 
@@ -145,7 +146,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory")
     model = cuetune.load(run_dir)
     if input_ == "-" or input_.endswith(".txt"):
         text = sys.stdin.read() if input_ == "-" else _read_text(Path(input_))
-        examples = _lines_to_examples(text, "<stdin>" if input_ == "-" else input_)
+        examples = lines_to_examples(text, "<stdin>" if input_ == "-" else input_)
     else:
         examples = model.read(input_)
     preds = model.predict(examples, batch_size=batch_size)
@@ -169,19 +170,6 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not valid UTF-8; re-save the file as UTF-8") from None
 
 
-def _lines_to_examples(text: str, source: str):
-    """Plain text, one input per line; lines that are JSON objects use their 'text' field."""
-    from cuetune.data import Example, parse_jsonl
-
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        raise CuetuneError(f"{source}: no input lines")
-    if lines[0].lstrip().startswith("{"):
-        rows = parse_jsonl(Path(source), text)
-        return [Example(str(r.get("text", "")), r.get("text_pair")) for _, r in rows]
-    return [Example(ln.strip()) for ln in lines]
-
-
 @app.command()
 def generate(run_dir: Path = typer.Argument(..., help="A finished generation run directory"),
              input_: str = typer.Option(..., "--input", "-i", help="File (jsonl/csv/tsv/json/txt) or -"),
@@ -201,7 +189,7 @@ def generate(run_dir: Path = typer.Argument(..., help="A finished generation run
         overrides[".".join(keys).removeprefix("generate.")] = value
     if input_ == "-" or input_.endswith(".txt"):
         text = sys.stdin.read() if input_ == "-" else _read_text(Path(input_))
-        examples = _lines_to_examples(text, "<stdin>" if input_ == "-" else input_)
+        examples = lines_to_examples(text, "<stdin>" if input_ == "-" else input_)
     else:
         examples = model.read(input_)
     try:

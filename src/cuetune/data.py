@@ -61,6 +61,24 @@ def _decode(path: Path) -> str:
     return text
 
 
+def lines_to_examples(text: str, source: str) -> list[Example]:
+    """Plain text, one input per line; lines that are JSON objects use their 'text' (and
+    'text_pair') fields. What `predict --input` and a `.txt` distillation pool read."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise DataError(f"{source}: no input lines")
+    if lines[0].lstrip().startswith("{"):
+        return [Example(str(r.get("text", "")), r.get("text_pair"), None, where)
+                for where, r in parse_jsonl(Path(source), text)]
+    return [Example(ln.strip(), None, None, f"{source}:{i + 1}") for i, ln in enumerate(text.splitlines())
+            if ln.strip()]
+
+
+def read_inputs(path: str | Path) -> list[Example]:
+    """A file of inputs without labels: one per line (see `lines_to_examples`)."""
+    return lines_to_examples(_decode(Path(path)), str(path))
+
+
 def read_rows(path: str | Path, fmt: str = "auto",
               columns: list[str] | None = None) -> list[tuple[str, dict]]:
     """Read a file into (location, row) pairs; location is 'file:line'."""

@@ -3,12 +3,13 @@ label probabilities, and one adapter is trained on them, so prediction costs one
 
 The teacher is any classifier cuetune loads: a run, a mixture-of-prompts run or an ensemble
 folder. The pool is declared: a file read with the student's column mapping (any label column
-is dropped), with texts that are also in the run's train, dev or test split removed (so no test
-sentence is trained on) and optionally a seeded sample of `size`. The student's config is the
-teacher's (an ensemble's first member's) with `key=value` overrides, typically `method.name`;
-it trains on the pool's soft labels (cross-entropy against the teacher's distribution), picks
-its checkpoint on the gold dev split and is scored on the gold test split as any run is. The
-manifest's metrics record the teacher, the pool and its size under `distillation`.
+is dropped; a `.txt` file is one input per line). Texts that are also in the run's train, dev
+or test split are removed (so no test sentence is trained on), and `size` draws a seeded
+sample. The student's config is the teacher's (an ensemble's first member's) with `key=value`
+overrides, typically `method.name`; it trains on the pool's soft labels (cross-entropy against
+the teacher's distribution), picks its checkpoint on the gold dev split and is scored on the
+gold test split as any run is. The manifest's metrics record the teacher, the pool and its
+size under `distillation`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from cuetune import api, methods
 from cuetune.config import RunConfig, apply_overrides, validate
-from cuetune.data import Example, clean, load_splits, read_rows, to_examples
+from cuetune.data import Example, clean, load_splits, read_inputs, read_rows, to_examples
 from cuetune.errors import ConfigError, DataError
 
 
@@ -63,8 +64,11 @@ def read_pool(path: str | Path, cfg: RunConfig, splits, size: int | None,
     """Unlabelled pool examples and what was done to them (read, removed as in the splits,
     sampled)."""
     data = cfg.data
-    rows = read_rows(path, "auto" if data.format == "auto" else data.format, data.columns)
-    examples = to_examples(rows, data.text_column, data.text_pair_column, None, None, str(path))
+    if Path(path).suffix.lower() == ".txt":  # one input per line, as predict --input reads
+        examples = read_inputs(path)
+    else:
+        rows = read_rows(path, "auto" if data.format == "auto" else data.format, data.columns)
+        examples = to_examples(rows, data.text_column, data.text_pair_column, None, None, str(path))
     examples, _ = clean(examples, data.clean, str(path))  # duplicates inside the pool go too
     taken = {_key(e) for split in (splits.train, splits.dev, splits.test) for e in split}
     kept = [e for e in examples if _key(e) not in taken]
