@@ -344,9 +344,18 @@ def recorded_rows(cfg: BenchConfig, out: Path, with_failed: bool = False) -> dic
         log.warning("%s: written with other %s settings; its cells are not read back",
                     path, "/".join(changed))
         return {}
-    same = {m for m, entry in new["methods"].items() if old.get("methods", {}).get(m) == entry}
+    same = {m for m, entry in new["methods"].items() if _entry(old.get("methods", {}).get(m)) == entry}
     return {key: r for key, r in rows.items()
             if (with_failed or r.get("error") is None) and r["method"] in same}
+
+
+def _entry(saved) -> dict | None:
+    """A saved method entry with today's defaults filled in (keys added since it was written
+    must not make an unchanged row look changed)."""
+    try:
+        return MethodEntry.model_validate(saved).model_dump(mode="json")
+    except ValidationError:
+        return None
 
 
 def read_back(cfg: BenchConfig, out: Path, todo: list[Cell]) -> dict[str, dict]:

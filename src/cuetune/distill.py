@@ -72,7 +72,8 @@ def read_pool(path: str | Path, cfg: RunConfig, splits, size: int | None,
     examples, _ = clean(examples, data.clean, str(path))  # duplicates inside the pool go too
     taken = {_key(e) for split in (splits.train, splits.dev, splits.test) for e in split}
     kept = [e for e in examples if _key(e) not in taken]
-    record = {"source": str(path), "read": len(examples), "in_splits_removed": len(examples) - len(kept)}
+    record = {"source": str(Path(path).resolve()), "read": len(examples),
+              "in_splits_removed": len(examples) - len(kept)}
     if size is not None:
         if size > len(kept):
             raise DataError(f"{path}: --pool-size {size} but the pool has {len(kept)} examples outside "
