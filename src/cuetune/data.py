@@ -45,7 +45,8 @@ class Splits:
     report: dict = field(default_factory=dict)
 
 
-def _decode(path: Path) -> str:
+def decode_file(path: Path) -> str:
+    """A text file's content (UTF-8, or UTF-16 with a BOM); errors name the file and line."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -62,21 +63,15 @@ def _decode(path: Path) -> str:
 
 
 def lines_to_examples(text: str, source: str) -> list[Example]:
-    """Plain text, one input per line; lines that are JSON objects use their 'text' (and
-    'text_pair') fields. What `predict --input` and a `.txt` distillation pool read."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    """Inputs without labels, one per line (JSON-object lines give 'text' and 'text_pair'):
+    what `predict --input` and a `.txt` distillation pool read."""
+    lines = [(i, ln.strip()) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if not lines:
         raise DataError(f"{source}: no input lines")
-    if lines[0].lstrip().startswith("{"):
-        return [Example(str(r.get("text", "")), r.get("text_pair"), None, where)
-                for where, r in parse_jsonl(Path(source), text)]
-    return [Example(ln.strip(), None, None, f"{source}:{i + 1}") for i, ln in enumerate(text.splitlines())
-            if ln.strip()]
-
-
-def read_inputs(path: str | Path) -> list[Example]:
-    """A file of inputs without labels: one per line (see `lines_to_examples`)."""
-    return lines_to_examples(_decode(Path(path)), str(path))
+    if lines[0][1].startswith("{"):
+        rows = parse_jsonl(Path(source), text)
+        return [Example(str(r.get("text", "")), r.get("text_pair"), None, w) for w, r in rows]
+    return [Example(ln, None, None, f"{source}:{i}") for i, ln in lines]
 
 
 def read_rows(path: str | Path, fmt: str = "auto",
@@ -89,7 +84,7 @@ def read_rows(path: str | Path, fmt: str = "auto",
         fmt = FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise DataError(f"{path}: unknown file type; set data.format to csv, tsv, jsonl or json")
-    text = _decode(path)
+    text = decode_file(path)
     if fmt == "jsonl":
         return parse_jsonl(path, text)
     if fmt == "json":

@@ -21,7 +21,7 @@ import torch
 
 from cuetune import api, methods
 from cuetune.config import RunConfig, apply_overrides, validate
-from cuetune.data import Example, clean, load_splits, read_inputs, read_rows, to_examples
+from cuetune.data import Example, clean, decode_file, lines_to_examples, load_splits, read_rows, to_examples
 from cuetune.errors import ConfigError, DataError
 
 
@@ -65,7 +65,7 @@ def read_pool(path: str | Path, cfg: RunConfig, splits, size: int | None,
     sampled)."""
     data = cfg.data
     if Path(path).suffix.lower() == ".txt":  # one input per line, as predict --input reads
-        examples = read_inputs(path)
+        examples = lines_to_examples(decode_file(Path(path)), str(path))
     else:
         rows = read_rows(path, "auto" if data.format == "auto" else data.format, data.columns)
         examples = to_examples(rows, data.text_column, data.text_pair_column, None, None, str(path))
