@@ -66,6 +66,7 @@ def test_sst2_kshot_example_config_reads(tmp_path):
 SMOKE = {  # method settings for a few steps on the real model (defaults otherwise)
     "soft": {}, "prefix": {}, "ptuning": {}, "lora": {}, "prompt-ft": {}, "full": {},
     "head": {}, "two-stage": {}, "zero-shot": {}, "in-context": {},
+    "mixture": {"copies": 2},  # two soft prompts on the default {soft:20} template
 }
 
 
