@@ -9,8 +9,13 @@ of one batch of 8 inputs) and inference examples/s, for the mixture and for the 
 together, and their ratio (mixture / M singles; below 1 is cheaper). The sides alternate
 (ABAB) so drift on a shared machine hits both.
 
-    python benchmarks/mixture_cost.py                # M = 2 and 4
-    python benchmarks/mixture_cost.py --m 4 --rounds 5
+    python benchmarks/mixture_cost.py                # M = 2 and 4, both layouts
+    python benchmarks/mixture_cost.py --m 4 --rounds 5 --layout hard
+
+Layouts: `soft` puts the prompt first (M 20-token soft prompts on one wording; each prompt's
+rows share their start); `hard` puts the input first (M wordings after `{text}`, training only
+the prior; each input runs once for its M prompts). The peers are M soft runs, or M zero-shot
+runs of the M wordings.
 """
 
 from __future__ import annotations
@@ -42,9 +47,9 @@ def sentences(n: int) -> list[Example]:
     return [Example(words[i % 4], None, int(i % 4 in (0, 2))) for i in range(n)]
 
 
-def pipeline(loaded, method: dict):
+def pipeline(loaded, method: dict, template: str = TEMPLATE):
     raw = {"model": {"name": "smollm2-135m"}, "data": {"labels": LABELS},
-           "prompt": {"template": TEMPLATE, "verbalizer": {"0": "terrible", "1": "great"}},
+           "prompt": {"template": template, "verbalizer": {"0": "terrible", "1": "great"}},
            "method": method, "output_dir": "unused"}
     return build(validate(raw), LABELS, loaded)
 
@@ -66,9 +71,25 @@ def infer_s(pipe, items) -> float:
     return time.perf_counter() - start
 
 
-def measure(loaded, m: int, rounds: int, examples: list[Example]) -> dict:
-    single = pipeline(loaded, {"name": "soft", "num_tokens": 20})
-    mixture = pipeline(loaded, {"name": "mixture", "copies": m, "num_tokens": 20})
+HARD = ["{text} It was {answer}", "{text} In summary, the film was {answer}",
+        "{text} Overall, it was {answer}", "{text} The movie was {answer}"]
+"""Input-first wordings (from the SST-2 search's pool) for the `hard` layout."""
+
+
+def build_sides(loaded, m: int, layout: str):
+    """(one single-prompt pipeline per prompt, the mixture over them)."""
+    if layout == "soft":  # prompt first: M soft prompts on one wording
+        single = pipeline(loaded, {"name": "soft", "num_tokens": 20})
+        return [single] * m, pipeline(loaded, {"name": "mixture", "copies": m, "num_tokens": 20})
+    singles = [pipeline(loaded, {"name": "zero-shot"}, t) for t in HARD[:m]]
+    return singles, pipeline(loaded, {"name": "mixture", "prompts": HARD[:m]})
+
+
+def measure(loaded, m: int, rounds: int, examples: list[Example], layout: str) -> dict:
+    singles, mixture = build_sides(loaded, m, layout)
+    if layout == "hard":
+        return measure_inference(singles, mixture, rounds, examples, m)
+    single = singles[0]
     pad = loaded.tokenizer.pad_token_id
     train = examples[:8]
     sides = {"single": (single, collate(single.encode(train), pad), single.encode(examples)),
@@ -85,11 +106,28 @@ def measure(loaded, m: int, rounds: int, examples: list[Example]) -> dict:
     single_step, mix_step = statistics.median(steps["single"]), statistics.median(steps["mixture"])
     single_inf, mix_inf = statistics.median(infer["single"]), statistics.median(infer["mixture"])
     n = len(examples)
-    return {"m": m, "single_step_ms": round(single_step, 1), "m_singles_step_ms": round(m * single_step, 1),
+    return {"layout": "soft (prompt first)", "m": m, "single_step_ms": round(single_step, 1),
+            "m_singles_step_ms": round(m * single_step, 1),
             "mixture_step_ms": round(mix_step, 1), "step_ratio": round(mix_step / (m * single_step), 3),
             "single_infer_ex_s": round(n / single_inf, 1),
             "m_singles_infer_ex_s": round(n / (m * single_inf), 1),
             "mixture_infer_ex_s": round(n / mix_inf, 1), "infer_ratio": round(mix_inf / (m * single_inf), 3),
+            "threads": torch.get_num_threads(), "rounds": rounds, "examples": n}
+
+
+def measure_inference(singles, mixture, rounds: int, examples: list[Example], m: int) -> dict:
+    """Hard prompts train only the prior, so inference is the cost that matters: the M
+    zero-shot runs one after another against the mixture."""
+    items = [p.encode(examples) for p in singles]
+    mixed = mixture.encode(examples)
+    infer_s(mixture, mixed[:32])
+    apart, together = [], []
+    for _ in range(rounds):
+        apart.append(sum(infer_s(p, i) for p, i in zip(singles, items, strict=True)))
+        together.append(infer_s(mixture, mixed))
+    a, t, n = statistics.median(apart), statistics.median(together), len(examples)
+    return {"layout": "hard (input first)", "m": m, "m_singles_infer_ex_s": round(n / a, 1),
+            "mixture_infer_ex_s": round(n / t, 1), "infer_ratio": round(t / a, 3),
             "threads": torch.get_num_threads(), "rounds": rounds, "examples": n}
 
 
@@ -98,12 +136,13 @@ def main() -> None:
     ap.add_argument("--m", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--examples", type=int, default=128)
+    ap.add_argument("--layout", nargs="+", choices=["soft", "hard"], default=["soft", "hard"])
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.manual_seed(0)
     loaded = load_model("smollm2-135m")
     examples = sentences(args.examples)
-    rows = [measure(loaded, m, args.rounds, examples) for m in args.m]
+    rows = [measure(loaded, m, args.rounds, examples, layout) for layout in args.layout for m in args.m]
     for row in rows:
         print(json.dumps(row))
     if args.out:

@@ -150,7 +150,30 @@ def test_each_prompts_rows_share_their_own_first_tokens(tiny_dirs, toy_data, tmp
         pipe.model(batch)
         pipe.model(batch)  # the second time from the memo
     logp, prior = pipe.method.last
-    assert calls and [int(n) for _, n in calls[0]] == [6, 6]  # [BOS], 3 soft tokens, "review :"
+    assert calls and [int(n) for _, n, _ in calls[0]] == [6, 6]  # [BOS], 3 soft tokens, "review :"
     for m in range(2):
         alone = _alone(pipe, soft, examples, pipe.method.blocks[str(m)].prompt)
         torch.testing.assert_close(logp[:, m].exp(), alone, atol=1e-5, rtol=1e-5)
+
+
+def test_an_inputs_rows_share_the_input_when_it_comes_first(tiny_dirs, toy_data, tmp_path, monkeypatch):
+    """`{text} <prompt> {answer}`: the M rows of an input start with the same tokens, so the input
+    runs once and the prompts after it; every component scores what its prompt scores alone."""
+    from cuetune.families import fastpath
+
+    prompts = [PLAIN, "{text} review : {answer}", "{text} it is {answer}"]
+    pipe = build(validate(_mixture(tiny_dirs, toy_data, tmp_path / "run", prompts=prompts)), LABELS)
+    calls = []
+    real = fastpath.run_groups
+    monkeypatch.setattr(fastpath, "run_groups", lambda m, i: calls.append(i["row_groups"]) or real(m, i))
+    examples = [Example(t) for t in TEXTS]
+    items = pipe.encode(examples)
+    with pipe.model.inference():
+        pipe.model(collate(items, pipe.loaded.tokenizer.pad_token_id))
+    logp, _ = pipe.method.last
+    groups = calls[0]
+    assert [g[0].tolist() for g in groups] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    tok = pipe.loaded.tokenizer
+    assert [g[1] for g in groups] == [1 + len(tok(t, add_special_tokens=False)["input_ids"]) for t in TEXTS]
+    for m, template in enumerate(prompts):
+        torch.testing.assert_close(logp[:, m].exp(), _alone(pipe, template, examples), atol=1e-5, rtol=1e-5)

@@ -51,14 +51,14 @@ ROW_KEYS = ("inputs_embeds", "attention_mask", "answer_pos", "input_ids")
 
 
 def run_groups(model, inputs: dict) -> torch.Tensor:
-    """`inputs["row_groups"]`: [(rows [R], shared length)], groups of rows that share their own
-    first tokens (a mixture's prompts: each prompt's rows begin alike, other prompts' rows do
-    not). Each group runs through the fast path with its own shared prompt (and its own memo,
-    since rows of different prompts can have the same ids under different soft embeddings)."""
+    """`inputs["row_groups"]`: [(rows [R], shared length, memo key)], groups of rows that share
+    their own first tokens (a mixture: each prompt's rows, or each input's rows). Each group runs
+    through the fast path with its own shared start, and its own memo under `memo key` (rows of
+    two soft prompts have the same ids under different embeddings), or none when the key is None."""
     memo, hidden, order = inputs.get("memo"), [], []
-    for g, (idx, shared) in enumerate(inputs["row_groups"]):
+    for idx, shared, key in inputs["row_groups"]:
         sub = {**inputs, **{k: inputs[k][idx] for k in ROW_KEYS}, "row_groups": None, "shared_len": shared,
-               "memo": None if memo is None else memo.setdefault(("row group", g), {})}
+               "memo": None if memo is None or key is None else memo.setdefault(("row group", key), {})}
         hidden.append(run(model, sub))
         order.append(idx)
     order = torch.cat(order).to(hidden[0].device)

@@ -18,9 +18,9 @@ L = sum_x sum_phi C(y | x, theta) P(x | phi) P(phi). In code (docs/methods.md re
   divides the prior's logits: two guards against the prior collapsing onto one prompt early.
 
 Prediction is always the mixture p(y | x) = sum_phi P(phi) p(y | x, phi). The M variants of an
-input are rows of one batch (`Views` encodes them); on a causal model each prompt's rows run
-together with their shared first tokens (special tokens, soft prompt, template words before the
-input) computed once, as a single-prompt run computes them.
+input are rows of one batch (`Views` encodes them). On a causal model rows that start alike run
+that start once (`row_groups`): each prompt's special tokens, soft prompt and words before the
+input, as a single-prompt run does; or, with the input first, each input once for its M prompts.
 """
 
 from __future__ import annotations
@@ -102,9 +102,9 @@ class Views:
         self.template = first.template
         self.answer_space = first.answer_space
         self.shared_lens = [e.shared_len for e in encoders]
-        self.shared_len = max(self.shared_lens)
-        """Nonzero when some prompt's rows share first tokens; `Mixture.prepare_inputs` then runs
-        each prompt's rows as a group with its own shared length (`fastpath.run_groups`)."""
+        self.shared_len = 1
+        """Asks the prompt model for shared starts (it passes 0 where dropout forbids them);
+        `Mixture.row_groups` says which rows share which start."""
         self.num_soft = sum(e.num_soft for e in encoders)
         self.soft_specs = [s for e in encoders for s in e.soft_specs]
 
@@ -181,10 +181,8 @@ class Mixture(Method):
         self._seen = [torch.zeros(self.count), 0]  # prior mass summed over scored inputs, count
 
     def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
-        if inputs.get("shared_len"):  # allowed here (no dropout): per prompt, never across prompts
-            rows = torch.arange(batch["soft_index"].size(0), device=self.offsets.device)
-            lens = self.encoder.shared_lens
-            inputs["row_groups"] = [(rows[m::self.count], lens[m]) for m in range(self.count)]
+        if inputs.get("shared_len"):  # sharing is allowed here (no dropout in training)
+            inputs["row_groups"] = self.row_groups(batch)
             inputs["shared_len"] = 0
         if not len(self.blocks):
             return inputs
@@ -192,6 +190,24 @@ class Mixture(Method):
         soft = batch["soft_index"]  # [B*M, T]
         shift = self.offsets.repeat(soft.size(0) // self.count)[:, None]  # [B*M, 1]
         return fill_soft(inputs, torch.where(soft >= 0, soft + shift, soft), prompt)
+
+    def row_groups(self, batch: dict) -> list[tuple[torch.Tensor, int, object]]:
+        """Groups of rows that start alike, for `fastpath.run_groups`: (rows, shared length,
+        memo key), whichever layout saves more tokens. Prompt first (special tokens, soft
+        prompt, words before the input): each prompt's rows share that start, kept across
+        batches. Input first (`{text} <prompt> {answer}`): an input's M rows share the input,
+        so it runs once and the M prompts after it; no memo (every input is new)."""
+        ids, soft, mask = batch["input_ids"], batch["soft_index"], batch["attention_mask"]  # [B*M, T]
+        count = self.count
+        n = ids.size(0) // count
+        rows = torch.arange(n * count, device=ids.device)
+        lens = self.encoder.shared_lens
+        same = ((ids.view(n, count, -1) == ids.view(n, count, -1)[:, :1]).all(1)
+                & (soft.view(n, count, -1) < 0).all(1) & mask.view(n, count, -1).bool().all(1))  # [B, T]
+        common = same.long().cumprod(1).sum(1)  # [B]: each input's shared start
+        if int(common.sum()) * (count - 1) > sum(lens) * (n - 1):
+            return [(rows[b * count:(b + 1) * count], int(common[b]), None) for b in range(n)]
+        return [(rows[m::count], lens[m], m) for m in range(count)]
 
     def log_prior(self, hidden: torch.Tensor) -> torch.Tensor:
         """log P(phi | x) [B, M] from answer states [B, M, H]."""
