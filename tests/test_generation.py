@@ -195,6 +195,20 @@ def test_prefix_past_a_sliding_window_is_refused_and_soft_is_exact(gen_models, g
         generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=5))
 
 
+def test_a_prefix_run_that_could_not_decode_at_its_length_cap_is_refused_before_training(
+        gen_models, gen_data, tmp_path):
+    """Gemma-3 (here a 64-token window): 4 prefix tokens + data.max_length 56 + 5 new tokens do not
+    fit, so the run stops before training and says how long inputs may be; 55 fits."""
+    raw = gen_config(gen_models["gemma3"], gen_data, tmp_path / "run",
+                     method={"name": "prefix", "num_tokens": 4}, train={"max_steps": 2})
+    raw["data"]["max_length"] = 56
+    with pytest.raises(ConfigError, match=r"= 65 exceeds this model's 64-token sliding .* at most 55"):
+        cuetune.train(raw)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    raw["data"]["max_length"] = 55
+    cuetune.train(raw)
+
+
 def test_generation_rejects_classification_only_methods(gen_models, gen_data, tmp_path):
     with pytest.raises(ConfigError, match="classification only"):
         build(validate(gen_config(gen_models["causal"], gen_data, "x", method={"name": "head"})), [])

@@ -21,7 +21,8 @@ from pydantic import Field
 from torch import nn
 
 from cuetune.config import MethodConfig
-from cuetune.errors import ArtifactError
+from cuetune.errors import ArtifactError, ConfigError
+from cuetune.families.base import window_allows
 from cuetune.methods.base import Method
 from cuetune.methods.soft import peft_prompt_state, vocab_sample
 from cuetune.templates import Template
@@ -46,6 +47,25 @@ class Prefix(Method):
     @classmethod
     def adapt_template(cls, config, template: Template) -> Template:
         return template.without_soft()
+
+    @classmethod
+    def prepare_config(cls, run_config, splits, loaded):
+        """Refuse, before training, a generation run whose longest inputs could not be decoded
+        from: on a sliding-window model (Gemma-3) prefix keys, an input at `data.max_length`
+        and the new tokens must fit the window (`CausalState` checks each batch; without this,
+        a run found out only at its final evaluation, after training)."""
+        cfg = run_config
+        need = cfg.method.num_tokens + cfg.data.max_length + cfg.generate.max_new_tokens
+        if (cfg.data.task == "generation" and loaded.family.answer_is_next
+                and not window_allows(loaded.model.config, need)):
+            window = loaded.model.config.get_text_config().sliding_window
+            raise ConfigError(
+                f"data.max_length: {cfg.data.max_length} + method.num_tokens {cfg.method.num_tokens} + "
+                f"generate.max_new_tokens {cfg.generate.max_new_tokens} = {need} exceeds this model's "
+                f"{window}-token sliding attention window, so inputs at the length cap could not be "
+                f"decoded from a prefix; set data.max_length to at most "
+                f"{window - cfg.method.num_tokens - cfg.generate.max_new_tokens}, or use soft or lora")
+        return cfg.method
 
     @classmethod
     def unused_settings(cls, run_config, template):
