@@ -66,7 +66,7 @@ class Classification(Objective):
         return model.method.label_loss(scores, batch["labels"], label_smoothing)
 
     def units(self, batch):
-        return batch["labels"].numel()  # rows
+        return len(batch["labels"])  # inputs (a distilled pool's labels are [B, L] distributions)
 
     def evaluate(self, pipe, items, batch_size, final=True):
         cf = pipe.content_free_probs() if pipe.config.prompt.calibrate else None  # computed once
