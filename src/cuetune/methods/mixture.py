@@ -106,7 +106,6 @@ class Views:
         """Asks the prompt model for shared starts (it passes 0 where dropout forbids them);
         `Mixture.row_groups` says which rows share which start."""
         self.num_soft = sum(e.num_soft for e in encoders)
-        self.soft_specs = [s for e in encoders for s in e.soft_specs]
 
     def encode_all(self, examples, what: str = "examples", with_target: bool = True) -> list[Encoded]:
         per = [enc.encode_all(examples, what, with_target) for enc in self.encoders]
