@@ -14,6 +14,7 @@ from transformers import BertForMaskedLM
 import cuetune
 from cuetune.config import validate
 from cuetune.data import Example, load_splits
+from cuetune.encoding import collate
 from cuetune.errors import ConfigError
 from cuetune.inference import predict_probs
 from cuetune.pipeline import CONTENT_FREE, build
@@ -89,3 +90,25 @@ def test_calibration_is_refused_for_generation(tiny_dirs, data, tmp_path):
     raw["data"].update(task="generation", labels=None)
     with pytest.raises(ConfigError, match="prompt.calibrate: calibrates label probabilities"):
         cuetune.train(raw)
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_a_calibrated_run_trains_the_prediction_it_makes(biased, data, calibrate):
+    """The training loss is the cross-entropy of the prediction the run will make: with
+    calibration, of p(y|x) / p_cf(y) renormalised, p_cf from the same parameters. (Training
+    the raw scores and dividing at prediction let a prefix fit SST-2's training set while dev
+    read 50% at every evaluation.)"""
+    pipe, splits = _pipe(biased, data, calibrate, method="soft")
+    pipe.model.eval()  # no dropout: the hand computation below runs the same forwards
+    pad = pipe.loaded.tokenizer.pad_token_id
+    batch = collate(pipe.encode(splits.train[:6]), pad)
+    loss = pipe.objective.loss(pipe.model, batch, 0.0)
+    with torch.no_grad():
+        probs = pipe.model(batch).softmax(-1)  # [6, L]
+        if calibrate:
+            cf = pipe.model(collate(pipe.encode([Example(t) for t in CONTENT_FREE]), pad)).softmax(-1).mean(0)
+            probs = (probs / cf) / (probs / cf).sum(-1, keepdim=True)
+    want = -probs[torch.arange(6), batch["labels"]].log().mean()
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-5, atol=1e-6)
+    loss.backward()  # the content-free term is differentiable too: it is part of the prediction
+    assert all(p.grad is not None for p in pipe.method.trainable_parameters())

@@ -123,6 +123,8 @@ def test_soft_copies_and_a_gate_train_save_and_load(tiny_dirs, toy_data, tmp_pat
     ({"prompts": ["{soft:2} " + REVIEW], "copies": 2, "num_tokens": 4}, {},
      r"method\.num_tokens: has no effect"),
     ({"prompts": [REVIEW, QUESTION]}, {"prompt": {"demonstrations": {"select": "random"}}}, "demonstrations"),
+    ({"prompts": [REVIEW, QUESTION], "objective": "expected"}, {"prompt": {"calibrate": True}},
+     "expected-cost objective trains each prompt's own uncalibrated scores"),
 ])
 def test_settings_that_cannot_work_are_refused(tiny_dirs, toy_data, tmp_path, method, extra, match):
     raw = _mixture(tiny_dirs, toy_data, tmp_path / "run", **method)
@@ -177,3 +179,13 @@ def test_an_inputs_rows_share_the_input_when_it_comes_first(tiny_dirs, toy_data,
     assert [g[1] for g in groups] == [1 + len(tok(t, add_special_tokens=False)["input_ids"]) for t in TEXTS]
     for m, template in enumerate(prompts):
         torch.testing.assert_close(logp[:, m].exp(), _alone(pipe, template, examples), atol=1e-5, rtol=1e-5)
+
+
+def test_a_calibrated_mixture_trains_and_predicts_calibrated(tiny_dirs, toy_data, tmp_path):
+    """Calibration divides the mixture's prediction by its content-free distribution, in the
+    loss as at prediction (the content-free rows run through the same views and groups)."""
+    raw = _mixture(tiny_dirs, toy_data, tmp_path / "run", prompts=["{soft:2} " + REVIEW], copies=2)
+    raw["prompt"]["calibrate"] = True
+    manifest = cuetune.train(raw)
+    test = manifest.metrics["test"]
+    assert set(test["content_free"]) == {"negative", "positive"} and test["accuracy"] >= 0.75

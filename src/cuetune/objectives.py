@@ -4,7 +4,11 @@ The trainer, `api` and the bench ask the pipeline's objective for the loss of a 
 metrics of a split, and the number that picks the best checkpoint; none of them names a task.
 
 - Classification: cross-entropy over the label words' scores at the answer position;
-  accuracy, macro-F1 and NLL on the labels.
+  accuracy, macro-F1 and NLL on the labels. With `prompt.calibrate` the loss is that of the
+  calibrated prediction (p(y|x) / p_cf(y), with p_cf from the same forward pass's parameters),
+  so a trained run learns what it will predict; an uncalibrated loss with a calibrated
+  prediction let a prefix fit its training set while dev read 50% at every evaluation (the
+  content-free inputs' lean, learned in training, was then divided out).
 - Generation: cross-entropy over the answer tokens only (teacher forcing; the prompt's tokens
   carry no loss), full vocabulary at those positions only. During training the dev set is
   scored by that token loss, which is cheap. The final dev and test scores decode with
@@ -18,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cuetune.encoding import collate
 from cuetune.errors import ConfigError
 from cuetune.evaluation import classification_metrics
 from cuetune.generation import generate
@@ -32,6 +37,9 @@ class Objective:
 
     def check(self, cfg, method_cls, family) -> None:
         """Refuse a method or model family this task cannot run on, before anything loads."""
+
+    def attach(self, pipe) -> None:
+        """Take what the loss needs from the assembled pipeline (called once, by `build`)."""
 
     def loss(self, model, batch: dict, label_smoothing: float) -> torch.Tensor:
         raise NotImplementedError
@@ -52,6 +60,8 @@ class Objective:
 class Classification(Objective):
     task = "classification"
     dev_keys = ("accuracy", "macro_f1", "nll")
+    content_free: dict | None = None
+    """With `prompt.calibrate`: the content-free inputs, collated, for the calibrated loss."""
 
     def check(self, cfg, method_cls, family):
         if cfg.prompt.multi_token == "chain":
@@ -61,8 +71,19 @@ class Classification(Objective):
                 raise ConfigError(f"prompt.multi_token: chain scores label words, which method "
                                   f"{cfg.method.name} does not read (it has its own head); remove it")
 
+    def attach(self, pipe):
+        if pipe.config.prompt.calibrate:
+            self.content_free = collate(pipe.content_free_items(), pipe.loaded.tokenizer.pad_token_id)
+
     def loss(self, model, batch, label_smoothing):
+        log_cf = None
+        if self.content_free is not None:  # first: a method may keep its last forward's state
+            device = batch["labels"].device
+            free = model({k: v.to(device) for k, v in self.content_free.items()}).log_softmax(-1)  # [3, L]
+            log_cf = free.logsumexp(0) - math.log(free.size(0))  # [L]: log of the mean distribution
         scores = model(batch)  # [B, L]
+        if log_cf is not None:  # the calibrated prediction's log-probabilities
+            scores = (scores.log_softmax(-1) - log_cf).log_softmax(-1)
         return model.method.label_loss(scores, batch["labels"], label_smoothing)
 
     def units(self, batch):

@@ -68,11 +68,15 @@ class Pipeline:
         bias = content_free.clamp_min(TINY).log().to(probs.device)  # [L]
         return (probs.clamp_min(TINY).log() - bias).softmax(-1)
 
+    def content_free_items(self) -> list[Encoded]:
+        """The content-free inputs (`CONTENT_FREE`, in both slots of a pair), encoded."""
+        pair = self.encoder.template.has("text_pair")
+        return self.encode([Example(t, t if pair else None) for t in CONTENT_FREE], "content-free inputs")
+
     def content_free_probs(self) -> torch.Tensor:
         """The mean label distribution [L] the prompt gives inputs with no content."""
-        pair = self.encoder.template.has("text_pair")
-        items = self.encode([Example(t, t if pair else None) for t in CONTENT_FREE], "content-free inputs")
-        return predict_probs(self.model, items, self.loaded.tokenizer.pad_token_id).mean(0)
+        pad = self.loaded.tokenizer.pad_token_id
+        return predict_probs(self.model, self.content_free_items(), pad).mean(0)
 
 
 def load_for(cfg: RunConfig) -> LoadedModel:
@@ -101,7 +105,9 @@ def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) 
     method = method_cls(cfg.method, loaded, encoder, labels)
     device = next(loaded.model.parameters()).device
     model = PromptModel(loaded, method.to(device), verbalizer, encoder.shared_len)
-    return Pipeline(cfg, loaded, encoder, verbalizer, model, objective)
+    pipe = Pipeline(cfg, loaded, encoder, verbalizer, model, objective)
+    objective.attach(pipe)
+    return pipe
 
 
 def _add_demonstrations(cfg: RunConfig, encoder: PromptEncoder, template, labels: list[str]) -> None:

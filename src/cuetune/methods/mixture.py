@@ -138,6 +138,10 @@ class Mixture(Method):
         if cfg.prompt.multi_token == "chain":
             raise ConfigError("prompt.multi_token: chain runs its own teacher-forced rows, which "
                               "method mixture does not combine yet; use mean, first or max")
+        if cfg.prompt.calibrate and cfg.method.objective == "expected":
+            raise ConfigError("prompt.calibrate: the expected-cost objective trains each prompt's own "
+                              "uncalibrated scores, not the calibrated mixture it would predict; "
+                              "use method.objective=marginal, or drop calibration")
         templates = component_templates(cfg.method, template)
         if cfg.method.copies > 1 and not any(t.soft_segments for t in templates):
             raise ConfigError("method.copies: copies of a hard template are the same prompt; set "
