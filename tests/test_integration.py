@@ -188,8 +188,9 @@ def test_chinese_label_words_on_gemma_differ_in_length():
 
 
 def test_label_search_keeps_words_and_drops_fragments_on_smollm2():
-    """MR seed 100's search picked *lect* / *capac*: tokens that are alphabetic and encode back
-    to themselves, but that SmolLM2 expects a word to go on after. The filter now drops them."""
+    """MR seed 100's search picked *lect* / *capac*, and SST-2 seed 100's *behav* / *behavi*:
+    tokens that are alphabetic and encode back to themselves, but that SmolLM2 expects a word
+    to go on after. The filter drops them, and keeps words (with or without a leading space)."""
     from types import SimpleNamespace
 
     from cuetune.models import load_model
@@ -197,7 +198,12 @@ def test_label_search_keeps_words_and_drops_fragments_on_smollm2():
 
     loaded = load_model("smollm2-135m")
     pipe = SimpleNamespace(loaded=loaded, encoder=SimpleNamespace(answer_space=True))
-    for word, keep in ((" positive", True), (" great", True), (" complained", True),
-                       (" lect", False), (" capac", False), (" exhilar", False)):
+    for word, keep in ((" positive", True), (" great", True), (" complained", True), (" abuse", True),
+                       (" offered", True), (" lect", False), (" capac", False), (" exhilar", False),
+                       (" behav", False), (" behavi", False), (" Co", False)):
         [token] = loaded.tokenizer(word, add_special_tokens=False)["input_ids"]
         assert whole_word(token, pipe) is keep, (word, word_ends(token, pipe))
+    glued = SimpleNamespace(loaded=loaded, encoder=SimpleNamespace(answer_space=False))  # "...:{answer}"
+    for word, keep in (("positive", True), ("negative", True), ("behav", False)):
+        [token] = loaded.tokenizer(word, add_special_tokens=False)["input_ids"]
+        assert whole_word(token, glued) is keep, (word, word_ends(token, glued))

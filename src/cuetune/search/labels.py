@@ -9,7 +9,8 @@
    Only tokens among the first `vocab_top` ids that are a whole alphabetic word on their own
    (the word, encoded as the verbalizer encodes it, gives back exactly that token) are kept,
    and on a causal model only those after which the model expects a new word with
-   probability >= 0.5 (`word_ends`: MR seed 100 had picked the fragments *lect* / *capac*).
+   probability >= 0.5 after a short sentence (`word_ends`: MR seed 100 had picked the
+   fragments *lect* / *capac*, SST-2 seed 100 *behav* / *behavi*).
 3. Joint assignments (one word per class, all distinct) are ranked by training accuracy (ties:
    by the gold label's mean log-probability among the chosen words), read off the stored
    log-probabilities without running the model again: exhaustively when there
@@ -129,9 +130,12 @@ _BOUNDARIES: dict[int, torch.Tensor] = {}
 
 
 def word_ends(token: int, pipe) -> float:
-    """The model's probability, after `token` alone, that the next token starts a new word (a
-    space, punctuation or the end). On SmolLM2: *positive* 0.999, *great* 0.984, *complained*
-    0.874; the fragments *lect* 0.377, *capac* 0.228, *exhilar* 0.237."""
+    """The model's probability, after `token` read as the next word of a short sentence ("It
+    was", then a newline for a token with no leading space), that the next token starts a new
+    word (a space, punctuation or the end). On SmolLM2: *positive* 1.0, *great* 0.999,
+    *abuse* 0.976; the fragments *behav* 0.31, *Co* 0.06, *lect* 0.01. Read after the token
+    alone (at the start of a text) the fragments *behav* (0.67), *behavi* and *Co* passed 0.5,
+    and SST-2 searches picked them."""
     tok, model = pipe.loaded.tokenizer, pipe.loaded.model
     key = id(tok)
     if key not in _BOUNDARIES:  # which tokens start a word when written after "a"
@@ -142,7 +146,9 @@ def word_ends(token: int, pipe) -> float:
         for special in tok.all_special_ids:
             ends[special] = special == tok.eos_token_id
         _BOUNDARIES[key] = torch.tensor(ends)
-    ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + [token]
+    context = "It was" if tok.decode([token])[:1].isspace() else "It was\n"
+    ids = ([tok.bos_token_id] if tok.bos_token_id is not None else [])
+    ids += tok(context, add_special_tokens=False)["input_ids"] + [token]
     device = next(model.parameters()).device
     with torch.inference_mode():
         logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float()
