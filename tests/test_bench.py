@@ -530,6 +530,25 @@ def test_a_method_entry_can_search_its_prompt_before_training(tiny_dirs, toy_dat
         bench.load_bench(path)
 
 
+def test_a_bench_search_on_a_named_task_weighs_its_frozen_hand_baselines(tiny_dirs, tmp_path, monkeypatch):
+    """A named task's search in a bench cell sees the task (its frozen hand baselines and cue
+    phrases), as `cuetune search` with `search.task` does; the cell used to pass none, so the
+    "best hand prompt" row picked among the config's own prompt only."""
+    from cuetune import search
+
+    _toy_kshot(tmp_path / "data", [13])
+    raw = yaml.safe_load(_bench_file(tmp_path, tiny_dirs["causal"], tmp_path / "out").read_text())
+    raw.update(seeds=[13], methods={"hand": {"method": {"name": "zero-shot"}, "search": {"searchers": []},
+                                             "prompt": {"verbalizer": {"0": "negative", "1": "positive"}}}})
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg, root = bench.load_bench(path)
+    seen = []
+    monkeypatch.setattr(search, "run", lambda _, settings: seen.append(settings) or {"best": {"prompt": {}}})
+    bench.searched_prompt(cfg, root, bench.Cell("sst-2", "hand", 16, 13), tmp_path / "out")
+    assert seen[0].task == "sst-2" and search.task_hints("sst-2")["baselines"]
+
+
 def test_chinese_split_is_fixed_stratified_and_drops_empty_reviews(tmp_path):
     """The converter on a small CSV sorted by label, as the real files are: a seeded,
     label-stratified split, the same every time, without the empty review."""

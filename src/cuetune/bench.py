@@ -183,13 +183,17 @@ def searched_prompt(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict
 
     from cuetune import search
     from cuetune.config import validate
+    from cuetune.tasks import TASKS
 
     entry = cfg.methods[cell.method]
     raw = run_config(cfg, root, cell, {}, out / "unused", searched=None)
     raw.update(method={"name": "zero-shot"}, output_dir="unused")
-    key = hashlib.sha256(json.dumps([raw, entry.search], sort_keys=True).encode()).hexdigest()[:10]
+    # a named task brings its frozen hand baselines and cue phrases (a custom task has none)
+    task = cell.task if cell.task in TASKS else None
+    key = hashlib.sha256(json.dumps([raw, entry.search, task], sort_keys=True).encode()).hexdigest()[:10]
     folder = out / "search" / cell.task / f"k{cell.k}-s{cell.seed}-{key}"
-    settings = _search_settings(entry, f"methods.{cell.method}.search", seed=cell.seed, out=str(folder))
+    settings = _search_settings(entry, f"methods.{cell.method}.search", seed=cell.seed, out=str(folder),
+                                task=task)
     return search.run(validate(raw), settings)["best"]["prompt"]
 
 
