@@ -307,6 +307,10 @@ def test_cli_server_answers_then_drains_on_sigterm(runs):
                 return "refused"  # came after SIGTERM: not accepted, which is right
             except httpx.RemoteProtocolError:
                 return "closed"  # connected, but its request was not yet read: uvicorn closes it
+            except httpx.ReadError:
+                # the same close when the request's bytes had already arrived: a socket closed
+                # with unread data is reset (ECONNRESET), not shut; seen under load on 2 cores
+                return "closed"
 
         with ThreadPoolExecutor(12) as pool:
             pending = [pool.submit(ask, i) for i in range(48)]
