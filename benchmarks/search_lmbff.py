@@ -97,7 +97,8 @@ def main() -> None:
             if any(settings.selection != "dev" for _, settings in loaded.values()):
                 raise SystemExit("--all-candidates checks each candidate's dev score: use selection dev")
             cfgs = {seed: cfg for seed, (cfg, _) in loaded.items()}
-            summaries = _all_candidates(task, cfgs, args.all_candidates, out)
+            summaries = _all_candidates(task, cfgs, args.all_candidates, out,
+                                        {r["seed"]: r["searched"] for r in mine})
             for r in mine:
                 r["all_candidates"] = summaries[r["seed"]]
             atomic.write_json(out / "results.json", rows)
@@ -123,9 +124,10 @@ def _test_scores(cfg, prompts: list[dict], cache: dict, cache_path: Path) -> lis
     return [cache[_key(cfg, p)] for p in prompts]
 
 
-def _all_candidates(task: str, cfgs: dict, n: int, out: Path) -> dict[int, dict]:
+def _all_candidates(task: str, cfgs: dict, n: int, out: Path, chosen: dict[int, dict]) -> dict[int, dict]:
     """Per seed: every candidate its search logged (not the hand baselines), scored on one
-    seeded sample of `n` test sentences: the mean, the best (an oracle) and the count. Prompt
+    seeded sample of `n` test sentences: the mean, the best (an oracle), the count, and the
+    dev-chosen prompt on the same sentences (None when dev chose a hand baseline). Prompt
     shapes repeat across seeds, so each shape's test forward runs once per task."""
     first = next(iter(cfgs.values()))
     splits = {seed: load_splits(cfg.data) for seed, cfg in cfgs.items()}
@@ -155,7 +157,8 @@ def _all_candidates(task: str, cfgs: dict, n: int, out: Path) -> dict[int, dict]
         scores = [cache[_key(first, r["prompt"], seed)] for r in rs]
         best = max(range(len(rs)), key=lambda i: scores[i])
         summaries[seed] = {"test_sample": len(test), "candidates": len(rs), "mean": statistics.mean(scores),
-                           "best": scores[best], "best_prompt": rs[best]["prompt"], "fallbacks": fallbacks}
+                           "best": scores[best], "best_prompt": rs[best]["prompt"], "fallbacks": fallbacks,
+                           "chosen": cache.get(_key(first, chosen[seed], seed))}
     return summaries
 
 
@@ -259,6 +262,8 @@ def table(rows: list[dict]) -> str:
         if every:
             n = every[0]["test_sample"]
             series[f"every candidate, mean ({n} test sentences)"] = [a["mean"] for a in every]
+            picked = [a["chosen"] for a in every if a.get("chosen") is not None]
+            series[f"dev-chosen ({n} test sentences; {len(picked)} seeds chose a candidate)"] = picked
             series[f"best candidate on test, an oracle ({n} test sentences)"] = [a["best"] for a in every]
         for stage in dict.fromkeys(s for r in mine for s in r.get("stages", {})):
             series[f"{stage} dev"] = [r["stages"][stage]["dev"] for r in mine if stage in r["stages"]]
