@@ -28,7 +28,7 @@ import torch
 import cuetune.search as search
 from cuetune import atomic
 from cuetune.data import Example, load_splits
-from cuetune.pipeline import CONTENT_FREE, load_for
+from cuetune.pipeline import load_for
 from cuetune.search.candidates import Candidate, SearchLog
 from cuetune.search.scoring import Scorer, answer_logprobs, calibrate
 from cuetune.verbalizers import Verbalizer
@@ -117,9 +117,7 @@ def _test_scores(cfg, prompts: list[dict], cache: dict, cache_path: Path) -> lis
             cand = Candidate.from_prompt(prompt, labels)
             probs, free = scorer.probs(cand, splits.test)
             probs = calibrate(probs, free) if cand.calibrate else probs
-            gold = [e.label for e in splits.test]
-            cache[_key(cfg, prompt)] = sum(int(p == g) for p, g in zip(probs.argmax(-1).tolist(), gold,
-                                                                        strict=True)) / len(gold)
+            cache[_key(cfg, prompt)] = _acc(probs, splits.test)
         atomic.write_json(cache_path, cache)
     return [cache[_key(cfg, p)] for p in prompts]
 
@@ -157,7 +155,7 @@ def _all_candidates(task: str, cfgs: dict, n: int, out: Path, chosen: dict[int, 
         scores = [cache[_key(first, r["prompt"], seed)] for r in rs]
         best = max(range(len(rs)), key=lambda i: scores[i])
         summaries[seed] = {"test_sample": len(test), "candidates": len(rs), "mean": statistics.mean(scores),
-                           "best": scores[best], "best_prompt": rs[best]["prompt"], "fallbacks": fallbacks,
+                           "best": scores[best], "best_prompt": rs[best]["prompt"],
                            "chosen": cache.get(_key(first, chosen[seed], seed))}
     return summaries
 
@@ -198,9 +196,8 @@ class _Shapes:
         dev = self.splits[seed].dev
         if "pipe" not in held:
             pipe = held["pipe"] = self.scorer(seed).pipeline(cand)
-            pair = pipe.encoder.template.has("text_pair")
-            free = [Example(t, t if pair else None) for t in CONTENT_FREE]
-            held["free"], held["test"] = self._logprobs(pipe, free), self._logprobs(pipe, self.test)
+            held["free"] = self._logprobs(pipe, pipe.content_free_examples())
+            held["test"] = self._logprobs(pipe, self.test)
         if seed not in held:
             held[seed] = self._logprobs(held["pipe"], dev)
         if self.cfg.prompt.multi_token != "chain":

@@ -68,10 +68,13 @@ class Pipeline:
         bias = content_free.clamp_min(TINY).log().to(probs.device)  # [L]
         return (probs.clamp_min(TINY).log() - bias).softmax(-1)
 
-    def content_free_items(self) -> list[Encoded]:
-        """The content-free inputs (`CONTENT_FREE`, in both slots of a pair), encoded."""
+    def content_free_examples(self) -> list[Example]:
+        """The content-free inputs (`CONTENT_FREE`), in both slots of a pair."""
         pair = self.encoder.template.has("text_pair")
-        return self.encode([Example(t, t if pair else None) for t in CONTENT_FREE], "content-free inputs")
+        return [Example(t, t if pair else None) for t in CONTENT_FREE]
+
+    def content_free_items(self) -> list[Encoded]:
+        return self.encode(self.content_free_examples(), "content-free inputs")
 
     def content_free_probs(self) -> torch.Tensor:
         """The mean label distribution [L] the prompt gives inputs with no content."""

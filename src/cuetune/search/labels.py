@@ -28,7 +28,6 @@ import itertools
 
 import torch
 
-from cuetune.pipeline import CONTENT_FREE
 from cuetune.search.candidates import Candidate
 from cuetune.search.stage import Stage
 
@@ -62,16 +61,14 @@ def run(stage: Stage, best: Candidate) -> None:
 def _ranked(stage: Stage, best: Candidate, examples, pool) -> list[tuple[float, dict]] | None:
     """Assignments {label: [word]} by accuracy on `examples`, best first (None: a class has no
     candidate word). `pool`: where demonstrations come from (None: the training split)."""
-    from cuetune.data import Example
     from cuetune.search.scoring import answer_logprobs
 
     settings, batch = stage.settings.labels, stage.cfg.train.eval_batch_size
     pipe = stage.scorer.pipeline(best, pool)
-    pair = pipe.encoder.template.has("text_pair")
     logp = answer_logprobs(pipe, examples, batch)  # [N, V]
     stage.scorer.scorings += len(examples)
     if best.calibrate:  # rank as calibrated scoring will read them: p / p_cf
-        free = answer_logprobs(pipe, [Example(t, t if pair else None) for t in CONTENT_FREE], batch)
+        free = answer_logprobs(pipe, pipe.content_free_examples(), batch)
         logp = logp - free.exp().mean(0).clamp_min(1e-30).log()
     gold = torch.tensor([e.label for e in examples])
     words = [candidate_tokens(logp[:, :settings.vocab_top], gold, c, settings.top_k, pipe)
