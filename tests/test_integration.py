@@ -187,6 +187,24 @@ def test_chinese_label_words_on_gemma_differ_in_length():
     assert len(positive) == 1
 
 
+def test_label_search_keeps_chinese_words_on_gemma():
+    """Chinese has no spaces, so Gemma goes on in Chinese after 正面 or 好; those characters
+    start words. Before `starts_word` knew it, 正面 (0.19), 好 and 差 were dropped as fragments
+    and a label search on Chinese reviews had no candidates."""
+    from types import SimpleNamespace
+
+    from cuetune.models import load_model
+    from cuetune.search.labels import whole_word, word_ends
+
+    if not is_installed(ALIASES["gemma3-270m"]):
+        pytest.skip("gemma3-270m's packages are not installed")
+    loaded = load_model("gemma3-270m")
+    pipe = SimpleNamespace(loaded=loaded, encoder=SimpleNamespace(answer_space=False))
+    for word in ("正面", "好", "差", "满意", "失望", "positive"):
+        [token] = loaded.tokenizer(word, add_special_tokens=False)["input_ids"]
+        assert whole_word(token, pipe), (word, word_ends(token, pipe))
+
+
 def test_label_search_keeps_words_and_drops_fragments_on_smollm2():
     """MR seed 100's search picked *lect* / *capac*, and SST-2 seed 100's *behav* / *behavi*:
     tokens that are alphabetic and encode back to themselves, but that SmolLM2 expects a word

@@ -76,6 +76,18 @@ def test_label_search_finds_words_for_the_skill(tmp_path, tiny_dirs, toy_data, k
     assert words != {"negative": ["movie"], "positive": ["day"]}
 
 
+@pytest.mark.parametrize("tail,starts", [("", True), (" the", True), (",", True), ("\n", True),
+                                         ("ing", False), ("3", False), ("面", True), ("の", True),
+                                         ("ไทย", True), ("é", False)])
+def test_a_word_starts_after_a_space_punctuation_or_an_unspaced_script(tail, starts):
+    """The label filter keeps a token when the model expects a new word after it. In Chinese,
+    Japanese or Thai the next character starts one: without that every Chinese label word
+    was dropped as a fragment (on Gemma 正面 read 0.19)."""
+    from cuetune.search.labels import starts_word
+
+    assert starts_word(tail) is starts
+
+
 @pytest.mark.parametrize("searcher,kind,position", [("rl", "causal", "before"), ("rl", "masked", "before"),
                                                      ("rl", "seq2seq", "before"),
                                                      ("gradient", "causal", "before")])

@@ -10,7 +10,8 @@
    (the word, encoded as the verbalizer encodes it, gives back exactly that token) are kept,
    and on a causal model only those after which the model expects a new word with
    probability >= 0.5 after a short sentence (`word_ends`: MR seed 100 had picked the
-   fragments *lect* / *capac*, SST-2 seed 100 *behav* / *behavi*).
+   fragments *lect* / *capac*, SST-2 seed 100 *behav* / *behavi*). In scripts written without
+   spaces (Chinese, Japanese, Thai) any next character may start a word (`starts_word`).
 3. Joint assignments (one word per class, all distinct) are ranked by training accuracy (ties:
    by the gold label's mean log-probability among the chosen words), read off the stored
    log-probabilities without running the model again: exhaustively when there
@@ -25,6 +26,7 @@ assignment learned without it.
 from __future__ import annotations
 
 import itertools
+import unicodedata
 
 import torch
 
@@ -139,7 +141,7 @@ def word_ends(token: int, pipe) -> float:
         a = tok("a", add_special_tokens=False)["input_ids"][-1]
         head = len(tok.decode([a]))
         tails = [t[head:] for t in tok.batch_decode([[a, t] for t in range(len(tok))])]
-        ends = [not t or t[0].isspace() or not t[0].isalnum() for t in tails]
+        ends = [starts_word(t) for t in tails]
         for special in tok.all_special_ids:
             ends[special] = special == tok.eos_token_id
         _BOUNDARIES[key] = torch.tensor(ends)
@@ -151,6 +153,20 @@ def word_ends(token: int, pipe) -> float:
         logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float()
     probs = logits[: len(_BOUNDARIES[key])].softmax(-1).cpu()
     return probs[_BOUNDARIES[key]].sum().item()
+
+
+UNSEGMENTED = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR")
+"""Scripts written without spaces between words (Unicode name prefixes): there every character
+may begin a word, so a token followed by one is not a fragment."""
+
+
+def starts_word(tail: str) -> bool:
+    """Whether text that follows a token begins a new word: the end, a space, punctuation, or a
+    character of a script written without spaces. Without the last case every Chinese label
+    word failed `word_ends` (on Gemma 正面 0.19, 好 0.15: the model goes on in Chinese)."""
+    if not tail or tail[0].isspace() or not tail[0].isalnum():
+        return True
+    return unicodedata.name(tail[0], "").startswith(UNSEGMENTED)
 
 
 def rank_assignments(logp: torch.Tensor, gold: torch.Tensor,
