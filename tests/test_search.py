@@ -8,6 +8,7 @@ is never read."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -74,6 +75,20 @@ def test_label_search_finds_words_for_the_skill(tmp_path, tiny_dirs, toy_data, k
     words = summary["best"]["prompt"]["verbalizer"]
     assert summary["best"]["dev"] >= 0.9 > summary["best_baseline"]["dev"] + 0.2
     assert words != {"negative": ["movie"], "positive": ["day"]}
+
+
+def test_an_encoder_warning_is_printed_once_per_search(tmp_path, tiny_dirs, toy_data, caplog):
+    """Dev sentences cut at data.max_length are cut under every candidate: the search says so
+    once and counts the repeats, instead of one line per candidate."""
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data, {"searchers": ["pool"], "calibrate": "off"},
+                   data_update={"max_length": 8})
+    with caplog.at_level(logging.WARNING):
+        summary = _run(path)
+    cut = [r for r in caplog.records if "were truncated" in r.getMessage()]
+    repeats = [r for r in caplog.records if "were not repeated" in r.getMessage()]
+    assert len(cut) == 1 and len(repeats) == 1
+    assert 5 <= int(repeats[0].getMessage().split()[0]) < summary["candidates"]  # 11 of 32 here
+    assert logging.getLogger("cuetune.encoding").filters == []
 
 
 @pytest.mark.parametrize("tail,starts", [("", True), (" the", True), (",", True), ("\n", True),

@@ -139,6 +139,9 @@ def run(cfg: RunConfig, settings, progress=None) -> dict:
     if own:
         base.consider(start, "your config's prompt", generated=False)
     warnings = []
+    once = _Once()
+    encoding_log = logging.getLogger("cuetune.encoding")
+    encoding_log.addFilter(once)
     try:
         for i, name in enumerate(settings.searchers, 1):
             st = stage(f"{i}-{name}", i)
@@ -150,7 +153,29 @@ def run(cfg: RunConfig, settings, progress=None) -> dict:
             write_outputs(out, cfg, settings, slog, scorer, warnings)
     finally:
         slog.close()
+        encoding_log.removeFilter(once)
+        if once.repeats:
+            log.warning("%d more warnings like those above (one per candidate scored; the counts "
+                        "differ between prompts) were not repeated", once.repeats)
     return write_outputs(out, cfg, settings, slog, scorer, warnings)
+
+
+class _Once(logging.Filter):
+    """Each encoder warning once per search. The encoder warns for every candidate it scores (a
+    long dev review is cut under every template): a Chinese label search printed the same
+    truncation line for each of its candidates, which buried the search's own output."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+        self.repeats = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in self.seen:
+            self.repeats += 1
+            return False
+        self.seen.add(record.msg)
+        return True
 
 
 def _check_same_search(out: Path, cfg: RunConfig, settings) -> None:
