@@ -13,7 +13,7 @@ import logging
 import pytest
 import torch
 import yaml
-from conftest import toy_config
+from conftest import toy_config, toy_vocab
 
 import cuetune.search as search
 from cuetune.config import validate
@@ -101,6 +101,16 @@ def test_a_word_starts_after_a_space_punctuation_or_an_unspaced_script(tail, sta
     from cuetune.search.labels import starts_word
 
     assert starts_word(tail) is starts
+
+
+def test_label_search_warns_when_your_words_lie_past_vocab_top(tmp_path, tiny_dirs, toy_data):
+    """On Gemma 正面 is id 120828 and the default cap 10,000: the search must say that it offers
+    words from another part of the vocabulary than yours, and how to widen it."""
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data,
+                   {"searchers": ["labels"], "calibrate": "off", "labels": {"vocab_top": 20}},
+                   prompt={"template": "review : {text} sentiment : {answer}", "verbalizer": WORDS})
+    warned = [w for w in _run(path)["warnings"] if "past search.labels.vocab_top=20" in w]
+    assert len(warned) == 1 and f"vocab_top={len(toy_vocab())} (the whole" in warned[0]
 
 
 @pytest.mark.parametrize("searcher,kind,position", [("rl", "causal", "before"), ("rl", "masked", "before"),

@@ -39,6 +39,7 @@ EXHAUSTIVE = 50_000
 def run(stage: Stage, best: Candidate) -> None:
     settings = stage.settings.labels
     scorer = stage.scorer
+    _check_cap(stage, best)
     if scorer.folds:  # k-fold: words learned on all the data, and without each fold
         ranked = _ranked(stage, best, scorer.dev, scorer.dev)
         per_fold = [_ranked(stage, best, scorer.rest(f), scorer.rest(f)) for f in range(len(scorer.folds))]
@@ -58,6 +59,20 @@ def run(stage: Stage, best: Candidate) -> None:
                 for label in stage.labels}
         stage.consider(best.with_words(mine, [mine] * len(scorer.folds) if scorer.folds else None),
                        "your label words")
+
+
+def _check_cap(stage: Stage, best: Candidate) -> None:
+    """Warn when the prompt's own words lie past `vocab_top`: the cap suits English BPE, where
+    common words come first, but on Gemma 10 of the first 10,000 ids are Chinese (正面 is
+    120828), so a Chinese search would only be offered English words."""
+    tok, cap = stage.loaded.tokenizer, stage.settings.labels.vocab_top
+    ids = [tok(w, add_special_tokens=False)["input_ids"][:1] for ws in dict(best.words).values() for w in ws]
+    first = [i[0] for i in ids if i]
+    if first and min(first) >= cap:
+        stage.warn(f"your label words are token ids {min(first)} and above, past search.labels.vocab_top="
+                   f"{cap}, and candidates come only from the first {cap} ids; for words in another "
+                   f"language than the vocabulary's first, set search.labels.vocab_top={len(tok)} "
+                   "(the whole vocabulary)")
 
 
 def _ranked(stage: Stage, best: Candidate, examples, pool) -> list[tuple[float, dict]] | None:
