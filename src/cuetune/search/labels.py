@@ -70,9 +70,9 @@ def _check_cap(stage: Stage, best: Candidate) -> None:
     first = [i[0] for i in ids if i]
     if first and min(first) >= cap:
         stage.warn(f"your label words are token ids {min(first)} and above, past search.labels.vocab_top="
-                   f"{cap}, and candidates come only from the first {cap} ids; for words in another "
-                   f"language than the vocabulary's first, set search.labels.vocab_top={len(tok)} "
-                   "(the whole vocabulary)")
+                   f"{cap}: candidates come only from the first {cap} ids, mostly English on "
+                   f"multilingual tokenizers; to search words in your prompt's language set "
+                   f"search.labels.vocab_top={len(tok)} (the whole vocabulary)")
 
 
 def _ranked(stage: Stage, best: Candidate, examples, pool) -> list[tuple[float, dict]] | None:
