@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import toy_rows
 
-from cuetune import api, artifacts, bench, tasks
+from cuetune import api, artifacts, bench, config, tasks
 from cuetune.augment import augment
 from cuetune.config import AugmentConfig
 from cuetune.data import Example
@@ -369,7 +369,7 @@ def test_bench_runs_a_generation_task(tiny_dirs, tmp_path, monkeypatch):
     assert "copy-first (exact_match)" in (tmp_path / "out" / "results.md").read_text()
 
 
-def test_a_method_entry_may_run_a_subset_of_the_seeds(tiny_dirs, tmp_path):
+def test_a_method_entry_may_run_a_subset_of_the_seeds_and_k(tiny_dirs, tmp_path):
     """Zero-shot reads no training data: one seed gives its test score, and the reports do not
     call its single seed a half-finished cell."""
     from cuetune import report
@@ -381,6 +381,13 @@ def test_a_method_entry_may_run_a_subset_of_the_seeds(tiny_dirs, tmp_path):
     for bad in ("[42]", "[]"):
         with pytest.raises(ConfigError, match=r"methods\.zero-shot\.seeds: .*subset of the grid's seeds"):
             bench.load_bench(path, [f"methods.zero-shot.seeds={bad}"])
+    cfg, _ = bench.load_bench(path, ["methods.zero-shot.seeds=[21]", "seeds=[13]"])  # narrowed
+    assert [(c.method, c.seed) for c in bench.cells(cfg)] == [("soft", 13)]
+    cfg, _ = bench.load_bench(path, ["k=[16, 32]", "methods.zero-shot.k=[16]"])
+    assert [(c.method, c.k) for c in bench.cells(cfg)].count(("zero-shot", 32)) == 0
+    assert [(c.method, c.k) for c in bench.cells(cfg)].count(("soft", 32)) == 2
+    with pytest.raises(ConfigError, match=r"methods\.zero-shot\.k: \[8\] must be a non-empty subset"):
+        bench.load_bench(path, ["methods.zero-shot.k=[8]"])
 
     def row(method, seed, score):
         return {"task": "sst-2", "method": method, "k": 16, "seed": seed, "metric": "accuracy",
@@ -572,6 +579,34 @@ def test_samsum_keeps_one_turn_a_line_and_drops_empty_dialogues(tmp_path):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
     out = tasks._samsum(tmp_path)
     assert out["train.jsonl"] == [{"text": "Amanda: Hi\nJerry: Hello", "target": "They greet."}]
+
+
+
+def test_a_run_config_names_a_task_and_keeps_its_own_keys(tmp_path, monkeypatch):
+    """`task:` in a run config fills the split, prompt and decoding a bench cell would get; the
+    config's own keys win, and the split seed is the training seed unless one is set."""
+    monkeypatch.setenv("CUETUNE_CACHE", str(tmp_path / "cache"))
+    rows = [{"id": str(i), "dialogue": f"A: hi {i}\r\nB: yo", "summary": f"They greet {i}."}
+            for i in range(12)]
+    (tmp_path / "data" / "samsum").mkdir(parents=True)
+    for name in ("train.json", "validation.json", "test.json"):
+        (tmp_path / "data" / "samsum" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "cfg" / "samsum.yaml"
+    path.parent.mkdir()
+    path.write_text("task: {name: samsum, k: 8, seed: 21, data_root: ../data}\n"
+                    'prompt: {template: "Chat:\\n{text}\\nGist: {answer}"}\nmethod: {name: lora}\n')
+    cfg = config.load(path)
+    assert cfg.data.task == "generation" and cfg.data.k_shot == 8 and cfg.data.k_shot_seed == 21
+    assert cfg.data.train == str(tmp_path / "cache" / "tasks" / "samsum" / "train.jsonl")
+    assert cfg.prompt.template == "Chat:\n{text}\nGist: {answer}" and cfg.generate.stop == ["\n"]
+    assert cfg.train.seed == 21 and cfg.data.max_length == 512
+    assert config.load(path, ["train.seed=5", "task.k=4"]).train.seed == 5
+    with pytest.raises(ConfigError, match="samsum.yaml: task.name: Field required; e.g. task: {name"):
+        config.load(path, ["task={k: 4}"])
+    with pytest.raises(ConfigError, match="samsum.yaml: task 'samsun' is not known; did you mean"):
+        config.load(path, ["task.name=samsun"])
+    with pytest.raises(ConfigError, match="samsum.yaml: task samsum: .*nowhere/samsum not found"):
+        config.load(path, ["task.data_root=../nowhere"])
 
 
 @pytest.mark.shared_data

@@ -62,6 +62,9 @@ class MethodEntry(Strict):
     """A subset of the grid's seeds for this method. A method that reads no training data
     (zero-shot without demonstrations) scores the same on test for every K-shot sample, so one
     seed gives its test score at a fifth of the cost; its dev score is then one sample's."""
+    k: list[int] | None = None
+    """A subset of the grid's K values, for the same reason (zero-shot on SAMSum: one test pass
+    of 200 generated summaries, not one per K)."""
 
 
 class Reference(Strict):
@@ -110,6 +113,7 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
         err = exc.errors()[0]
         raise ConfigError(f"{p}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
     cfg._folder = p.parent
+    narrowed = {item.split("=", 1)[0].strip() for item in overrides or []}
     for name in cfg.custom_tasks:
         if name in tasks.TASKS:
             raise ConfigError(f"{p}: custom_tasks.{name}: shadows the named task {name!r}; rename it")
@@ -123,9 +127,11 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
         _check_kind(entry, f"{p}: methods.{name}")
         if entry.search is not None:
             _search_settings(entry, f"{p}: methods.{name}.search")
-        if entry.seeds is not None and (not entry.seeds or set(entry.seeds) - set(cfg.seeds)):
-            raise ConfigError(f"{p}: methods.{name}.seeds: {entry.seeds} must be a non-empty subset "
-                              f"of the grid's seeds {cfg.seeds}; a seed outside it would never run")
+        for key in ("seeds", "k"):  # `--set seeds=[21]` narrows the grid: entries follow it
+            mine, grid = getattr(entry, key), getattr(cfg, key)
+            if mine is not None and (not mine or (set(mine) - set(grid) and key not in narrowed)):
+                raise ConfigError(f"{p}: methods.{name}.{key}: {mine} must be a non-empty subset of "
+                                  f"the grid's {key} {grid}; a value outside it would never run")
     bench_combine.check(cfg.methods, str(p))
     root = Path(cfg.data_root)
     if not root.is_absolute() and (p.parent / root).is_dir():
@@ -149,6 +155,7 @@ def _check_kind(entry: MethodEntry, where: str) -> None:
 
 def cells(cfg: BenchConfig) -> list[Cell]:
     return [Cell(t, m, k, s) for t in cfg.tasks for k in cfg.k for m, entry in cfg.methods.items()
+            if entry.k is None or k in entry.k
             for s in cfg.seeds if entry.seeds is None or s in entry.seeds]
 
 

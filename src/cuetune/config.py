@@ -2,7 +2,8 @@
 
 A YAML file maps one to one onto `RunConfig`; `key=value` overrides (`train.lr=0.01`) are
 applied to the raw mapping before validation. Unknown keys are rejected with a did-you-mean,
-so a typo never silently falls back to a default.
+so a typo never silently falls back to a default. A `task:` section names a benchmark task
+(`cuetune.tasks.fill_task`) and is turned into `data`/`prompt`/`generate` before validation.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from cuetune.errors import ConfigError, did_you_mean
+from cuetune.tasks import fill_task
 
 
 class Strict(BaseModel):
@@ -358,7 +360,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         source = str(p)
         base_dir = p.parent
     raw = apply_overrides(parse_mapping(text, source), overrides or [])
-    cfg = validate(raw, source)
+    cfg = validate(fill_task(raw, base_dir, source), source)
     return resolve_paths(cfg, base_dir)
 
 

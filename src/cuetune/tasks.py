@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cuetune.errors import ConfigError, did_you_mean
 
@@ -284,3 +284,47 @@ class TaskSpec(BaseModel):
         return Task(name, str(folder.resolve()), (self.train, self.dev, self.test), dict(self.data),
                     self.template, dict(self.verbalizer or {}), split_k=None, fixed=not self.k_shot,
                     metric=self.metric, generate=generate, notes="declared in the bench config")
+
+
+class TaskRef(BaseModel):
+    """A named task in a run config (`task: {name: samsum, k: 64, seed: 13}`), so `cuetune
+    train` runs the exact split and prompt a bench cell runs without copying cache paths."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    k: int = Field(16, ge=1)
+    """Examples per class (generation: examples) sampled for training, and likewise for dev."""
+    seed: int = 13
+    """The split seed; also `train.seed` unless the config sets one (as a bench cell does)."""
+    data_root: str = "../shared/data"
+    """The shared datasets' folder, relative to the config file."""
+
+
+def fill_task(raw: dict, base_dir: Path | None, source: str) -> dict:
+    """A raw run config with its `task:` section turned into `data`, `prompt` and `generate`
+    sections; keys the config sets itself win (e.g. an English `prompt.template`)."""
+    if "task" not in raw:
+        return raw
+    raw = dict(raw)
+    spec = raw.pop("task")
+    try:
+        ref = TaskRef.model_validate(spec if isinstance(spec, dict) else {"name": spec})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(["task", *map(str, err["loc"])])
+        raise ConfigError(f"{source}: {where}: {err['msg']}; e.g. task: {{name: samsum, k: 64, "
+                          "seed: 13, data_root: ../shared/data}") from None
+    root = Path(ref.data_root)
+    root = root if root.is_absolute() or base_dir is None else base_dir / root
+    try:
+        sections = get(ref.name).sections(root, ref.k, ref.seed)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    for key, filled in sections.items():
+        mine = raw.get(key) or {}
+        if not isinstance(mine, dict):
+            raise ConfigError(f"{source}: {key}: expected a mapping of keys")
+        raw[key] = {**filled, **mine}
+    raw["train"] = {"seed": ref.seed, **(raw.get("train") or {})}
+    return raw
