@@ -108,7 +108,8 @@ def train(
                   f"tuned {manifest.score('test', name):.3f}")
 
 
-HEADLINE = ("accuracy", "macro_f1", "bleu", "chrf", "rouge_l", "exact_match", "token_f1", "token_nll")
+HEADLINE = ("accuracy", "macro_f1", "bleu", "chrf", "rouge_1", "rouge_2", "rouge_l", "exact_match",
+            "token_f1", "token_nll")
 """The metrics `train` prints: classification's, then generation's."""
 
 
