@@ -134,6 +134,10 @@ def test_cells_whose_run_folders_are_gone_are_read_back_from_results(tiny_dirs, 
     assert bench.run_bench(*bench.load_bench(path), out) == first and calls == []
     assert json.loads((out / "results.json").read_text())["cells"] == first
     assert "| soft |" in (out / "results.md").read_text()
+    narrowed = bench.run_bench(*bench.load_bench(path, ["seeds=[13]"]), out)
+    assert calls == [] and [r["seed"] for r in narrowed] == [13, 13]
+    kept = json.loads((out / "results.json").read_text())["cells"]
+    assert sorted(map(str, kept)) == sorted(map(str, first)), "a narrowed grid keeps seed 21's rows"
     saved = json.loads((out / "results.json").read_text())
     for entry in saved["bench"]["methods"].values():  # written before a row had these keys
         entry.pop("ensemble"), entry.pop("distill")

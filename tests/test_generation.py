@@ -260,7 +260,8 @@ def test_cli_generate_and_eval(gen_models, gen_data, tmp_path, capsys):
     code, out, _ = run_cli(["train", str(config_file)], capsys)
     assert code == 0 and "test bleu: zero-shot" in out, out
     summary = json.loads(out.split("test bleu")[0])
-    assert {"test_bleu", "test_token_f1", "zero_shot_test_chrf", "test_rouge_1", "test_rouge_2"} <= set(summary)
+    assert {"test_bleu", "test_token_f1", "zero_shot_test_chrf", "test_rouge_1", "test_rouge_2"} \
+        <= set(summary)
     code, out, _ = run_cli(["eval", str(tmp_path / "run"), "--data", str(gen_data["test"])], capsys)
     metrics = json.loads(out)
     assert code == 0 and {"bleu", "chrf", "rouge_l", "exact_match", "token_f1"} <= set(metrics)

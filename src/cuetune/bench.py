@@ -124,7 +124,7 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
             raise ConfigError(f"{p}: references.{name}: not one of the bench's tasks {cfg.tasks}; "
                               "a reference for it would be drawn nowhere")
     for name, entry in cfg.methods.items():
-        _check_kind(entry, f"{p}: methods.{name}")
+        bench_combine.check_kind(entry, f"{p}: methods.{name}")
         if entry.search is not None:
             _search_settings(entry, f"{p}: methods.{name}.search")
         for key in ("seeds", "k"):  # `--set seeds=[21]` narrows the grid: entries follow it
@@ -137,20 +137,6 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
     if not root.is_absolute() and (p.parent / root).is_dir():
         root = p.parent / root
     return cfg, root
-
-
-def _check_kind(entry: MethodEntry, where: str) -> None:
-    """A row is a method, an ensemble of rows, or a student distilled from a row."""
-    if entry.ensemble is not None and entry.distill is not None:
-        raise ConfigError(f"{where}: ensemble and distill are two kinds of row; keep one")
-    if entry.method is None and entry.ensemble is None:
-        raise ConfigError(f"{where}.method: missing; every row but an ensemble names its method")
-    combined = entry.ensemble is not None or entry.distill is not None
-    extra = [k for k in ("grid", "search", "prompt", "model") if combined and getattr(entry, k)]
-    extra += ["method"] if entry.ensemble is not None and entry.method is not None else []
-    extra += ["train"] if entry.ensemble is not None and entry.train else []
-    if extra:
-        raise ConfigError(f"{where}.{extra[0]}: a combined row takes its members' settings; remove it")
 
 
 def cells(cfg: BenchConfig) -> list[Cell]:
@@ -388,11 +374,15 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
     `progress(done, total, current cell, eta seconds)`: the ETA averages the cells that ran in
     this session over the cells left to run (cells read back from an earlier session take no
     time). The reports written after each cell also hold the read-back rows of cells not
-    reached yet, so an interrupt never drops a finished cell from results.json. `only`: these
-    cells of the grid instead of all (a shard)."""
+    reached yet, so an interrupt never drops a finished cell from results.json, nor do they drop
+    the rows of cells outside this grid (`--set seeds=[21]` after a seed-13 run keeps seed 13's
+    rows, as long as their settings match). `only`: these cells of the grid instead of all (a
+    shard)."""
     out.mkdir(parents=True, exist_ok=True)
     todo, rows, ran = only if only is not None else cells(cfg), [], []
     kept = read_back(cfg, out, todo)  # before the first cell rewrites results.json
+    keys = {c.key for c in todo}
+    others = [r for key, r in recorded_rows(cfg, out).items() if key not in keys]
     atomic.write_text(out / "bench.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False,
                                                          allow_unicode=True))
     left = len(todo) - len(kept)  # cells still to run (or resume from their folders)
@@ -413,9 +403,9 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
         if (seconds := time.perf_counter() - start) > 1.0:  # a cell read back from its folders is not timed
             ran.append(seconds)
         later = [kept[c.key] for c in todo[done + 1:] if c.key in kept]
-        report.write_all(cfg, rows + later, out)
+        report.write_all(cfg, rows + later + others, out)
     if len(kept) == len(todo):  # every cell was read back: the reports are still written
-        report.write_all(cfg, rows, out)
+        report.write_all(cfg, rows + others, out)
     if progress:
         progress(len(todo), len(todo), None, 0.0)
     return rows

@@ -43,6 +43,20 @@ class DistillEntry(Strict):
     """A sample of the pool, drawn with the cell's seed; None: all of it."""
 
 
+def check_kind(entry, where: str) -> None:
+    """A row is a method, an ensemble of rows, or a student distilled from a row."""
+    if entry.ensemble is not None and entry.distill is not None:
+        raise ConfigError(f"{where}: ensemble and distill are two kinds of row; keep one")
+    if entry.method is None and entry.ensemble is None:
+        raise ConfigError(f"{where}.method: missing; every row but an ensemble names its method")
+    combined = entry.ensemble is not None or entry.distill is not None
+    extra = [k for k in ("grid", "search", "prompt", "model") if combined and getattr(entry, k)]
+    extra += ["method"] if entry.ensemble is not None and entry.method is not None else []
+    extra += ["train"] if entry.ensemble is not None and entry.train else []
+    if extra:
+        raise ConfigError(f"{where}.{extra[0]}: a combined row takes its members' settings; remove it")
+
+
 def check(methods: dict, where: str) -> None:
     """Combined rows name existing rows of the right kind, on seeds those rows run."""
     for name, entry in methods.items():
