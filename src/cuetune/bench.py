@@ -362,6 +362,12 @@ def read_back(cfg: BenchConfig, out: Path, todo: list[Cell]) -> dict[str, dict]:
     return {c.key: recorded[c.key] for c in todo if c.key in recorded and not cell_dir(out, c).exists()}
 
 
+def other_rows(cfg: BenchConfig, out: Path, todo: list[Cell]) -> list[dict]:
+    """Finished rows in `out` of cells outside `todo` (a narrowed grid): kept in its reports."""
+    keys = {c.key for c in todo}
+    return [r for key, r in recorded_rows(cfg, out).items() if key not in keys]
+
+
 def cell_dir(out: Path, cell: Cell) -> Path:
     return out / "runs" / cell.key  # runs/<task>/<method>/k<K>-s<seed>
 
@@ -374,15 +380,12 @@ def run_bench(cfg: BenchConfig, root: Path, out: Path,
     `progress(done, total, current cell, eta seconds)`: the ETA averages the cells that ran in
     this session over the cells left to run (cells read back from an earlier session take no
     time). The reports written after each cell also hold the read-back rows of cells not
-    reached yet, so an interrupt never drops a finished cell from results.json, nor do they drop
-    the rows of cells outside this grid (`--set seeds=[21]` after a seed-13 run keeps seed 13's
-    rows, as long as their settings match). `only`: these cells of the grid instead of all (a
-    shard)."""
+    reached yet, and those of cells outside a narrowed grid (`other_rows`), so no finished cell
+    leaves results.json. `only`: these cells of the grid instead of all (a shard)."""
     out.mkdir(parents=True, exist_ok=True)
     todo, rows, ran = only if only is not None else cells(cfg), [], []
     kept = read_back(cfg, out, todo)  # before the first cell rewrites results.json
-    keys = {c.key for c in todo}
-    others = [r for key, r in recorded_rows(cfg, out).items() if key not in keys]
+    others = other_rows(cfg, out, todo)
     atomic.write_text(out / "bench.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False,
                                                          allow_unicode=True))
     left = len(todo) - len(kept)  # cells still to run (or resume from their folders)

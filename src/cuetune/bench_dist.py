@@ -24,7 +24,16 @@ from dataclasses import astuple
 from pathlib import Path
 
 from cuetune import bench_combine, report
-from cuetune.bench import BenchConfig, cells, failed_row, read_back, recorded_rows, run_bench, run_cell
+from cuetune.bench import (
+    BenchConfig,
+    cells,
+    failed_row,
+    other_rows,
+    read_back,
+    recorded_rows,
+    run_bench,
+    run_cell,
+)
 from cuetune.errors import ConfigError, CuetuneError
 from cuetune.report import Cell
 
@@ -124,6 +133,7 @@ def run_ray(cfg: BenchConfig, root: Path, out: Path, address: str = "local", cpu
     out.mkdir(parents=True, exist_ok=True)
     todo = cells(cfg)
     done = read_back(cfg, out, todo)  # the rest run, or are read back from their folders by a worker
+    others = other_rows(cfg, out, todo)
     left = [c for c in todo if c.key not in done]
     threads = max(1, int(cpus))
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
@@ -145,10 +155,10 @@ def run_ray(cfg: BenchConfig, root: Path, out: Path, address: str = "local", cpu
         except ray.exceptions.RayError as exc:  # a worker died: its cells fail, the grid goes on
             got = [failed_row(cfg, c, exc, 0.0) for c in group]
         rows.update({Cell(r["task"], r["method"], r["k"], r["seed"]).key: r for r in got})
-        report.write_all(cfg, [rows[c.key] for c in todo if c.key in rows], out)
+        report.write_all(cfg, [rows[c.key] for c in todo if c.key in rows] + others, out)
         if progress:
             progress(len(rows), len(todo), group[-1])
     if not left:
-        report.write_all(cfg, [rows[c.key] for c in todo], out)
+        report.write_all(cfg, [rows[c.key] for c in todo] + others, out)
     return [rows[c.key] for c in todo]
 
