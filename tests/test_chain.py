@@ -5,6 +5,8 @@ models are refused with the reason; trained methods learn through it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import toy_config
@@ -63,6 +65,24 @@ def test_chain_scores_equal_a_hand_computation(tiny_dirs, toy_data, kind):
         torch.testing.assert_close(probs[row], label.softmax(0), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["causal", "gemma3"])
+def test_chain_scores_rows_of_different_lengths_as_if_each_ran_alone(tiny_dirs, toy_data, kind):
+    """Right-padded rows of 10, 15 and 20 tokens: the tiny Gemma-3's sliding window (8) counts
+    cache slots, so a shorter row's word placed after the padding would read padding, not its
+    own last tokens (it did: up to 0.2 nats off); every row must equal the hand computation."""
+    pipe, splits = _pipe(tiny_dirs[kind], toy_data)
+    varied = [replace(ex, text=" ".join([ex.text] * (1 + i % 3))) for i, ex in enumerate(splits.dev[:6])]
+    from cuetune.encoding import collate
+
+    batch = collate(pipe.encode(varied), pipe.loaded.tokenizer.pad_token_id)
+    assert len(set(batch["attention_mask"].sum(1).tolist())) == 3
+    with pipe.model.inference():
+        got = pipe.loaded.family.word_logprobs(pipe.model, batch, pipe.verbalizer.word_ids)  # [6, 3]
+    tok, flat = pipe.loaded.tokenizer, [w for ws in WORDS.values() for w in ws]
+    hand = torch.tensor([[_hand_causal(tiny_dirs[kind], tok, ex.text, w) for w in flat] for ex in varied])
+    torch.testing.assert_close(got, hand, atol=1e-5, rtol=1e-5)
+
+
 def test_chain_differs_from_one_position_scoring(tiny_dirs, toy_data):
     """The shared first token "very" decides nothing under `first`; the chain rule reads on."""
     chain, splits = _pipe(tiny_dirs["causal"], toy_data)
@@ -88,11 +108,13 @@ def test_a_soft_prompt_trains_through_chain_scoring(tiny_dirs, toy_data, tmp_pat
 
 
 @pytest.mark.parametrize("kind,method", [("causal", "prefix"), ("gemma3", "soft"), ("gpt2", "lora")])
-def test_the_prompt_runs_once_and_scores_as_if_run_per_word(tiny_dirs, toy_data, kind, method):
+def test_the_prompt_runs_once_and_scores_as_if_run_per_word(tiny_dirs, toy_data, kind, method, monkeypatch):
     """A causal model's chain scores run the prompt once and append each word to its cache;
     they equal the generic path that repeats the whole prompt per word, under the methods'
-    hooks (prefix keys, soft embeddings, LoRA weights; trained-looking random adapters)."""
+    hooks (prefix keys, soft embeddings, LoRA weights; trained-looking random adapters), also
+    when the batch's rows run in length groups, each cut to its longest row."""
     from cuetune.encoding import collate
+    from cuetune.families import fastpath
     from cuetune.families.base import Family
 
     template = "{soft:3} review : {text} sentiment : {answer}" if method == "soft" else TEMPLATE
@@ -100,10 +122,15 @@ def test_the_prompt_runs_once_and_scores_as_if_run_per_word(tiny_dirs, toy_data,
     with torch.no_grad():
         for p in pipe.method.trainable_parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
-    batch = collate(pipe.encode(splits.dev[:6]), pipe.loaded.tokenizer.pad_token_id)
+    varied = [replace(ex, text=" ".join([ex.text] * (1 + i % 3))) for i, ex in enumerate(splits.dev[:6])]
+    batch = collate(pipe.encode(varied), pipe.loaded.tokenizer.pad_token_id)  # 3 lengths
     words = pipe.verbalizer.word_ids
     with pipe.model.inference():
         once = pipe.loaded.family.word_logprobs(pipe.model, batch, words)
         per_word = Family.word_logprobs(pipe.loaded.family, pipe.model, batch, words)
+        monkeypatch.setattr(fastpath, "GROUP_OVERHEAD_TOKENS", 0)  # a group per length
+        assert len(fastpath.length_groups(batch["attention_mask"].sum(1).tolist())) > 1
+        grouped = pipe.loaded.family.word_logprobs(pipe.model, batch, words)
     assert once.shape == (6, 3)
     torch.testing.assert_close(once, per_word, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grouped, per_word, atol=1e-5, rtol=1e-5)

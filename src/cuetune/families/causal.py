@@ -45,9 +45,38 @@ class Causal(Family):
 
     def word_logprobs(self, prompt_model, batch, words):
         """As `Family.word_logprobs`, with the prompt run once: its cache is repeated for the
-        W words and each row appends only its word's tokens (all but the last)."""
+        W words and each row appends only its word's tokens (all but the last). Rows of similar
+        length run together, each group cut to its longest row (`fastpath.length_groups`): a
+        padded batch of reviews from 20 to 256 tokens otherwise ran at about twice the cost."""
+        mask = batch["attention_mask"]  # [B, T]
+        if not bool(mask[:, 0].all()):  # left padding: no column to cut
+            return self._word_logprobs(prompt_model, batch, words)
+        return self._grouped(prompt_model, batch, words, fastpath.length_groups(mask.sum(1).tolist()))
+
+    def _grouped(self, prompt_model, batch, words, groups):
+        if len(groups) == 1:
+            return self._word_logprobs(prompt_model, batch, words)
+        mask, parts = batch["attention_mask"], []
+        for idx in groups:
+            idx = idx.to(mask.device)
+            width = int(mask[idx].sum(1).max())
+            parts.append(self._word_logprobs(prompt_model, _rows(batch, idx, width), words))
+        order = torch.cat(groups).to(mask.device)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(parts)[inverse]  # [B, W] in the batch's row order
+
+    def _word_logprobs(self, prompt_model, batch, words):
         B, W = batch["input_ids"].size(0), len(words)
         state = CausalState(prompt_model, batch, 0)
+        lengths = batch["attention_mask"].sum(1).tolist()
+        width = state.mask.size(1) + max(len(w) for w in words)  # cache slots the last word sees
+        if len(set(lengths)) > 1 and not window_allows(prompt_model.base.config, width):
+            # a sliding window counts cache slots: a shorter row's word would see padding, not
+            # its own last tokens; rows of one length each have none (exact, more passes)
+            by_length = [torch.tensor([i for i, n in enumerate(lengths) if n == m])
+                         for m in sorted(set(lengths))]
+            return self._grouped(prompt_model, batch, words, by_length)
         first = self.token_logits(prompt_model.base, state.hidden_at(batch["answer_pos"]), None)
         target = word_targets(words, B, first.device)  # [B*W, m]
         logp = first.log_softmax(-1).repeat_interleave(W, 0)  # [B*W, V]: the words' first tokens
@@ -157,3 +186,20 @@ class CausalState:
         """Keep (and repeat) these rows: beams expand and reorder."""
         select_cache(self.cache, rows)
         self.mask, self.next_pos = self.mask[rows], self.next_pos[rows]
+
+
+COLUMN_KEYS = ("input_ids", "attention_mask", "soft_index")
+"""A classification batch's [B, T] tensors (`encoding.collate`); the rest are per row."""
+
+
+def _rows(batch: dict, idx: torch.Tensor, width: int) -> dict:
+    """Rows `idx` of a right-padded batch, its [B, T] tensors cut to `width` columns."""
+    B = batch["attention_mask"].size(0)
+    out = {}
+    for key, value in batch.items():
+        if key in COLUMN_KEYS:
+            value = value[idx][:, :width]
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.size(0) == B:
+            value = value[idx]
+        out[key] = value
+    return out
