@@ -41,10 +41,7 @@ def run(model, inputs: dict) -> torch.Tensor:
     hidden = [rows(model, embeds, mask, answer, prefix, past, idx, right) for idx in groups]
     if len(groups) == 1:
         return hidden[0]
-    order = torch.cat(groups).to(embeds.device)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    return torch.cat(hidden)[inverse]  # [B, H] in the batch's row order
+    return in_batch_order(hidden, groups)  # [B, H]
 
 
 ROW_KEYS = ("inputs_embeds", "attention_mask", "answer_pos", "input_ids")
@@ -61,10 +58,15 @@ def run_groups(model, inputs: dict) -> torch.Tensor:
                "memo": None if memo is None or key is None else memo.setdefault(("row group", key), {})}
         hidden.append(run(model, sub))
         order.append(idx)
-    order = torch.cat(order).to(hidden[0].device)
+    return in_batch_order(hidden, order)  # [B, H]
+
+
+def in_batch_order(parts: list[torch.Tensor], groups: list[torch.Tensor]) -> torch.Tensor:
+    """Per-group results (rows `groups[i]` of the batch each) back in the batch's row order."""
+    order = torch.cat(groups).to(parts[0].device)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
-    return torch.cat(hidden)[inverse]  # [B, H] in the batch's row order
+    return torch.cat(parts)[inverse]
 
 
 def rows(model, embeds, mask, answer, prefix, past: int, idx, right: bool) -> torch.Tensor:
