@@ -83,3 +83,20 @@ def test_a_class_without_training_examples_gets_no_demonstration(setup, tmp_path
     cuetune.train(raw)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method"]
     assert sorted(d.split()[-1] for d in saved["demonstrations"].split("\n")) == ["no", "no", "yes", "yes"]
+
+
+def test_the_draw_and_its_order_follow_the_run_seed_unless_method_seed_fixes_it(setup, tmp_path):
+    """With one training file for every seed, only the seed can vary the demonstrations; a
+    draw fixed at method.seed=0 gave nearly every bench seed the same label order, and Gemma-3
+    follows the first demonstration's label (docs/RESULTS.md, Chinese reviews)."""
+    def demos(run_seed: int, **method) -> str:
+        out = tmp_path / f"s{run_seed}-{method}"
+        raw = _config(setup, out, max_length=60, fit_inputs=0.5, per_class=1, **method)
+        raw["train"]["seed"] = run_seed
+        cuetune.train(raw)
+        return yaml.safe_load((out / "config.yaml").read_text())["method"]["demonstrations"]
+
+    drawn = [demos(s) for s in range(6)]
+    assert len(set(drawn)) > 1
+    assert len({d.split("\n")[0].endswith("positive") for d in drawn}) == 2  # both labels lead somewhere
+    assert demos(1, seed=7) == demos(2, seed=7)

@@ -2,8 +2,11 @@
 examples per class, rendered with the template and their label word, put before each input.
 Nothing is trained.
 
-The demonstrations are sampled once per run from the training split with `method.seed` and
-stored in the method config, so the saved run reloads with exactly the same prompt.
+The demonstrations are sampled once per run from the training split, and put in a random
+order, with `method.seed` (by default the run's `train.seed`), and stored in the method
+config, so the saved run reloads with exactly the same prompt. The order matters as much as
+the choice: on Chinese reviews Gemma-3 answered with the first demonstration's label for
+most inputs (docs/RESULTS.md), so seeds must vary it, not only the examples.
 
 They must fit `data.max_length` beside the input. The input is given the room that
 `fit_inputs` of the training inputs need (a quantile of their token lengths, 0.9 by default:
@@ -34,7 +37,8 @@ from cuetune.verbalizers import Verbalizer
 class InContextConfig(MethodConfig):
     name: Literal["in-context"] = "in-context"
     per_class: int = Field(1, ge=1, le=64)
-    seed: int = 0
+    seed: int | None = None
+    """Draws the demonstrations and their order; None: the run's `train.seed`."""
     separator: str = "\n"
     fit_inputs: float = Field(0.9, gt=0.0, le=1.0)
     """The share of training inputs that must fit whole beside the demonstrations."""
@@ -80,7 +84,7 @@ class InContext(Method):
                f"for the template and {room} for the input, which {cfg.fit_inputs:g} of training "
                "inputs fit")
         pools = _pools(run_config, splits, template, loaded.tokenizer, share, why)
-        rng = random.Random(cfg.seed)
+        rng = random.Random(run_config.train.seed if cfg.seed is None else cfg.seed)
         demos = [d for pool in pools for d in rng.sample(pool, min(cfg.per_class, len(pool)))]
         rng.shuffle(demos)
         while demos and encoder(demos).fixed_length + room > max_length:
