@@ -22,7 +22,7 @@ from cuetune.config import GenerateConfig, validate
 from cuetune.data import Example
 from cuetune.encoding import Encoded, collate
 from cuetune.errors import ConfigError, ModelError
-from cuetune.generation import generate, generate_ids, prompt_only
+from cuetune.generation import generate, generate_ids, penalize, prompt_only
 from cuetune.inference import token_nll
 from cuetune.pipeline import build
 
@@ -120,7 +120,8 @@ def test_batched_output_equals_one_by_one(gen_models, gen_data, kind, method, st
     pipe = _pipeline(gen_models[kind], gen_data, method)
     prompts = pipe.encode(_inputs(6), with_target=False)
     assert len({len(e.input_ids) for e in prompts}) > 1, "lengths must differ to test left padding"
-    cfg = GenerateConfig(strategy=strategy, max_new_tokens=6, num_beams=3, top_k=10, batch_size=6,
+    # 16 steps: rows finish at different steps, so a finished row waits while others run on
+    cfg = GenerateConfig(strategy=strategy, max_new_tokens=16, num_beams=3, top_k=10, batch_size=6,
                          temperature=1.5)
     together = generate_ids(pipe, prompts, cfg)
     alone = [generate_ids(pipe, [p], cfg.model_copy(update={"seed": cfg.seed + i}))[0]
@@ -334,3 +335,43 @@ def test_a_stop_string_counts_only_once_the_text_has_begun():
     assert stops.ended([1, 2, 3, 4])
     assert stops.finish([1, 2, 3, 4, 5]) == "Amanda calls"
     assert stops.finish([1, 2, 0]) == "Amanda"
+
+
+def test_penalties_equal_transformers_processors_over_the_written_tokens():
+    """`penalize` is transformers' repetition penalty and no-repeat n-gram processors, applied
+    to the tokens a row has written (equal-length rows here, as the processors need)."""
+    from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    gen = torch.Generator().manual_seed(0)
+    written = torch.randint(0, 3, (4, 9), generator=gen)  # [B, T]: three tokens: n-grams repeat
+    scores = torch.randn(4, 11, generator=gen)  # [B, V]
+    seqs = written.tolist()
+    for n in (1, 2, 3):
+        want = NoRepeatNGramLogitsProcessor(n)(written, scores.clone())
+        got = penalize(scores, seqs, GenerateConfig(no_repeat_ngram_size=n))
+        assert torch.equal(got, want) and (got == float("-inf")).any()
+    want = RepetitionPenaltyLogitsProcessor(1.7)(written, scores.clone())
+    torch.testing.assert_close(penalize(scores, seqs, GenerateConfig(repetition_penalty=1.7)), want)
+    assert penalize(scores, seqs, GenerateConfig()) is scores  # off: untouched, no copy
+
+
+def _bigrams_repeat(tokens: list[int]) -> bool:
+    pairs = list(zip(tokens, tokens[1:], strict=False))
+    return len(pairs) != len(set(pairs))
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+def test_no_repeat_ngrams_hold_in_every_strategy_and_batching_keeps_them(gen_models, gen_data,
+                                                                          strategy):
+    pipe = _pipeline(gen_models["causal"], gen_data, "soft")
+    prompts = pipe.encode(_inputs(5), with_target=False)
+    plain = GenerateConfig(strategy=strategy, max_new_tokens=16, num_beams=3, batch_size=5,
+                           temperature=0.5)
+    assert any(_bigrams_repeat(t) for t in generate_ids(pipe, prompts, plain)), \
+        "the tiny model must loop without the setting, or this test shows nothing"
+    cfg = plain.model_copy(update={"no_repeat_ngram_size": 2})
+    together = generate_ids(pipe, prompts, cfg)
+    assert not any(_bigrams_repeat(t) for t in together)
+    alone = [generate_ids(pipe, [p], cfg.model_copy(update={"seed": cfg.seed + i}))[0]
+             for i, p in enumerate(prompts)]
+    assert together == alone

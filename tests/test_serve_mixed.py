@@ -82,7 +82,12 @@ def test_mixed_classification_equals_each_adapter_alone(base, toy_data, tmp_path
         torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
 
 
-def test_mixed_decoding_writes_each_adapters_greedy_text(base, toy_data, tmp_path):
+PENALTIES = {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2, "max_new_tokens": 12}
+
+
+@pytest.mark.parametrize("settings", [{}, PENALTIES], ids=["plain", "penalties"])
+def test_mixed_decoding_writes_each_adapters_greedy_text(base, toy_data, tmp_path, settings):
+    """Also with repetition penalties: a served row penalizes its own written tokens only."""
     pipes = pipelines(base, toy_data, tmp_path, "generation")
     texts = [r["text"] for r in toy_rows(len(METHODS), 9)]
     texts[1] += " and a very dull day"
@@ -90,7 +95,7 @@ def test_mixed_decoding_writes_each_adapters_greedy_text(base, toy_data, tmp_pat
     rows = []
     for i, text in enumerate(texts):
         pipe = pipes[names[i]]
-        cfg = pipe.config.generate
+        pipe.config.generate = cfg = pipe.config.generate.model_copy(update=settings)
         rows.append(GenRow(pipe, pipe.encode([Example(text)], "inputs", with_target=False)[0], cfg,
                            Stops(base.tokenizer, cfg.stop, base.family)))
     alone = [generate(r.pipe, [r.item], r.pipe.config.generate)[0] for r in rows]

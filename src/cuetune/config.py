@@ -185,6 +185,13 @@ class GenerateConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = []
     """Strings that end a text (cut before them), besides the end-of-text token."""
+    repetition_penalty: float = Field(1.0, gt=0)
+    """Divides a positive score (multiplies a negative one) of every token the text already
+    holds (CTRL's penalty, as in transformers); 1 is off. Counts written tokens only, never
+    the prompt's: a summary must be free to reuse the dialogue's names."""
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    """Forbid any token that would write an n-gram of this size the text already holds (0 is
+    off). Written tokens only, as `repetition_penalty`."""
     seed: int = 0
     """Sampling: row i of the input uses seed + i, so batching never changes the output."""
     batch_size: int = Field(16, ge=1)

@@ -10,6 +10,8 @@ and then one token per step against its key/value cache. On a decoder, the promp
 tokens run once for the whole `generate` call (`PromptModel.reuse_shared`). Batches are padded
 on the left, so every row's next token is read from the last column. Sampling draws row i from
 its own generator seeded with `seed + i`, so an output never depends on how inputs were batched.
+Every strategy, and `cuetune serve`, scores a step's tokens through `penalize` first (repetition
+penalty, no-repeat n-grams), over the tokens each row has written.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ def _greedy_or_sample(state, cfg: GenerateConfig, stops: Stops, seeds: list[int]
     done = [False] * rows
     filler = next(iter(stops.end_ids))
     for step in range(cfg.max_new_tokens):
+        logits = penalize(logits, seqs, cfg)
         if gens is None:
             tokens = logits.argmax(-1)
         else:
@@ -113,6 +116,29 @@ def _greedy_or_sample(state, cfg: GenerateConfig, stops: Stops, seeds: list[int]
                             device=logits.device)
         logits = state.step(feed)
     return seqs
+
+
+def penalize(scores: torch.Tensor, seqs: list[list[int]], cfg: GenerateConfig) -> torch.Tensor:
+    """Scores [B, V] (logits or log-probabilities) with row r's repeats of `seqs[r]`, the tokens
+    it has written, penalized (`repetition_penalty`) or forbidden (`no_repeat_ngram_size`).
+
+    Small models writing summaries loop on a sentence until `max_new_tokens` (SAMSum, Gemma-3);
+    these are the two remedies transformers users know, with the same arithmetic.
+    """
+    p, n = cfg.repetition_penalty, cfg.no_repeat_ngram_size
+    if p == 1.0 and not n:
+        return scores
+    scores = scores.clone()
+    for r, seq in enumerate(seqs):
+        if p != 1.0 and seq:
+            seen = torch.tensor(sorted(set(seq)), device=scores.device)
+            s = scores[r, seen]
+            scores[r, seen] = torch.where(s > 0, s / p, s * p)
+        if n and len(seq) >= n:
+            head = seq[len(seq) - n + 1:]  # the n-1 last tokens: what a new n-gram starts with
+            banned = {seq[i + n - 1] for i in range(len(seq) - n + 1) if seq[i:i + n - 1] == head}
+            scores[r, sorted(banned)] = float("-inf")
+    return scores
 
 
 def filter_logits(logits: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
@@ -144,6 +170,7 @@ def _beam(state, cfg: GenerateConfig, stops: Stops) -> list[list[int]]:
     done = [False] * rows
     filler = next(iter(stops.end_ids))
     for step in range(cfg.max_new_tokens):
+        logp = penalize(logp, [seq for beams in live for seq in beams], cfg)  # [B*K, V]
         cand = (scores.reshape(-1, 1) + logp).reshape(rows, k * vocab)
         top, where = cand.topk(2 * k, dim=1)  # enough that K survive after some finish
         src = torch.arange(rows * k, device=device).reshape(rows, k)
@@ -170,9 +197,12 @@ def _beam(state, cfg: GenerateConfig, stops: Stops) -> list[list[int]]:
         state.select(src.reshape(-1))
         logp = state.step(new_tokens.reshape(-1)).float().log_softmax(-1)
     out = []
-    for r in range(rows):
-        pool = finished[r] + [(s / max(1, len(seq)) ** cfg.length_penalty, seq)
-                              for s, seq in zip(scores[r].tolist(), live[r], strict=True)
-                              if s > float("-inf") and seq]
+    for r in range(rows):  # a row that ran out of steps ranks its live beams too; a done one
+        # has dropped them (kept only while other rows of the batch ran on), so batching
+        # never changes a text (transformers' early_stopping=True does the same)
+        live_ranked = [] if done[r] else [(s / max(1, len(seq)) ** cfg.length_penalty, seq)
+                                          for s, seq in zip(scores[r].tolist(), live[r], strict=True)
+                                          if s > float("-inf") and seq]
+        pool = finished[r] + live_ranked
         out.append(max(pool, key=lambda p: p[0])[1] if pool else [])
     return out

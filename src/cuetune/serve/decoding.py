@@ -22,7 +22,7 @@ from transformers import DynamicCache
 
 from cuetune.config import GenerateConfig
 from cuetune.families.base import kv_cache, select_cache, window_allows
-from cuetune.generation import Stops, filter_logits
+from cuetune.generation import Stops, filter_logits, penalize
 from cuetune.serve.mixed import by_length, group_rows, prepare
 
 
@@ -45,6 +45,7 @@ class GenRow:
 
     def choose(self, logits: torch.Tensor) -> int:
         """The next token from this row's logits [V]."""
+        logits = penalize(logits[None], [self.tokens], self.cfg)[0]
         if self.generator is None:
             return int(logits.argmax())
         probs = filter_logits(logits[None].float(), self.cfg).softmax(-1).cpu()[0]
