@@ -370,7 +370,15 @@ def test_bench_runs_a_generation_task(tiny_dirs, tmp_path, monkeypatch):
     assert [r["method"] for r in out] == ["zero-shot", "lora"]
     assert all(r["metric"] == "exact_match" and 0 <= r["test_score"] <= 1 for r in out)
     assert out[1]["grid_size"] == 2 and out[1]["dev_score"] > float("-inf")
-    assert "copy-first (exact_match)" in (tmp_path / "out" / "results.md").read_text()
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "copy-first (exact_match)" in report
+    for r in out:  # every text metric is kept, on the 0-100 scale the run's eval.json has
+        assert set(r["test_metrics"]) >= {"rouge_1", "rouge_2", "rouge_l", "bleu", "chrf"}
+        assert r["test_metrics"]["exact_match"] == pytest.approx(100 * r["test_score"])
+        assert "n" not in r["test_metrics"] and "truncated" not in r["test_metrics"]
+    lora = out[1]["test_metrics"]
+    line = next(x for x in report.splitlines() if x.startswith("| lora | 8 | 13 |"))
+    assert line.split(" | ")[3:6] == [f"{lora[m]:.1f} (0.0)" for m in ("rouge_1", "rouge_2", "rouge_l")]
 
 
 def test_a_method_entry_may_run_a_subset_of_the_seeds_and_k(tiny_dirs, tmp_path):

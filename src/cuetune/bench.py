@@ -296,8 +296,14 @@ def _row(cfg: BenchConfig, cell: Cell, point: dict, run_dir: Path, dev_score, te
             "test_score": None if score is None else score * scale,
             "test_macro_f1": test.get("macro_f1"), "test_size": test.get("n"),
             "test_majority": _majority(test), "test_truncated": test.get("truncated"),
+            "test_metrics": {k: v for k, v in test.items() if isinstance(v, int | float)
+                             and not isinstance(v, bool) and k not in SIZES},
             "trainable_parameters": params, "train_examples": train_examples,
             "grid_size": grid_size, "wall_seconds": round(wall, 1), "error": None}
+
+
+SIZES = ("n", "truncated", "references_per_input")
+"""Counts in a test metrics dict, not scores (`test_metrics` leaves them to their columns)."""
 
 
 def _majority(test: dict) -> float | None:

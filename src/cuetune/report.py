@@ -92,6 +92,35 @@ def markdown(rows: list[dict], seeds_expected: dict[str, int] | None = None) -> 
     return "\n".join(parts)
 
 
+TEXT_METRICS = ("rouge_1", "rouge_2", "rouge_l", "bleu", "chrf", "exact_match", "token_f1")
+
+
+def text_metrics(rows: list[dict]) -> str:
+    """Per generation task, every text metric's mean (std) over seeds per method and K: a
+    summary is judged on ROUGE-2 and ROUGE-L too, not only the headline (rows that predate
+    `test_metrics` are left out, and the seeds column says which seeds each row averages)."""
+    parts = []
+    for task in dict.fromkeys(r["task"] for r in rows if r.get("metric") in TEXT_METRICS):
+        group = [r for r in rows if r["task"] == task and r.get("test_metrics")]
+        names = [m for m in TEXT_METRICS if any(m in r["test_metrics"] for r in group)]
+        if not names:
+            continue
+        parts.append(f"**{task}** (test, 0-100, mean (std) over seeds)\n")
+        parts.append("| method | K | seeds | " + " | ".join(names) + " |")
+        parts.append("|---|---:|---|" + "---:|" * len(names))
+        for m, k in dict.fromkeys((r["method"], r["k"]) for r in group):
+            cell = [r for r in group if (r["method"], r["k"]) == (m, k)]
+            stats = []
+            for name in names:
+                vals = [r["test_metrics"][name] for r in cell if name in r["test_metrics"]]
+                stats.append("–" if not vals else f"{statistics.fmean(vals):.1f}"
+                             f" ({statistics.pstdev(vals) if len(vals) > 1 else 0.0:.1f})")
+            seeds = ", ".join(str(r["seed"]) for r in sorted(cell, key=lambda r: r["seed"]))
+            parts.append(f"| {m} | {k} | {seeds} | " + " | ".join(stats) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
 def per_seed(rows: list[dict], seeds: list[int] | None = None,
              method_seeds: dict[str, list[int]] | None = None) -> str:
     """Per task and K, each method's mean (std), its score on every seed and what dev chose:
@@ -251,7 +280,9 @@ def write_all(cfg, rows: list[dict], out: Path) -> None:
         failed_md = (f"\n## Failed cells ({len(failed)}; the same command retries them)\n\n"
                      + "".join(f"- {line}\n" for line in failed))
     model = f"Model: `{cfg.model.get('name')}`\n\n"  # the name may predate a --set model.name=
-    atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{model}{table}\n## Per seed\n\n"
+    texts = text_metrics(rows)
+    texts = f"## Every text metric\n\n{texts}\n" if texts else ""
+    atomic.write_text(out / "results.md", f"# {cfg.name}\n\n{model}{table}\n{texts}## Per seed\n\n"
                       f"{per_seed(rows, cfg.seeds, own)}{failed_md}")
     images = {}
     for k in dict.fromkeys(r["k"] for r in rows):
