@@ -74,6 +74,9 @@ def test_cli_predict_and_eval(trained, toy_data, tmp_path, capsys):
     scored = artifacts.read_manifest(trained).metrics["test"]
     assert code == 0
     assert {k: v for k, v in json.loads(out).items() if k in scored} == scored
+    code, _, err = run_cli(["eval", str(trained), "--data", str(toy_data["test"]),
+                            "--set", "num_beams=2"], capsys)
+    assert code != 0 and "this run classifies" in err and "num_beams" in err
     inp = tmp_path / "in.txt"
     inp.write_text("the movie was great\n\nthe food was awful\n")
     dest = tmp_path / "pred.jsonl"

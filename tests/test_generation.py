@@ -266,6 +266,16 @@ def test_cli_generate_and_eval(gen_models, gen_data, tmp_path, capsys):
     code, out, _ = run_cli(["eval", str(tmp_path / "run"), "--data", str(gen_data["test"])], capsys)
     metrics = json.loads(out)
     assert code == 0 and {"bleu", "chrf", "rouge_l", "exact_match", "token_f1"} <= set(metrics)
+    # decoding settings for one evaluation: the API and the CLI agree, and nothing sticks
+    short_cmd = ["eval", str(tmp_path / "run"), "--data", str(gen_data["test"]),
+                 "--set", "max_new_tokens=1", "--set", "generate.no_repeat_ngram_size=1"]
+    code, out, _ = run_cli(short_cmd, capsys)
+    short = json.loads(out)
+    tuned = cuetune.load(tmp_path / "run")
+    assert code == 0 and short == tuned.evaluate(gen_data["test"], max_new_tokens=1, no_repeat_ngram_size=1)
+    assert short["examples"] != metrics["examples"] and tuned.evaluate(gen_data["test"]) == metrics
+    code, _, err = run_cli(short_cmd[:4] + ["--set", "beams=2"], capsys)
+    assert code != 0 and "beams" in err
     # through PEFT and back: a generation run has no accuracy, and nothing may ask for one
     code, out, err = run_cli(["export", str(tmp_path / "run"), str(tmp_path / "peft")], capsys)
     assert code == 0, err

@@ -288,10 +288,13 @@ class TunedModel:
         `generate` settings for this call (strategy, max_new_tokens, num_beams, stop, ...)."""
         if self.task != "generation":
             raise CuetuneError(f"{self.run_dir}: this run classifies; use predict(), not generate()")
-        cfg = self.pipe.config.generate.model_validate(
-            {**self.pipe.config.generate.model_dump(), **overrides})
         items = self.pipe.encode(_examples(texts, text_pairs), "inputs", with_target=False)
-        return generate(self.pipe, items, cfg)
+        return generate(self.pipe, items, self._decoding(overrides))
+
+    def _decoding(self, overrides: dict):
+        """The run's `generate` settings with `overrides` (validated: a bad one raises)."""
+        return self.pipe.config.generate.model_validate(
+            {**self.pipe.config.generate.model_dump(), **overrides})
 
     def read(self, path: str | Path) -> list[Example]:
         """Read a data file with the run's column mapping and labels (or answer texts)."""
@@ -307,13 +310,24 @@ class TunedModel:
                            str(path))
         return group_refs(cleaned) if generation else cleaned
 
-    def evaluate(self, path: str | Path) -> dict:
+    def evaluate(self, path: str | Path, **overrides) -> dict:
+        """Metrics on a labelled file. `overrides` change a generation run's decoding settings
+        for this evaluation (no_repeat_ngram_size=3, strategy="beam", ...), so a setting is
+        judged on the same metrics as the run's own eval.json."""
+        if overrides and self.task != "generation":
+            raise CuetuneError(f"{self.run_dir}: this run classifies; decoding settings "
+                               f"({', '.join(sorted(overrides))}) apply to generation runs only")
         examples = self.read(path)
         if any(e.label is None and not e.refs for e in examples):
             data = self.pipe.config.data
             column = data.target_column if self.task == "generation" else data.label_column
             raise CuetuneError(f"{path}: no '{column}' column; evaluation needs it")
-        return evaluate(self.pipe, self.pipe.encode(examples), self.pipe.config.train.eval_batch_size)
+        own = self.pipe.config
+        self.pipe.config = own.model_copy(update={"generate": self._decoding(overrides)})
+        try:
+            return evaluate(self.pipe, self.pipe.encode(examples), own.train.eval_batch_size)
+        finally:
+            self.pipe.config = own
 
 
 def _examples(texts, text_pairs) -> list[Example]:
