@@ -134,24 +134,14 @@ def eval_(run_dir: Path = typer.Argument(..., help="A finished run directory"),
           ) -> None:
     """Evaluate a trained run (or an ensemble folder) on a labelled file; prints metrics JSON."""
     import cuetune
+    from cuetune.config import decoding_overrides
 
     model = cuetune.load(run_dir)
     try:
-        metrics = model.evaluate(data, **_decoding_overrides(set_))
+        metrics = model.evaluate(data, **decoding_overrides(set_))
     except ValueError as exc:  # pydantic: a bad decoding setting
         raise CuetuneError(f"--set: {exc}") from None
     out.print_json(json.dumps(metrics, ensure_ascii=False))
-
-
-def _decoding_overrides(items: list[str]) -> dict:
-    """`--set key=value` items as `generate` settings (a leading `generate.` is optional)."""
-    from cuetune.config import parse_override
-
-    overrides = {}
-    for item in items:
-        keys, value = parse_override(item)
-        overrides[".".join(keys).removeprefix("generate.")] = value
-    return overrides
 
 
 @app.command()
@@ -200,9 +190,10 @@ def generate(run_dir: Path = typer.Argument(..., help="A finished generation run
              ) -> None:
     """Write text for each input with the tuned prompt; writes JSONL (input and output)."""
     from cuetune import api, atomic
+    from cuetune.config import decoding_overrides
 
     model = api.load(run_dir)
-    overrides = _decoding_overrides(set_)
+    overrides = decoding_overrides(set_)
     if input_ == "-" or input_.endswith(".txt"):
         text = sys.stdin.read() if input_ == "-" else _read_text(Path(input_))
         examples = lines_to_examples(text, "<stdin>" if input_ == "-" else input_)

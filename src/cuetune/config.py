@@ -280,6 +280,15 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def decoding_overrides(items: list[str]) -> dict:
+    """`--set key=value` items as `generate` settings (a leading `generate.` is optional)."""
+    overrides = {}
+    for item in items:
+        keys, value = parse_override(item)
+        overrides[".".join(keys).removeprefix("generate.")] = value
+    return overrides
+
+
 def _model_at(loc: tuple, raw: dict) -> type[BaseModel] | None:
     """The config model that holds the last key of `loc` (the method's own for `method.*`)."""
     model: type[BaseModel] | None = RunConfig
