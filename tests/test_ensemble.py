@@ -76,6 +76,9 @@ def test_cli_builds_predicts_and_evaluates_an_ensemble(runs, toy_data, tmp_path,
     code, out, err = run_cli(["eval", str(tmp_path / "e"), "--data", str(toy_data["test"])], capsys)
     assert code == 0, err
     assert round(json.loads(out)["accuracy"], 4) == summary["test_accuracy"]
+    code, _, err = run_cli(["eval", str(tmp_path / "e"), "--data", str(toy_data["test"]),
+                            "--set", "strategy=beam"], capsys)
+    assert code != 0 and "it classifies" in err and "strategy" in err
     inp = tmp_path / "in.txt"
     inp.write_text("\n".join(TEXTS) + "\n")
     code, out, err = run_cli(["predict", str(tmp_path / "e"), "--input", str(inp)], capsys)

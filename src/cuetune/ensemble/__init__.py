@@ -125,7 +125,10 @@ class Ensemble:
     def score(self, examples) -> dict:
         return classification_metrics(self.labels, [e.label for e in examples], self.probs(examples))
 
-    def evaluate(self, path: str | Path) -> dict:
+    def evaluate(self, path: str | Path, **overrides) -> dict:
+        if overrides:  # `cuetune eval --set`: decoding settings, and an ensemble classifies
+            raise ConfigError(f"ensemble of {len(self.members)} runs: it classifies; decoding settings "
+                              f"({', '.join(sorted(overrides))}) apply to generation runs only")
         examples = self.read(path)
         if any(e.label is None for e in examples):
             raise ConfigError(f"{path}: no label column; evaluation needs it")
