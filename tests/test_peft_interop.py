@@ -208,3 +208,40 @@ def test_import_refuses_pickle_and_unknown_types(tmp_path):
         interop.read_peft(tmp_path)
     with pytest.raises(ArtifactError, match="cannot be imported"):
         interop.importer_for("IA3")
+
+
+@pytest.mark.parametrize("kind", ["soft", "prefix"])
+def test_generated_text_equals_a_greedy_loop_over_peft_forward(nobos_dir, kind):
+    """The written tokens are, step by step, the argmax of PEFT's own forward on the exported
+    adapter: an independent check of the decoding path. The loop calls PEFT's forward, not its
+    `generate()`, which with peft 0.21.2 and transformers 5.24 prepends prompt-learning adapters
+    again at every cached step (docs/deploy.md)."""
+    from peft import set_peft_model_state_dict
+
+    from cuetune.config import GenerateConfig, validate
+    from cuetune.generation import generate_ids
+    from cuetune.pipeline import build
+
+    settings, template, _ = EXPORTS[kind]
+    pipe = build(validate({"model": {"name": str(nobos_dir)}, "data": {"task": "generation"},
+                           "prompt": {"template": template.replace(" {answer}", "{answer}")},
+                           "method": dict(settings)}), [])
+    with torch.no_grad():
+        for p in pipe.method.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    prompts = pipe.encode([Example(t) for t in TEXTS], with_target=False)
+    written = generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=6, batch_size=4))
+    peft_config, tensors = pipe.method.peft_export()
+    with peft_calls():
+        peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(nobos_dir), peft_config).eval()
+        set_peft_model_state_dict(peft_model, tensors)
+    eos = pipe.loaded.tokenizer.eos_token_id
+    for prompt, tokens in zip(prompts, written, strict=True):
+        ids = [t for t, s in zip(prompt.input_ids, prompt.soft_index, strict=True) if s < 0]
+        loop = []
+        while len(loop) < len(tokens) and eos not in loop:
+            row = torch.tensor([ids + loop])
+            with torch.no_grad(), peft_calls():
+                loop.append(int(peft_model(input_ids=row, attention_mask=torch.ones_like(row))
+                                .logits[0, -1].argmax()))
+        assert loop == tokens
