@@ -248,6 +248,10 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_dirs, tmp_path, mo
     zero = next(line for line in md.split("## Per seed")[1].splitlines() if line.startswith("| zero-shot"))
     assert "| failed / " in zero and "[1 of 2 seeds]" in zero, zero
     assert "Failed cells" in (out / "report.html").read_text()
+    bench.run_bench(*bench.load_bench(path, ["seeds=[21]"]), out)  # a narrowed resume of other seeds
+    kept = json.loads((out / "results.json").read_text())["cells"]
+    assert [r["error"] is not None for r in kept if r["seed"] == 13] == [True, False], (
+        "a failure outside the narrowed grid stays recorded, not shown as never run")
 
     monkeypatch.setattr(api, "train", real_train)  # the cause is fixed: the rerun retries the cell
     rows = bench.run_bench(*bench.load_bench(path), out)

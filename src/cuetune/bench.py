@@ -369,9 +369,9 @@ def read_back(cfg: BenchConfig, out: Path, todo: list[Cell]) -> dict[str, dict]:
 
 
 def other_rows(cfg: BenchConfig, out: Path, todo: list[Cell]) -> list[dict]:
-    """Finished rows in `out` of cells outside `todo` (a narrowed grid): kept in its reports."""
+    """Rows in `out` outside `todo` (a narrowed grid), failed ones too: a resume hides no failure."""
     keys = {c.key for c in todo}
-    return [r for key, r in recorded_rows(cfg, out).items() if key not in keys]
+    return [r for key, r in recorded_rows(cfg, out, with_failed=True).items() if key not in keys]
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
