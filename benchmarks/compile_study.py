@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import perf_vs_peft as pv  # noqa: E402
 
-from cuetune.models import load_model  # noqa: E402
-from cuetune.pipeline import build  # noqa: E402
-from cuetune.training import MetricsLog, fit  # noqa: E402
+from cuetune.engine.fit import MetricsLog, fit  # noqa: E402
+from cuetune.engine.pipeline import build  # noqa: E402
+from cuetune.families.pretrained import load_model  # noqa: E402
 
 
 def compile_layers(model) -> None:
@@ -45,7 +45,7 @@ def run(mode: str, steps: int, train, model_name: str) -> dict:
     cfg = pv._config("soft-P20", steps, 0.03, Path(tempfile.mkdtemp()))
     loaded = load_model(model_name)
     pipe = build(cfg, pv.LABELS, loaded)
-    items = pipe.encode(train)
+    items = pipe.encoder.encode(train)
     flops = pv._count_flops(lambda: pv._cuetune_step(pipe, items[:16], loaded.tokenizer.pad_token_id)) / 16
     if mode == "compiled":  # after the FLOP count: a first call under a dispatch mode is never compiled
         compile_layers(loaded.model)

@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from cuetune import atomic, report
+from cuetune import atomic
+from cuetune.bench import report
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "RESULTS.md"
 

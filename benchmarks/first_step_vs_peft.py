@@ -15,10 +15,10 @@ from pathlib import Path
 import perf_vs_peft as bench
 import torch.nn.functional as F
 
-from cuetune.checkpoint import BatchOrder
-from cuetune.encoding import collate
-from cuetune.models import load_model
-from cuetune.pipeline import build
+from cuetune.engine.batching import BatchOrder
+from cuetune.engine.pipeline import build
+from cuetune.families.pretrained import load_model
+from cuetune.prompt.batch import collate
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     pipe = build(cfg, bench.LABELS, loaded)
     peft_config, tensors = pipe.method.peft_export()
     start = (peft_config, {k: v.detach().clone() for k, v in tensors.items()})
-    items = pipe.encode(train)
+    items = pipe.encoder.encode(train)
     rows = [items[i] for i in BatchOrder(len(items), 16, cfg.train.seed).next()]
     pipe.model.train()
     batch = collate(rows, loaded.tokenizer.pad_token_id)

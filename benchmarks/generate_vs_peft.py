@@ -34,10 +34,11 @@ import torch
 
 import cuetune
 from cuetune.config import GenerateConfig
-from cuetune.data import Example, read_rows
-from cuetune.generation import generate_ids
-from cuetune.models import load_model
-from cuetune.pipeline import build
+from cuetune.data.examples import Example
+from cuetune.data.readers import read_rows
+from cuetune.engine.generation import generate_ids
+from cuetune.engine.pipeline import build
+from cuetune.families.pretrained import load_model
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "e2e" / "testset_w_refs.csv"
 TEMPLATE = "{soft:20} Facts: {text}\nSentence: {answer}"
@@ -101,11 +102,12 @@ def main() -> None:
     cfg = cuetune.config.validate({"model": {"name": args.model}, "data": {"task": "generation"},
                                    "prompt": {"template": TEMPLATE}, "method": {"name": "soft"}})
     pipe = build(cfg, [], load_model(args.model))
-    items = pipe.encode([Example(t) for t in texts], with_target=False)
+    items = pipe.encoder.encode([Example(t) for t in texts], with_target=False)
     gen_cfg = GenerateConfig(max_new_tokens=args.max_new, batch_size=args.batch)
-    generate_ids(pipe, items[:2], gen_cfg.model_copy(update={"max_new_tokens": 2}))  # warm-up
+    warm = gen_cfg.model_copy(update={"max_new_tokens": 2})
+    generate_ids(pipe.model, pipe.loaded.tokenizer, items[:2], warm)  # warm-up
     start = time.perf_counter()
-    ours = generate_ids(pipe, items, gen_cfg)
+    ours = generate_ids(pipe.model, pipe.loaded.tokenizer, items, gen_cfg)
     ours_s = time.perf_counter() - start
 
     peft_config, tensors = pipe.method.peft_export()

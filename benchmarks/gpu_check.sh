@@ -45,7 +45,7 @@ import cuetune
 out, device, dtype = sys.argv[1:]
 model = perf_vs_peft.random_smollm2(Path(tempfile.mkdtemp()) / "m")
 start = time.perf_counter()
-m = cuetune.train(cuetune.config.load(None, [f"model.name={model}", f"model.device={device}",
+m = cuetune.train(cuetune.load_config(None, [f"model.name={model}", f"model.device={device}",
                   f"model.dtype={dtype}", "method.name=soft", "train.max_steps=20", "train.progress=false",
                   "prompt.template={soft:20} Review: {text} Sentiment: {answer}",
                   f"output_dir={tempfile.mkdtemp()}"]))

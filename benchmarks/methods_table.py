@@ -22,7 +22,7 @@ EXTRA = {"two-stage": {"second": "lora"}}
 
 
 def run(method: str, steps: int, model: str, out_root: Path) -> dict:
-    cfg = cuetune.config.load(None, [f"model.name={model}", f"method.name={method}",
+    cfg = cuetune.load_config(None, [f"model.name={model}", f"method.name={method}",
                                      f"train.max_steps={steps}", "train.eval_every=10",
                                      "train.patience=null", "train.zero_shot_baseline=false",
                                      "train.progress=false", f"output_dir={out_root / method}"])

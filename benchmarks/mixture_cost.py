@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 
 from cuetune.config import validate
-from cuetune.data import Example, read_rows
-from cuetune.encoding import collate
-from cuetune.models import load_model
-from cuetune.pipeline import build
+from cuetune.data.examples import Example
+from cuetune.data.readers import read_rows
+from cuetune.engine.pipeline import build
+from cuetune.families.pretrained import load_model
+from cuetune.prompt.batch import collate
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2" / "test.tsv"
 TEMPLATE = "{text} It was {answer}"
@@ -92,8 +93,8 @@ def measure(loaded, m: int, rounds: int, examples: list[Example], layout: str) -
     single = singles[0]
     pad = loaded.tokenizer.pad_token_id
     train = examples[:8]
-    sides = {"single": (single, collate(single.encode(train), pad), single.encode(examples)),
-             "mixture": (mixture, collate(mixture.encode(train), pad), mixture.encode(examples))}
+    sides = {name: (pipe, collate(pipe.encoder.encode(train), pad), pipe.encoder.encode(examples))
+             for name, pipe in (("single", single), ("mixture", mixture))}
     for pipe, batch, items in sides.values():  # warm up
         step_ms(pipe, batch)
         infer_s(pipe, items[:32])
@@ -118,8 +119,8 @@ def measure(loaded, m: int, rounds: int, examples: list[Example], layout: str) -
 def measure_inference(singles, mixture, rounds: int, examples: list[Example], m: int) -> dict:
     """Hard prompts train only the prior, so inference is the cost that matters: the M
     zero-shot runs one after another against the mixture."""
-    items = [p.encode(examples) for p in singles]
-    mixed = mixture.encode(examples)
+    items = [p.encoder.encode(examples) for p in singles]
+    mixed = mixture.encoder.encode(examples)
     infer_s(mixture, mixed[:32])
     apart, together = [], []
     for _ in range(rounds):

@@ -34,9 +34,9 @@ from fastapi.responses import JSONResponse
 from peft import PeftModel
 
 import cuetune
-from cuetune.data import Example
-from cuetune.encoding import collate
-from cuetune.interop import export_peft
+from cuetune.data.examples import Example
+from cuetune.prompt.batch import collate
+from cuetune.runs.peft import export_peft
 
 
 def load(specs: list[str]):
@@ -139,7 +139,7 @@ def app_for(worker: Worker) -> FastAPI:
     @app.post("/v1/classify")
     async def classify(body: dict):
         tuned = worker.runs[body["model"]]
-        item = tuned.pipe.encode([Example(body["input"])], "inputs")[0]
+        item = tuned.pipe.encoder.encode([Example(body["input"])], "inputs")[0]
         probs = await asyncio.wrap_future(worker.submit("classify", body["model"], item))
         labels = tuned.labels
         return {"data": [{"index": 0, "label": labels[int(probs.argmax())],
@@ -148,8 +148,8 @@ def app_for(worker: Worker) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(body: dict):
         tuned = worker.runs[body["model"]]
-        item = tuned.pipe.encode([Example(body["prompt"])], "inputs", with_target=False)[0]
-        cfg = tuned.pipe.config.generate
+        item = tuned.pipe.encoder.encode([Example(body["prompt"])], "inputs", with_target=False)[0]
+        cfg = tuned.config.generate
         if body.get("max_tokens"):
             cfg = cfg.model_copy(update={"max_new_tokens": body["max_tokens"]})
         try:

@@ -45,13 +45,14 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import cuetune
-from cuetune.checkpoint import BatchOrder
-from cuetune.data import Example, read_rows
-from cuetune.encoding import collate
-from cuetune.inference import predict_probs
-from cuetune.models import load_model
-from cuetune.pipeline import build
-from cuetune.training import MetricsLog, fit
+from cuetune.data.examples import Example
+from cuetune.data.readers import read_rows
+from cuetune.engine.batching import BatchOrder
+from cuetune.engine.fit import MetricsLog, fit
+from cuetune.engine.inference import predict_probs
+from cuetune.engine.pipeline import build
+from cuetune.families.pretrained import load_model
+from cuetune.prompt.batch import collate
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2"
 LABELS = ["negative", "positive"]
@@ -171,7 +172,7 @@ def _config(setting: str, steps: int, lr: float | None, out: Path):
                                 "train.checkpoint_every=null", "train.progress=false",
                                 "train.zero_shot_baseline=false", f"output_dir={out}"]
     over += [f"train.lr={lr}"] if lr else []
-    return cuetune.config.load(None, over)
+    return cuetune.load_config(None, over)
 
 
 def run_cuetune(cfg, loaded, train, dev) -> tuple[dict, tuple]:
@@ -179,7 +180,7 @@ def run_cuetune(cfg, loaded, train, dev) -> tuple[dict, tuple]:
     pipe = build(cfg, LABELS, loaded)
     peft_config, tensors = pipe.method.peft_export()  # the start state, before training
     start_state = (peft_config, {k: v.detach().clone() for k, v in tensors.items()})
-    train_items, dev_items = pipe.encode(train), pipe.encode(dev)
+    train_items, dev_items = pipe.encoder.encode(train), pipe.encoder.encode(dev)
     pad = loaded.tokenizer.pad_token_id
     # FLOPs per example over the first batches the trainer will form (length-grouped or not)
     lengths = [len(e.input_ids) for e in train_items] if cfg.train.group_by_length else None
@@ -326,7 +327,7 @@ class PeftSide:
 def compare(setting: str, steps: int, train, dev, model_name: str, peak: float) -> dict:
     out = Path(tempfile.mkdtemp())
     cfg = _config(setting, steps, None, out)
-    lr = cfg.train.lr or cuetune.methods.get(cfg.method.name).default_lr
+    lr = cfg.train.lr or cuetune.methods.get_method(cfg.method.name).default_lr
     cfg = _config(setting, steps, lr, out)
     _release_memory()
     ours, ctx = run_cuetune(cfg, load_model(model_name, **DEVICE), train, dev)

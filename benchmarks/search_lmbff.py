@@ -27,11 +27,12 @@ import torch
 
 import cuetune.search as search
 from cuetune import atomic
-from cuetune.data import Example, load_splits
-from cuetune.pipeline import load_for
+from cuetune.data.examples import Example
+from cuetune.data.splits import load_splits
+from cuetune.engine.pipeline import load_for
+from cuetune.prompt.verbalizers import Verbalizer
 from cuetune.search.candidates import Candidate, SearchLog
 from cuetune.search.scoring import Scorer, answer_logprobs, calibrate
-from cuetune.verbalizers import Verbalizer
 
 
 def main() -> None:
@@ -111,7 +112,7 @@ def _test_scores(cfg, prompts: list[dict], cache: dict, cache_path: Path) -> lis
     labels = splits.labels
     todo = [p for p in prompts if _key(cfg, p) not in cache]
     if todo:
-        loaded = load_for(cfg)
+        loaded = load_for(cfg.model)
         scorer = Scorer(cfg, loaded, labels, splits.test, SearchLog(cache_path.with_suffix(".log"), labels))
         for prompt in todo:
             cand = Candidate.from_prompt(prompt, labels)
@@ -176,7 +177,7 @@ class _Shapes:
     def __init__(self, cfg, splits: dict, test: list[Example], out: Path):
         self.cfg, self.splits, self.test = cfg, splits, test
         self.labels = next(iter(splits.values())).labels
-        self.loaded = load_for(cfg)
+        self.loaded = load_for(cfg.model)
         self.log = SearchLog(out / "all_candidates.log", self.labels)  # unused: probs() reads no log
         self.held: tuple[str, dict] = ("", {})
         self.forwards = 0

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 import cuetune.search as search
-from cuetune.data import load_splits
-from cuetune.pipeline import load_for
+from cuetune.data.splits import load_splits
+from cuetune.engine.pipeline import load_for
 from cuetune.search.candidates import Candidate, SearchLog
-from cuetune.search.config import SearchSettings
 from cuetune.search.scoring import Scorer
+from cuetune.search.settings import SearchSettings
 from cuetune.search.stage import Stage
 from cuetune.search.tokens import TokenPrompts, search_vocab
 
@@ -50,7 +50,7 @@ def main() -> None:
         cfg, _ = search.load_config(config)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"test": None})})
         splits = load_splits(cfg.data)
-        loaded = load_for(cfg)
+        loaded = load_for(cfg.model)
         slog = SearchLog(Path(tmp) / "p.jsonl", splits.labels)
         scorer = Scorer(cfg, loaded, splits.labels, splits.dev, slog, (False,))
         stage = Stage("bench", cfg, SearchSettings(), splits.labels, splits.train, scorer, slog,
@@ -59,7 +59,7 @@ def main() -> None:
                                args.tokens, "after")
         vocab = search_vocab(prompts.tok, 5000)
         gen = torch.Generator().manual_seed(0)
-        items = prompts.encode(splits.train[: args.batch])
+        items = prompts.encoder.encode(splits.train[: args.batch])
         times = {"cached": [], "full": []}
         diff = 0.0
         for _ in range(args.repeats):

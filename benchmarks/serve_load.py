@@ -53,8 +53,9 @@ import openai
 import yaml
 
 import cuetune
-from cuetune.config import resolve_paths, validate
-from cuetune.data import read_rows
+from cuetune.config import validate
+from cuetune.data.readers import read_rows
+from cuetune.runs.config_file import resolve_paths
 
 ROOT = Path(__file__).resolve().parent
 METHODS = {"soft": {"name": "soft"}, "prefix": {"name": "prefix", "num_tokens": 10},

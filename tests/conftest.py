@@ -120,14 +120,15 @@ def pretrain(model, tok, kind: str, steps: int, seed: int) -> float:
     A soft prompt must learn to act like the "review :" trigger; the hard template without a
     trigger is near chance. Trained through cuetune's own forward path, so every family works.
     """
-    from cuetune.data import Example
-    from cuetune.encoding import PromptEncoder, collate
-    from cuetune.engine import PromptModel
+    from cuetune.data.examples import Example
+    from cuetune.engine.forward import PromptModel
     from cuetune.families import family_for
-    from cuetune.methods.base import Method
-    from cuetune.models import LoadedModel
-    from cuetune.templates import parse
-    from cuetune.verbalizers import Verbalizer
+    from cuetune.families.pretrained import LoadedModel
+    from cuetune.methods.method import Method
+    from cuetune.prompt.batch import collate
+    from cuetune.prompt.encoder import PromptEncoder
+    from cuetune.prompt.templates import parse
+    from cuetune.prompt.verbalizers import Verbalizer
 
     family = family_for(model.config, family_of(kind))
     family.setup(tok)
@@ -139,8 +140,7 @@ def pretrain(model, tok, kind: str, steps: int, seed: int) -> float:
     rows = toy_rows(256, seed + 100)
     items = []
     for flip, enc in enumerate(encoders):
-        items += enc.encode_all([Example(r["text"], None, (r["label"] == "positive") ^ flip)
-                                 for r in rows])
+        items += enc.encode([Example(r["text"], None, (r["label"] == "positive") ^ flip) for r in rows])
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import torch
 
-from cuetune import api, distributed, training
 from cuetune.config import validate
-from cuetune.data import load_splits
-from cuetune.encoding import collate
-from cuetune.inference import run_batches
-from cuetune.pipeline import build, load_for
+from cuetune.data.splits import load_splits
+from cuetune.engine import distributed
+from cuetune.engine import fit as training
+from cuetune.engine.inference import run_batches
+from cuetune.engine.pipeline import build, load_for
+from cuetune.prompt.batch import collate
+from cuetune.runs import train as api
 
 
 class Recorder:
@@ -46,8 +48,8 @@ def grads(config: str, out: str) -> None:
     distributed.init()
     cfg = validate(json.loads(Path(config).read_text(encoding="utf-8")))
     splits = load_splits(cfg.data)
-    pipe = build(cfg, splits.labels, load_for(cfg))
-    train = pipe.encode(splits.train)
+    pipe = build(cfg, splits.labels, load_for(cfg.model))
+    train = pipe.encoder.encode(splits.train)
     params = pipe.method.trainable_parameters()
     first = train[:cfg.train.batch_size]  # the global batch of step one, in a fixed order
 
@@ -59,7 +61,7 @@ def grads(config: str, out: str) -> None:
     recorder = Recorder(params)
     loss, seen, ok = training._train_step(pipe.model, next_batch, recorder, NoSchedule(), params,
                                           cfg.train, pipe.objective)
-    test = pipe.encode(splits.test)
+    test = pipe.encoder.encode(splits.test)
     who = [(rank, i) for idx, rank in run_batches(  # each batch says which process ran it
         pipe.model, test, pipe.loaded.tokenizer.pad_token_id, 5, lambda b, idx: distributed.rank())
         for i in idx]

@@ -15,14 +15,14 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import inject_adapter_in_model
 
 import cuetune
-from cuetune import artifacts
 from cuetune.config import validate
-from cuetune.data import load_splits
+from cuetune.data.splits import load_splits
+from cuetune.engine.inference import predict_probs
+from cuetune.engine.pipeline import build
 from cuetune.errors import ConfigError
-from cuetune.inference import predict_probs
+from cuetune.families.pretrained import load_model
 from cuetune.methods.lora import LoraConfig, LoraWeights
-from cuetune.models import load_model
-from cuetune.pipeline import build
+from cuetune.runs import artifacts
 
 TEXTS = ["the movie was great", "the food was awful and dull", "a very poor day", "lovely phone"]
 RUNS = {  # method section, learning rate: three kinds of adapter (inputs, weights, whole copy)
@@ -67,7 +67,7 @@ def test_zero_shot_baseline_is_scored_with_adapters_off(runs, tiny_dirs, toy_dat
     raw = toy_config(tiny_dirs["causal"], toy_data, "unused", method={"name": "zero-shot"})
     cfg = validate(raw)
     fresh = build(cfg, load_splits(cfg.data).labels)
-    items = fresh.encode(load_splits(cfg.data).test)
+    items = fresh.encoder.encode(load_splits(cfg.data).test)
     want = predict_probs(fresh.model, items, fresh.loaded.tokenizer.pad_token_id)
     lora = cuetune.load(runs / "lora", base=fresh.loaded)
     trained_b = [p for n, p in lora.pipe.method.adapter_tensors().items() if "lora_B" in n]

@@ -7,8 +7,9 @@ import pytest
 from conftest import save_tiny, toy_config
 
 import cuetune
-from cuetune import artifacts, cli
+from cuetune import cli
 from cuetune.errors import ArtifactError
+from cuetune.runs import artifacts
 
 
 @pytest.fixture(scope="module")

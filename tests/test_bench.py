@@ -11,12 +11,18 @@ import pytest
 import yaml
 from conftest import toy_rows
 
-from cuetune import api, artifacts, bench, config, tasks
-from cuetune.augment import augment
+from cuetune.bench import cells as bench_cells
+from cuetune.bench import grid, points, results
 from cuetune.config import AugmentConfig
-from cuetune.data import Example
+from cuetune.data import tasks
+from cuetune.data.augment import augment
+from cuetune.data.examples import Example
 from cuetune.errors import ConfigError
-from cuetune.manifest import Manifest
+from cuetune.runs import artifacts
+from cuetune.runs.config_file import load as load_config
+from cuetune.runs.manifest import Manifest
+from cuetune.runs.train import train as real_api_train
+from cuetune.runs.tuned import load_run
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -60,12 +66,12 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
     _toy_kshot(tmp_path / "data", [13, 21])
     out = tmp_path / "out"
     path = _bench_file(tmp_path, tiny_dirs["causal"], out)
-    cfg, root = bench.load_bench(path)
-    assert len(bench.cells(cfg)) == 4
+    cfg, root = grid.load_bench(path)
+    assert len(grid.cells(cfg)) == 4
 
-    monkeypatch.setattr(bench, "FULL_WEIGHTS_MB", 0)  # every adapter counts as full weights
+    monkeypatch.setattr(points, "FULL_WEIGHTS_MB", 0)  # every adapter counts as full weights
     calls, crashed = [], []
-    real_train = api.train
+    real_train = real_api_train
 
     def crashing_train(raw, *a, **k):
         calls.append(raw["output_dir"])
@@ -74,12 +80,12 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
             raise Interrupted  # the grid is interrupted during its third run
         return real_train(raw, *a, **k)
 
-    monkeypatch.setattr(api, "train", crashing_train)
+    monkeypatch.setattr(bench_cells, "train", crashing_train)
     with pytest.raises(Interrupted):
-        bench.run_bench(cfg, root, out)
+        bench_cells.run_bench(cfg, root, out)
     first = list(calls)
     calls.clear()
-    rows = bench.run_bench(cfg, root, out)
+    rows = bench_cells.run_bench(cfg, root, out)
     assert not set(calls) & set(first[:2]), "finished runs were trained again"
     assert len(calls) == 6 - 2  # 1 zero-shot + 2 soft grid points per seed, two already done
 
@@ -121,20 +127,20 @@ def test_cells_whose_run_folders_are_gone_are_read_back_from_results(tiny_dirs, 
     _toy_kshot(tmp_path / "data", [13, 21])
     out = tmp_path / "out"
     path = _bench_file(tmp_path, tiny_dirs["causal"], out)
-    first = bench.run_bench(*bench.load_bench(path), out)
+    first = bench_cells.run_bench(*grid.load_bench(path), out)
     shutil.rmtree(out / "runs")
     (out / "results.md").unlink()  # the reports are rewritten even when every cell is read back
-    calls, real_train = [], api.train
+    calls, real_train = [], real_api_train
 
     def counting_train(raw, *a, **k):
         calls.append(raw["output_dir"])
         return real_train(raw, *a, **k)
 
-    monkeypatch.setattr(api, "train", counting_train)
-    assert bench.run_bench(*bench.load_bench(path), out) == first and calls == []
+    monkeypatch.setattr(bench_cells, "train", counting_train)
+    assert bench_cells.run_bench(*grid.load_bench(path), out) == first and calls == []
     assert json.loads((out / "results.json").read_text())["cells"] == first
     assert "| soft |" in (out / "results.md").read_text()
-    narrowed = bench.run_bench(*bench.load_bench(path, ["seeds=[13]"]), out)
+    narrowed = bench_cells.run_bench(*grid.load_bench(path, ["seeds=[13]"]), out)
     assert calls == [] and [r["seed"] for r in narrowed] == [13, 13]
     kept = json.loads((out / "results.json").read_text())["cells"]
     assert sorted(map(str, kept)) == sorted(map(str, first)), "a narrowed grid keeps seed 21's rows"
@@ -142,23 +148,23 @@ def test_cells_whose_run_folders_are_gone_are_read_back_from_results(tiny_dirs, 
     for entry in saved["bench"]["methods"].values():  # written before a row had these keys
         entry.pop("ensemble"), entry.pop("distill")
     (out / "results.json").write_text(json.dumps(saved))
-    assert bench.run_bench(*bench.load_bench(path), out) == first and calls == []
+    assert bench_cells.run_bench(*grid.load_bench(path), out) == first and calls == []
 
     raw = yaml.safe_load(path.read_text())
     raw["methods"]["soft"]["grid"] = {"train.lr": [0.1]}  # the soft row's settings change
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    rows = bench.run_bench(*bench.load_bench(path), out)
+    rows = bench_cells.run_bench(*grid.load_bench(path), out)
     assert len(calls) == 2 and all("/soft/" in c for c in calls), calls
     assert rows[:2] == first[:2] and [r["grid_size"] for r in rows[2:]] == [1, 1]
 
-    cfg, _ = bench.load_bench(path, ["train.max_steps=6"])  # every cell's result would change
-    assert bench.recorded_rows(cfg, out) == {}
+    cfg, _ = grid.load_bench(path, ["train.max_steps=6"])  # every cell's result would change
+    assert results.recorded_rows(cfg, out) == {}
     saved = json.loads((out / "results.json").read_text())
     del saved["cells"][0]["seed"]  # a hand-edited row that names no cell
     for text in ('{"cells": [', json.dumps(saved)):
         (out / "results.json").write_text(text)
-        with pytest.raises(bench.ConfigError, match="results.json: not a results.json"):
-            bench.run_bench(*bench.load_bench(path), out)
+        with pytest.raises(ConfigError, match="results.json: not a results.json"):
+            bench_cells.run_bench(*grid.load_bench(path), out)
 
 
 def test_an_interrupted_resume_keeps_read_back_rows_and_counts_only_cells_to_run(
@@ -169,14 +175,14 @@ def test_an_interrupted_resume_keeps_read_back_rows_and_counts_only_cells_to_run
     _toy_kshot(tmp_path / "data", [13, 21])
     out = tmp_path / "out"
     path = _bench_file(tmp_path, tiny_dirs["causal"], out)
-    first = bench.run_bench(*bench.load_bench(path), out)
+    first = bench_cells.run_bench(*grid.load_bench(path), out)
     shutil.rmtree(out / "runs")
     raw = yaml.safe_load(path.read_text())
     raw["methods"]["zero-shot"]["prompt"]["template"] = "{text} sentiment : {answer}"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))  # zero-shot reruns, soft is read back
 
-    clock, calls, etas, real_train = [0.0], [], [], api.train
-    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    clock, calls, etas, real_train = [0.0], [], [], real_api_train
+    monkeypatch.setattr(bench_cells, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
 
     def thirty_seconds_then_interrupted(raw, *a, **k):
         calls.append(raw["output_dir"])
@@ -185,9 +191,9 @@ def test_an_interrupted_resume_keeps_read_back_rows_and_counts_only_cells_to_run
         clock[0] += 30.0
         return real_train(raw, *a, **k)
 
-    monkeypatch.setattr(api, "train", thirty_seconds_then_interrupted)
+    monkeypatch.setattr(bench_cells, "train", thirty_seconds_then_interrupted)
     with pytest.raises(Interrupted):
-        bench.run_bench(*bench.load_bench(path), out,
+        bench_cells.run_bench(*grid.load_bench(path), out,
                         progress=lambda done, total, cell, eta: etas.append((done, eta)))
     assert etas == [(0, None), (1, 30.0)], "one cell of 30 s left to run, not three"
     saved = json.loads((out / "results.json").read_text())["cells"]
@@ -203,7 +209,7 @@ def test_full_weights_are_flagged_in_the_manifest_before_the_file_goes(tmp_path,
         template="{text} {answer}", labels=["a", "b"], trainable_parameters=1, adapter_bytes=2048,
         adapter_sha256="0" * 64, config={}))
     (run / artifacts.ADAPTER).write_bytes(b"x" * 2048)
-    monkeypatch.setattr(bench, "FULL_WEIGHTS_MB", 0)
+    monkeypatch.setattr(points, "FULL_WEIGHTS_MB", 0)
     real_unlink = Path.unlink
 
     def interrupted_unlink(self, *a, **k):  # an interrupt lands as the file is deleted
@@ -211,10 +217,10 @@ def test_full_weights_are_flagged_in_the_manifest_before_the_file_goes(tmp_path,
 
     monkeypatch.setattr(Path, "unlink", interrupted_unlink)
     with pytest.raises(Interrupted):
-        bench.drop_full_weights(run)
+        points.drop_full_weights(run)
     assert artifacts.read_manifest(run).adapter_removed, "manifest flagged first"
     monkeypatch.setattr(Path, "unlink", real_unlink)
-    bench.drop_full_weights(run)
+    points.drop_full_weights(run)
     assert not (run / artifacts.ADAPTER).exists()
     assert artifacts.read_manifest(run).labels == ["a", "b"]
 
@@ -227,14 +233,14 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_dirs, tmp_path, mo
     _toy_kshot(tmp_path / "data", [13, 21])
     out = tmp_path / "out"
     path = _bench_file(tmp_path, tiny_dirs["causal"], out)
-    real_train = api.train
+    real_train = real_api_train
 
     def failing_train(raw, *a, **k):
         if "zero-shot/k16-s13" in raw["output_dir"]:
             raise ConfigError("data.max_length: too short for this cell")
         return real_train(raw, *a, **k)
 
-    monkeypatch.setattr(api, "train", failing_train)
+    monkeypatch.setattr(bench_cells, "train", failing_train)
     code, _, err = run_cli(["bench", str(path)], capsys)
     assert code == 2 and "1 of 4 cells failed" in err, err
     assert "bench [1/4] sst-2/zero-shot/k16-s13" in err and "bench [4/4] sst-2/soft/k16-s21" in err, (
@@ -248,13 +254,13 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_dirs, tmp_path, mo
     zero = next(line for line in md.split("## Per seed")[1].splitlines() if line.startswith("| zero-shot"))
     assert "| failed / " in zero and "[1 of 2 seeds]" in zero, zero
     assert "Failed cells" in (out / "report.html").read_text()
-    bench.run_bench(*bench.load_bench(path, ["seeds=[21]"]), out)  # a narrowed resume of other seeds
+    bench_cells.run_bench(*grid.load_bench(path, ["seeds=[21]"]), out)  # a narrowed resume of other seeds
     kept = json.loads((out / "results.json").read_text())["cells"]
     assert [r["error"] is not None for r in kept if r["seed"] == 13] == [True, False], (
         "a failure outside the narrowed grid stays recorded, not shown as never run")
 
-    monkeypatch.setattr(api, "train", real_train)  # the cause is fixed: the rerun retries the cell
-    rows = bench.run_bench(*bench.load_bench(path), out)
+    monkeypatch.setattr(bench_cells, "train", real_train)  # the cause is fixed: the rerun retries the cell
+    rows = bench_cells.run_bench(*grid.load_bench(path), out)
     assert all(r["error"] is None and r["test_score"] is not None for r in rows)
     assert "Failed cells" not in (out / "results.md").read_text()
 
@@ -263,10 +269,10 @@ def test_bench_config_errors_name_the_field(tmp_path):
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump({"tasks": ["sst2"], "methods": {"soft": {"method": {"name": "soft"}}}}))
     with pytest.raises(Exception, match="did you mean 'sst-2'|sst-2"):
-        bench.load_bench(path)
+        grid.load_bench(path)
     path.write_text(yaml.safe_dump({"tasks": ["sst-2"], "methods": {"soft": {"methd": {}}}}))
     with pytest.raises(Exception, match="methods.soft"):
-        bench.load_bench(path)
+        grid.load_bench(path)
 
 
 def test_task_for_other_k_samples_from_the_split(tmp_path):
@@ -295,7 +301,7 @@ def test_every_task_reads_its_shared_files(name):
     if not SHARED.is_dir():
         pytest.skip("../shared/data is absent")
     from cuetune.config import DataConfig
-    from cuetune.data import load_splits
+    from cuetune.data.splits import load_splits
 
     task = tasks.get(name)
     data = task.sections(SHARED, 16, 13)["data"]
@@ -314,17 +320,17 @@ def test_every_task_reads_its_shared_files(name):
 def test_every_shipped_bench_config_validates_every_run(path, tmp_path):
     from cuetune.config import validate
 
-    cfg, root = bench.load_bench(path)
+    cfg, root = grid.load_bench(path)
     if not root.is_dir():
         pytest.skip(f"{root} is absent")
-    for cell in bench.cells(cfg):
+    for cell in grid.cells(cfg):
         entry = cfg.methods[cell.method]
         if entry.ensemble is not None:  # its members are rows of their own
             continue
         if entry.distill is not None:  # the student's own keys; the rest is the teacher's
             assert (root / entry.distill.pool).is_file(), entry.distill.pool
-        for point in bench.grid_points(entry):
-            validate(bench.run_config(cfg, root, cell, point, tmp_path / "run"))
+        for point in grid.grid_points(entry):
+            validate(points.run_config(cfg, root, cell, point, tmp_path / "run"))
 
 
 @pytest.mark.shared_data
@@ -333,7 +339,7 @@ def test_every_generation_task_reads_its_shared_files(name, tmp_path, monkeypatc
     if not SHARED.is_dir():
         pytest.skip("../shared/data is absent")
     from cuetune.config import DataConfig
-    from cuetune.data import load_splits
+    from cuetune.data.splits import load_splits
 
     monkeypatch.setenv("CUETUNE_CACHE", str(tmp_path))  # converted files go to the cache only
     task = tasks.get(name)
@@ -369,8 +375,8 @@ def test_bench_runs_a_generation_task(tiny_dirs, tmp_path, monkeypatch):
                         "lora": {"method": {"name": "lora", "r": 4}, "grid": {"train.lr": [1e-4, 3e-3]}}},
             "output_dir": str(tmp_path / "out")}
     (tmp_path / "gen.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    cfg, root = bench.load_bench(tmp_path / "gen.yaml")
-    out = bench.run_bench(cfg, root, tmp_path / "out")
+    cfg, root = grid.load_bench(tmp_path / "gen.yaml")
+    out = bench_cells.run_bench(cfg, root, tmp_path / "out")
     assert [r["method"] for r in out] == ["zero-shot", "lora"]
     assert all(r["metric"] == "exact_match" and 0 <= r["test_score"] <= 1 for r in out)
     assert out[1]["grid_size"] == 2 and out[1]["dev_score"] > float("-inf")
@@ -388,22 +394,22 @@ def test_bench_runs_a_generation_task(tiny_dirs, tmp_path, monkeypatch):
 def test_a_method_entry_may_run_a_subset_of_the_seeds_and_k(tiny_dirs, tmp_path):
     """Zero-shot reads no training data: one seed gives its test score, and the reports do not
     call its single seed a half-finished cell."""
-    from cuetune import report
+    from cuetune.bench import report
 
     out = tmp_path / "out"
     path = _bench_file(tmp_path, tiny_dirs["causal"], out)
-    cfg, _ = bench.load_bench(path, ["methods.zero-shot.seeds=[21]"])
-    assert [(c.method, c.seed) for c in bench.cells(cfg)] == [("zero-shot", 21), ("soft", 13), ("soft", 21)]
+    cfg, _ = grid.load_bench(path, ["methods.zero-shot.seeds=[21]"])
+    assert [(c.method, c.seed) for c in grid.cells(cfg)] == [("zero-shot", 21), ("soft", 13), ("soft", 21)]
     for bad in ("[42]", "[]"):
         with pytest.raises(ConfigError, match=r"methods\.zero-shot\.seeds: .*subset of the grid's seeds"):
-            bench.load_bench(path, [f"methods.zero-shot.seeds={bad}"])
-    cfg, _ = bench.load_bench(path, ["methods.zero-shot.seeds=[21]", "seeds=[13]"])  # narrowed
-    assert [(c.method, c.seed) for c in bench.cells(cfg)] == [("soft", 13)]
-    cfg, _ = bench.load_bench(path, ["k=[16, 32]", "methods.zero-shot.k=[16]"])
-    assert [(c.method, c.k) for c in bench.cells(cfg)].count(("zero-shot", 32)) == 0
-    assert [(c.method, c.k) for c in bench.cells(cfg)].count(("soft", 32)) == 2
+            grid.load_bench(path, [f"methods.zero-shot.seeds={bad}"])
+    cfg, _ = grid.load_bench(path, ["methods.zero-shot.seeds=[21]", "seeds=[13]"])  # narrowed
+    assert [(c.method, c.seed) for c in grid.cells(cfg)] == [("soft", 13)]
+    cfg, _ = grid.load_bench(path, ["k=[16, 32]", "methods.zero-shot.k=[16]"])
+    assert [(c.method, c.k) for c in grid.cells(cfg)].count(("zero-shot", 32)) == 0
+    assert [(c.method, c.k) for c in grid.cells(cfg)].count(("soft", 32)) == 2
     with pytest.raises(ConfigError, match=r"methods\.zero-shot\.k: \[8\] must be a non-empty subset"):
-        bench.load_bench(path, ["methods.zero-shot.k=[8]"])
+        grid.load_bench(path, ["methods.zero-shot.k=[8]"])
 
     def row(method, seed, score):
         return {"task": "sst-2", "method": method, "k": 16, "seed": seed, "metric": "accuracy",
@@ -421,7 +427,7 @@ def test_a_method_entry_may_run_a_subset_of_the_seeds_and_k(tiny_dirs, tmp_path)
 
 
 def test_per_seed_table_shows_spread_choice_and_missing_seeds():
-    from cuetune import report
+    from cuetune.bench import report
 
     def row(method, seed, score, hp):
         return {"task": "sst-2", "method": method, "k": 16, "seed": seed, "metric": "accuracy",
@@ -441,7 +447,7 @@ def test_per_seed_table_shows_spread_choice_and_missing_seeds():
 
 
 def test_bars_mark_methods_not_run_and_partial_seeds():
-    from cuetune import report
+    from cuetune.bench import report
 
     def row(task, method, seed, score):
         return {"task": task, "method": method, "k": 16, "seed": seed, "test_score": score,
@@ -458,7 +464,7 @@ def test_bars_mark_methods_not_run_and_partial_seeds():
 
 
 def test_bars_show_each_seed_the_majority_class_and_a_reference():
-    from cuetune import report
+    from cuetune.bench import report
 
     rows = [{"task": "sst-2", "method": m, "k": 16, "seed": seed, "test_score": score,
              "test_majority": 0.5, "test_macro_f1": None, "wall_seconds": 1.0}
@@ -508,19 +514,19 @@ def test_a_task_declared_in_the_bench_yaml_runs_like_a_named_one(tiny_dirs, toy_
            "methods": {"zero-shot": {"method": {"name": "zero-shot"}}}}
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(raw))
-    cfg, root = bench.load_bench(path)
-    [row] = bench.run_bench(cfg, root, tmp_path / "out")
+    cfg, root = grid.load_bench(path)
+    [row] = bench_cells.run_bench(cfg, root, tmp_path / "out")
     assert row["error"] is None and row["metric"] == "macro_f1"
     assert row["train_examples"] == 8 and row["test_size"] == 24 and row["test_truncated"] == 0
     assert row["test_score"] >= 0.85  # the pretrained "review :" skill with the user's label words
     raw["custom_tasks"]["sst-2"] = spec
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="custom_tasks.sst-2: shadows the named task"):
-        bench.load_bench(path)
+        grid.load_bench(path)
     raw["custom_tasks"] = {"stars": {**spec, "tempalte": "x"}}
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="tempalte"):
-        bench.load_bench(path)
+        grid.load_bench(path)
 
 
 def test_a_method_entry_can_search_its_prompt_before_training(tiny_dirs, toy_data, tmp_path):
@@ -540,8 +546,8 @@ def test_a_method_entry_can_search_its_prompt_before_training(tiny_dirs, toy_dat
                        "searched-too": {"method": {"name": "in-context"}, "search": search}}}
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(raw))
-    cfg, root = bench.load_bench(path)
-    rows = {r["method"]: r for r in bench.run_bench(cfg, root, tmp_path / "out")}
+    cfg, root = grid.load_bench(path)
+    rows = {r["method"]: r for r in bench_cells.run_bench(cfg, root, tmp_path / "out")}
     assert rows["hand"]["test_score"] < 0.3
     assert rows["searched"]["test_score"] >= 0.9
     assert len(list((tmp_path / "out" / "search" / "toy").iterdir())) == 1, "one search, shared"
@@ -550,14 +556,14 @@ def test_a_method_entry_can_search_its_prompt_before_training(tiny_dirs, toy_dat
     raw["methods"]["searched"]["search"] = {**search, "seed": 3}
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="methods.searched.search.seed: set by each bench cell"):
-        bench.load_bench(path)
+        grid.load_bench(path)
 
 
 def test_a_bench_search_on_a_named_task_weighs_its_frozen_hand_baselines(tiny_dirs, tmp_path, monkeypatch):
     """A named task's search in a bench cell sees the task (its frozen hand baselines and cue
     phrases), as `cuetune search` with `search.task` does; the cell used to pass none, so the
     "best hand prompt" row picked among the config's own prompt only."""
-    from cuetune import search
+    from cuetune.search import runner as search
 
     _toy_kshot(tmp_path / "data", [13])
     raw = yaml.safe_load(_bench_file(tmp_path, tiny_dirs["causal"], tmp_path / "out").read_text())
@@ -565,10 +571,11 @@ def test_a_bench_search_on_a_named_task_weighs_its_frozen_hand_baselines(tiny_di
                                              "prompt": {"verbalizer": {"0": "negative", "1": "positive"}}}})
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(raw))
-    cfg, root = bench.load_bench(path)
+    cfg, root = grid.load_bench(path)
     seen = []
-    monkeypatch.setattr(search, "run", lambda _, settings: seen.append(settings) or {"best": {"prompt": {}}})
-    bench.searched_prompt(cfg, root, bench.Cell("sst-2", "hand", 16, 13), tmp_path / "out")
+    monkeypatch.setattr(points, "run_search",
+                        lambda _, settings: seen.append(settings) or {"best": {"prompt": {}}})
+    points.searched_prompt(cfg, root, grid.Cell("sst-2", "hand", 16, 13), tmp_path / "out")
     assert seen[0].task == "sst-2" and search.task_hints("sst-2")["baselines"]
 
 
@@ -611,18 +618,18 @@ def test_a_run_config_names_a_task_and_keeps_its_own_keys(tmp_path, monkeypatch)
     path.parent.mkdir()
     path.write_text("task: {name: samsum, k: 8, seed: 21, data_root: ../data}\n"
                     'prompt: {template: "Chat:\\n{text}\\nGist: {answer}"}\nmethod: {name: lora}\n')
-    cfg = config.load(path)
+    cfg = load_config(path)
     assert cfg.data.task == "generation" and cfg.data.k_shot == 8 and cfg.data.k_shot_seed == 21
     assert cfg.data.train == str(tmp_path / "cache" / "tasks" / "samsum" / "train.jsonl")
     assert cfg.prompt.template == "Chat:\n{text}\nGist: {answer}" and cfg.generate.stop == ["\n"]
     assert cfg.train.seed == 21 and cfg.data.max_length == 512
-    assert config.load(path, ["train.seed=5", "task.k=4"]).train.seed == 5
+    assert load_config(path, ["train.seed=5", "task.k=4"]).train.seed == 5
     with pytest.raises(ConfigError, match="samsum.yaml: task.name: Field required; e.g. task: {name"):
-        config.load(path, ["task={k: 4}"])
+        load_config(path, ["task={k: 4}"])
     with pytest.raises(ConfigError, match="samsum.yaml: task 'samsun' is not known; did you mean"):
-        config.load(path, ["task.name=samsun"])
+        load_config(path, ["task.name=samsun"])
     with pytest.raises(ConfigError, match="samsum.yaml: task samsum: .*nowhere/samsum not found"):
-        config.load(path, ["task.data_root=../nowhere"])
+        load_config(path, ["task.data_root=../nowhere"])
 
 
 @pytest.mark.shared_data
@@ -631,7 +638,7 @@ def test_chinese_tasks_read_their_shared_files(name, tmp_path, monkeypatch):
     if not SHARED.is_dir():
         pytest.skip("../shared/data is absent")
     from cuetune.config import DataConfig
-    from cuetune.data import load_splits
+    from cuetune.data.splits import load_splits
 
     monkeypatch.setenv("CUETUNE_CACHE", str(tmp_path))
     task = tasks.get(name)
@@ -652,7 +659,7 @@ def test_ensemble_and_distilled_rows_sit_in_the_table(tiny_dirs, tmp_path):
     """An ensemble row combines other rows' runs of its cell; a distilled row trains a student
     from a teacher row on a pool; members and teachers run first whatever the order, and a
     rerun reads every row back."""
-    from cuetune import ensemble
+    from cuetune.runs import ensemble
 
     _toy_kshot(tmp_path / "data", [13])
     pool = tmp_path / "data" / "pool.tsv"
@@ -667,19 +674,19 @@ def test_ensemble_and_distilled_rows_sit_in_the_table(tiny_dirs, tmp_path):
                                   "distill": {"teacher": "ens", "pool": "pool.tsv", "size": 24}},
                       "ens": {"ensemble": {"members": ["zero-shot", "soft"]}}, **raw["methods"]}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    cfg, root = bench.load_bench(path)
-    rows = {r["method"]: r for r in bench.run_bench(cfg, root, out)}
+    cfg, root = grid.load_bench(path)
+    rows = {r["method"]: r for r in bench_cells.run_bench(cfg, root, out)}
     assert all(r["error"] is None for r in rows.values()), rows
-    ens = ensemble.load(rows["ens"]["run_dir"])
+    ens = ensemble.load_ensemble(rows["ens"]["run_dir"])
     want = [Path(rows[m]["run_dir"]).resolve() for m in ("zero-shot", "soft")]
     assert [m.run_dir for m in ens.members] == want
     test = ens.read(tmp_path / "data/kshot/SST-2/16-13/test.tsv")
     assert rows["ens"]["test_score"] == ens.score(test)["accuracy"]
-    student = api.load(rows["student"]["run_dir"])
+    student = load_run(rows["student"]["run_dir"])
     assert student.manifest.metrics["distillation"]["teacher"] == str(Path(rows["ens"]["run_dir"]).resolve())
     assert rows["student"]["train_examples"] == 24  # the pool's size, in the table
     assert "student" in (out / "results.md").read_text()
-    again = {r["method"]: r for r in bench.run_bench(cfg, root, out)}
+    again = {r["method"]: r for r in bench_cells.run_bench(cfg, root, out)}
     assert {m: r["test_score"] for m, r in again.items()} == {m: r["test_score"] for m, r in rows.items()}
 
 
@@ -697,4 +704,4 @@ def test_combined_rows_that_cannot_run_are_refused(tiny_dirs, tmp_path, methods,
     raw["methods"].update(methods)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(ConfigError, match=match):
-        bench.load_bench(path)
+        grid.load_bench(path)

@@ -10,7 +10,9 @@ import torch
 from test_bench import _bench_file, _toy_kshot
 from typer.testing import CliRunner
 
-from cuetune import api, bench, bench_dist
+from cuetune.bench import cells as bench_cells
+from cuetune.bench import grid as bench_grid
+from cuetune.bench import shards as bench_dist
 from cuetune.cli import app
 from cuetune.errors import ConfigError, CuetuneError
 
@@ -34,8 +36,8 @@ def grid(tiny_dirs, tmp_path, one_thread):
     """The toy grid (zero-shot and a 2-point soft grid, 2 seeds) run sequentially."""
     _toy_kshot(tmp_path / "data", [13, 21])
     path = _bench_file(tmp_path, tiny_dirs["causal"], tmp_path / "seq")
-    cfg, root = bench.load_bench(path)
-    return path, cfg, root, bench.run_bench(cfg, root, tmp_path / "seq")
+    cfg, root = bench_grid.load_bench(path)
+    return path, cfg, root, bench_cells.run_bench(cfg, root, tmp_path / "seq")
 
 
 def test_shards_merge_into_the_sequential_rows(grid, tmp_path, monkeypatch):
@@ -44,24 +46,24 @@ def test_shards_merge_into_the_sequential_rows(grid, tmp_path, monkeypatch):
     first = bench_dist.run_shard(cfg, root, out, 1, 3)
     assert [(r["method"], r["seed"]) for r in first] == [("zero-shot", 13), ("soft", 21)]
     assert (out / "shards" / "1-of-3" / "results.md").is_file()
-    rows, missing = bench_dist.merge(cfg, out)
+    rows, missing = bench_dist.join(cfg, out)
     assert len(rows) == 2 and len(missing) == 2
     bench_dist.run_shard(cfg, root, out, 2, 3)
     bench_dist.run_shard(cfg, root, out, 3, 3)
     calls = []
-    monkeypatch.setattr(api, "train", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(bench_cells, "train", lambda *a, **k: calls.append(a))
     bench_dist.run_shard(cfg, root, out, 3, 3)  # a rerun resumes: nothing trains again
     assert calls == []
-    rows, missing = bench_dist.merge(cfg, out)
+    rows, missing = bench_dist.join(cfg, out)
     assert missing == [] and _same(rows) == _same(sequential)
     merged = json.loads((out / "results.json").read_text())
     assert _same(merged["cells"]) == _same(sequential)
 
-    other, _ = bench.load_bench(path, ["train.max_steps=3"])
+    other, _ = bench_grid.load_bench(path, ["train.max_steps=3"])
     with pytest.raises(ConfigError, match="other bench settings"):
-        bench_dist.merge(other, out)
+        bench_dist.join(other, out)
     with pytest.raises(CuetuneError, match="no shard results"):
-        bench_dist.merge(cfg, tmp_path / "nowhere")
+        bench_dist.join(cfg, tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="none for this shard"):
         bench_dist.run_shard(cfg, root, out, 5, 5)
 
@@ -74,7 +76,7 @@ def test_bad_shard_is_refused(text):
 
 def test_run_modes_are_exclusive(tmp_path, tiny_dirs):
     path = _bench_file(tmp_path, tiny_dirs["causal"], tmp_path / "out")
-    result = CliRunner().invoke(app, ["bench", str(path), "--merge", "--shard", "1/2"])
+    result = CliRunner().invoke(app, ["bench", str(path), "--join", "--shard", "1/2"])
     assert result.exit_code != 0 and "pick one" in result.output
     result = CliRunner().invoke(app, ["bench", str(path), "--cpus-per-cell", "2"])
     assert result.exit_code != 0 and "--ray only" in result.output

@@ -13,11 +13,12 @@ from transformers import BertForMaskedLM
 
 import cuetune
 from cuetune.config import validate
-from cuetune.data import Example, load_splits
-from cuetune.encoding import collate
+from cuetune.data.examples import Example
+from cuetune.data.splits import load_splits
+from cuetune.engine.inference import predict_probs
+from cuetune.engine.pipeline import CONTENT_FREE, build
 from cuetune.errors import ConfigError
-from cuetune.inference import predict_probs
-from cuetune.pipeline import CONTENT_FREE, build
+from cuetune.prompt.batch import collate
 
 TEMPLATE = "review : {text} sentiment : {answer}"
 
@@ -52,7 +53,7 @@ def _pipe(model_dir, data, calibrate, method="zero-shot"):
 def test_calibration_removes_a_label_bias(biased, data):
     for calibrate, accuracy, positive_share in ((False, 0.5, 1.0), (True, 1.0, 0.5)):
         pipe, splits = _pipe(biased, data, calibrate)
-        items = pipe.encode(splits.test)
+        items = pipe.encoder.encode(splits.test)
         predicted = pipe.label_probs(items).argmax(-1)
         gold = torch.tensor([e.label for e in items])
         assert (predicted == gold).float().mean().item() == pytest.approx(accuracy)
@@ -62,10 +63,10 @@ def test_calibration_removes_a_label_bias(biased, data):
 
 def test_calibrated_probabilities_equal_a_hand_computation(biased, data):
     pipe, splits = _pipe(biased, data, True)
-    items = pipe.encode(splits.test[:5])
+    items = pipe.encoder.encode(splits.test[:5])
     pad = pipe.loaded.tokenizer.pad_token_id
     raw = predict_probs(pipe.model, items, pad)  # [5, L]
-    cf = predict_probs(pipe.model, pipe.encode([Example(t) for t in CONTENT_FREE]), pad).mean(0)
+    cf = predict_probs(pipe.model, pipe.encoder.encode([Example(t) for t in CONTENT_FREE]), pad).mean(0)
     want = (raw / cf) / (raw / cf).sum(-1, keepdim=True)
     torch.testing.assert_close(pipe.label_probs(items), want, rtol=1e-5, atol=1e-7)
 
@@ -101,12 +102,13 @@ def test_a_calibrated_run_trains_the_prediction_it_makes(biased, data, calibrate
     pipe, splits = _pipe(biased, data, calibrate, method="soft")
     pipe.model.eval()  # no dropout: the hand computation below runs the same forwards
     pad = pipe.loaded.tokenizer.pad_token_id
-    batch = collate(pipe.encode(splits.train[:6]), pad)
+    batch = collate(pipe.encoder.encode(splits.train[:6]), pad)
     loss = pipe.objective.loss(pipe.model, batch, 0.0)
     with torch.no_grad():
         probs = pipe.model(batch).softmax(-1)  # [6, L]
         if calibrate:
-            cf = pipe.model(collate(pipe.encode([Example(t) for t in CONTENT_FREE]), pad)).softmax(-1).mean(0)
+            free = collate(pipe.encoder.encode([Example(t) for t in CONTENT_FREE]), pad)
+            cf = pipe.model(free).softmax(-1).mean(0)
             probs = (probs / cf) / (probs / cf).sum(-1, keepdim=True)
     want = -probs[torch.arange(6), batch["labels"]].log().mean()
     torch.testing.assert_close(loss.detach(), want, rtol=1e-5, atol=1e-6)

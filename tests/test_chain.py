@@ -14,9 +14,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import cuetune
 from cuetune.config import validate
-from cuetune.data import load_splits
+from cuetune.data.splits import load_splits
+from cuetune.engine.pipeline import build
 from cuetune.errors import CuetuneError
-from cuetune.pipeline import build
 
 WORDS = {"negative": ["very bad", "poor"], "positive": ["very good"]}
 TEMPLATE = "review : {text} sentiment : {answer}"
@@ -56,7 +56,7 @@ def _hand_seq2seq(model_dir, tok, text: str, word: str) -> float:
 def test_chain_scores_equal_a_hand_computation(tiny_dirs, toy_data, kind):
     pipe, splits = _pipe(tiny_dirs[kind], toy_data)
     examples = splits.dev[:5]
-    probs = pipe.label_probs(pipe.encode(examples))  # [5, 2]
+    probs = pipe.label_probs(pipe.encoder.encode(examples))  # [5, 2]
     hand = _hand_seq2seq if kind == "seq2seq" else _hand_causal
     tok = pipe.loaded.tokenizer
     for row, ex in enumerate(examples):
@@ -72,9 +72,9 @@ def test_chain_scores_rows_of_different_lengths_as_if_each_ran_alone(tiny_dirs, 
     own last tokens (it did: up to 0.2 nats off); every row must equal the hand computation."""
     pipe, splits = _pipe(tiny_dirs[kind], toy_data)
     varied = [replace(ex, text=" ".join([ex.text] * (1 + i % 3))) for i, ex in enumerate(splits.dev[:6])]
-    from cuetune.encoding import collate
+    from cuetune.prompt.batch import collate
 
-    batch = collate(pipe.encode(varied), pipe.loaded.tokenizer.pad_token_id)
+    batch = collate(pipe.encoder.encode(varied), pipe.loaded.tokenizer.pad_token_id)
     assert len(set(batch["attention_mask"].sum(1).tolist())) == 3
     with pipe.model.inference():
         got = pipe.loaded.family.word_logprobs(pipe.model, batch, pipe.verbalizer.word_ids)  # [6, 3]
@@ -87,7 +87,7 @@ def test_chain_differs_from_one_position_scoring(tiny_dirs, toy_data):
     """The shared first token "very" decides nothing under `first`; the chain rule reads on."""
     chain, splits = _pipe(tiny_dirs["causal"], toy_data)
     mean, _ = _pipe(tiny_dirs["causal"], toy_data, multi_token="mean")
-    items = chain.encode(splits.dev)
+    items = chain.encoder.encode(splits.dev)
     assert not torch.allclose(chain.label_probs(items), mean.label_probs(items), atol=1e-3)
 
 
@@ -113,9 +113,9 @@ def test_the_prompt_runs_once_and_scores_as_if_run_per_word(tiny_dirs, toy_data,
     they equal the generic path that repeats the whole prompt per word, under the methods'
     hooks (prefix keys, soft embeddings, LoRA weights; trained-looking random adapters), also
     when the batch's rows run in length groups, each cut to its longest row."""
-    from cuetune.encoding import collate
     from cuetune.families import fastpath
-    from cuetune.families.base import Family
+    from cuetune.families.family import Family
+    from cuetune.prompt.batch import collate
 
     template = "{soft:3} review : {text} sentiment : {answer}" if method == "soft" else TEMPLATE
     pipe, splits = _pipe(tiny_dirs[kind], toy_data, method, template=template)
@@ -123,7 +123,7 @@ def test_the_prompt_runs_once_and_scores_as_if_run_per_word(tiny_dirs, toy_data,
         for p in pipe.method.trainable_parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
     varied = [replace(ex, text=" ".join([ex.text] * (1 + i % 3))) for i, ex in enumerate(splits.dev[:6])]
-    batch = collate(pipe.encode(varied), pipe.loaded.tokenizer.pad_token_id)  # 3 lengths
+    batch = collate(pipe.encoder.encode(varied), pipe.loaded.tokenizer.pad_token_id)  # 3 lengths
     words = pipe.verbalizer.word_ids
     with pipe.model.inference():
         once = pipe.loaded.family.word_logprobs(pipe.model, batch, words)

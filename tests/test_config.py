@@ -3,17 +3,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cuetune import bench, config
+from cuetune import config
+from cuetune.bench import grid, points
 from cuetune.errors import ConfigError
 from cuetune.methods import check_settings
 from cuetune.methods.soft import SoftConfig
+from cuetune.runs.config_file import load as load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "examples").glob("*.yaml"))
 
 
 def test_default_config_loads():
-    cfg = config.load(None)
+    cfg = load_config(None)
     assert cfg.model.name == "smollm2-135m"
     assert isinstance(cfg.method, SoftConfig)
     assert Path(cfg.data.train).is_file()
@@ -32,16 +34,16 @@ def test_every_shipped_config_loads(path, tmp_path):
             pytest.skip(f"{root} is absent")
         runs = [search.load_config(path)[0]]
     elif "tasks" in raw:
-        bench_cfg, root = bench.load_bench(path)
-        raws = [bench.run_config(bench_cfg, root, cell, point, tmp_path / "run")
-                for cell in bench.cells(bench_cfg)
-                for point in bench.grid_points(bench_cfg.methods[cell.method])]
+        bench_cfg, root = grid.load_bench(path)
+        raws = [points.run_config(bench_cfg, root, cell, point, tmp_path / "run")
+                for cell in grid.cells(bench_cfg)
+                for point in grid.grid_points(bench_cfg.methods[cell.method])]
         runs = [config.validate(raw) for raw in raws]
     else:
         task = raw.get("task") or {}
         if task and not (path.parent / task.get("data_root", "../shared/data")).is_dir():
             pytest.skip(f"{task.get('data_root')} is absent")
-        runs = [config.load(path)]
+        runs = [load_config(path)]
     shared = (Path(__file__).resolve().parents[2] / "shared" / "data")
     for cfg in runs:
         check_settings(cfg)
@@ -53,16 +55,16 @@ def test_every_shipped_config_loads(path, tmp_path):
 
 
 def test_packaged_generation_config_loads_with_its_data():
-    cfg = config.load("pkg:data2text.yaml")
+    cfg = load_config("pkg:data2text.yaml")
     assert cfg.data.task == "generation" and cfg.generate.stop == ["\n"]
     for split in ("train", "dev", "test"):
         assert Path(getattr(cfg.data, split)).is_file()
     with pytest.raises(ConfigError, match="no such packaged config"):
-        config.load("pkg:nope.yaml")
+        load_config("pkg:nope.yaml")
 
 
 def test_overrides_are_typed():
-    cfg = config.load(None, ["train.lr=0.01", "method.num_tokens=7", "train.patience=null",
+    cfg = load_config(None, ["train.lr=0.01", "method.num_tokens=7", "train.patience=null",
                              "data.labels=[neg, pos]"])
     assert cfg.train.lr == 0.01 and cfg.method.num_tokens == 7 and cfg.train.patience is None
     assert cfg.data.labels == ["neg", "pos"]
@@ -78,7 +80,7 @@ def test_overrides_are_typed():
 ])
 def test_bad_keys_name_the_field(override, fragment):
     with pytest.raises(ConfigError) as info:
-        config.load(None, [override])
+        load_config(None, [override])
     assert fragment in str(info.value)
 
 
@@ -86,7 +88,7 @@ def test_yaml_error_names_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  name: x\n train: [\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
-        config.load(bad)
+        load_config(bad)
 
 
 def test_paths_resolve_relative_to_config(tmp_path):
@@ -94,11 +96,11 @@ def test_paths_resolve_relative_to_config(tmp_path):
     (tmp_path / "d" / "t.jsonl").write_text("{}\n")
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("data:\n  train: d/t.jsonl\n")
-    assert config.load(cfg_file).data.train == str(tmp_path / "d" / "t.jsonl")
+    assert load_config(cfg_file).data.train == str(tmp_path / "d" / "t.jsonl")
 
 
 def test_string_overrides_are_kept_as_typed():
-    cfg = config.load(None, ["prompt.template={text} It was {answer}.", "prompt.instruction=null",
+    cfg = load_config(None, ["prompt.template={text} It was {answer}.", "prompt.instruction=null",
                              "prompt.verbalizer={negative: bad, positive: good}"])
     assert cfg.prompt.template == "{text} It was {answer}."
     assert cfg.prompt.instruction is None

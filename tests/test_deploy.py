@@ -12,13 +12,13 @@ from conftest import toy_config
 from transformers import AutoModelForCausalLM
 
 import cuetune
-from cuetune import deploy
 from cuetune.config import validate
-from cuetune.data import Example
-from cuetune.encoding import collate
+from cuetune.data.examples import Example
+from cuetune.engine.inference import predict_probs
+from cuetune.engine.pipeline import build
 from cuetune.errors import ArtifactError
-from cuetune.inference import predict_probs
-from cuetune.pipeline import build
+from cuetune.prompt.batch import collate
+from cuetune.runs import merge as deploy
 
 TEXTS = ["the movie was great", "the food was awful and dull", "a very poor day", "lovely phone"]
 EXAMPLES = [Example(t) for t in TEXTS]
@@ -49,13 +49,13 @@ def test_merged_folder_computes_what_the_run_computes(tiny_dirs, toy_data, tmp_p
     raw = {**tuned.manifest.config, "method": {"name": "zero-shot"}}
     raw["model"] = {**raw["model"], "name": str(out)}
     pipe = build(validate(raw), tuned.labels)
-    got = predict_probs(pipe.model, pipe.encode(EXAMPLES),
+    got = predict_probs(pipe.model, pipe.encoder.encode(EXAMPLES),
                         pipe.loaded.tokenizer.pad_token_id)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
     assert not torch.allclose(got, _zero_shot(tuned, raw, tiny_dirs[kind]), atol=1e-3), "nothing merged"
     if kind != "masked":  # and as any transformers user loads it
         plain = AutoModelForCausalLM.from_pretrained(out).eval()
-        batch = collate(pipe.encode(EXAMPLES), pipe.loaded.tokenizer.pad_token_id)
+        batch = collate(pipe.encoder.encode(EXAMPLES), pipe.loaded.tokenizer.pad_token_id)
         with torch.no_grad():
             logits = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         rows = logits[torch.arange(len(TEXTS)), batch["answer_pos"]][:, pipe.model.token_ids]
@@ -65,7 +65,7 @@ def test_merged_folder_computes_what_the_run_computes(tiny_dirs, toy_data, tmp_p
 def _zero_shot(tuned, raw, base_dir):
     raw = {**raw, "model": {**raw["model"], "name": str(base_dir)}}
     pipe = build(validate(raw), tuned.labels)
-    return predict_probs(pipe.model, pipe.encode(EXAMPLES),
+    return predict_probs(pipe.model, pipe.encoder.encode(EXAMPLES),
                          pipe.loaded.tokenizer.pad_token_id)
 
 
@@ -134,7 +134,7 @@ def test_gguf_loads_back_with_the_runs_probabilities(bpe_llama, toy_data, tmp_pa
     gguf_file = f"model-{kind}.gguf"
     model = AutoModelForCausalLM.from_pretrained(out, gguf_file=gguf_file).eval()
     pipe = tuned.pipe
-    batch = collate(pipe.encode(EXAMPLES), pipe.loaded.tokenizer.pad_token_id)
+    batch = collate(pipe.encoder.encode(EXAMPLES), pipe.loaded.tokenizer.pad_token_id)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     rows = logits[torch.arange(len(TEXTS)), batch["answer_pos"]][:, pipe.model.token_ids]

@@ -12,13 +12,13 @@ import torch
 from conftest import toy_config, toy_rows, write_jsonl
 
 import cuetune
-from cuetune import api
 from cuetune.config import validate
-from cuetune.data import Example
-from cuetune.distill import distill
-from cuetune.encoding import collate
+from cuetune.data.examples import Example
+from cuetune.engine.pipeline import build
 from cuetune.errors import ConfigError, DataError
-from cuetune.pipeline import build
+from cuetune.prompt.batch import collate
+from cuetune.runs import train as api
+from cuetune.runs.distill import distill
 
 PLAIN = "{text} sentiment : {answer}"
 
@@ -45,7 +45,7 @@ def test_soft_labels_train_by_cross_entropy_against_the_teacher(tiny_dirs, toy_d
     pipe = build(validate(toy_config(tiny_dirs["causal"], toy_data, tmp_path)), ["negative", "positive"])
     q = ((0.9, 0.1), (0.3, 0.7))
     examples = [Example("the movie was great", None, q[0]), Example("awful", None, q[1])]
-    batch = collate(pipe.encode(examples), 0)
+    batch = collate(pipe.encoder.encode(examples), 0)
     assert batch["labels"].dtype == torch.float32 and batch["labels"].shape == (2, 2)
     pipe.model.eval()
     logp = pipe.model(batch).log_softmax(-1)
@@ -61,7 +61,8 @@ def test_a_student_learns_from_the_teacher_on_the_pool(teacher, pool, tmp_path):
     assert record["teacher"] == str(teacher.resolve())
     trained_on = json.loads((tmp_path / "student" / api.TRAINED_ON).read_text())
     teach = cuetune.load(teacher)
-    want = teach.pipe.label_probs(teach.pipe.encode([Example(e["text"]) for e in trained_on["examples"]]))
+    pool = [Example(e["text"]) for e in trained_on["examples"]]
+    want = teach.pipe.label_probs(teach.pipe.encoder.encode(pool))
     got = torch.tensor([e["label"] for e in trained_on["examples"]])
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)  # the teacher's, not the file's labels
     student = cuetune.load(tmp_path / "student")
@@ -118,7 +119,7 @@ def test_what_cannot_be_distilled_is_refused(teacher, pool, tiny_dirs, toy_data,
 def test_cli_distills_an_ensemble(teacher, pool, tiny_dirs, toy_data, tmp_path, capsys):
     from test_artifacts_cli import run_cli
 
-    from cuetune import ensemble
+    from cuetune.runs import ensemble
 
     cuetune.train(toy_config(tiny_dirs["causal"], toy_data, tmp_path / "zero", method={"name": "zero-shot"}))
     ensemble.build([teacher, tmp_path / "zero"], tmp_path / "ens")

@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import toy_config
 
-from cuetune import artifacts
-from cuetune.checkpoint import CHECKPOINT
+from cuetune.engine.checkpoint import CHECKPOINT
+from cuetune.runs import artifacts
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")

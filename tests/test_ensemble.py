@@ -11,9 +11,9 @@ import torch
 from conftest import toy_config, toy_rows, write_jsonl
 
 import cuetune
-from cuetune import ensemble
-from cuetune.data import Example
+from cuetune.data.examples import Example
 from cuetune.errors import ArtifactError, ConfigError
+from cuetune.runs import ensemble
 
 TEXTS = ["the movie was great", "the food was awful and dull", "a very poor day", "lovely phone"]
 
@@ -30,7 +30,7 @@ def runs(tiny_dirs, toy_data, tmp_path_factory):
 
 def _probs(run, texts):
     model = cuetune.load(run)
-    return model.pipe.label_probs(model.pipe.encode([Example(t) for t in texts]))
+    return model.pipe.label_probs(model.pipe.encoder.encode([Example(t) for t in texts]))
 
 
 def test_members_combine_by_mean_log_probability(runs, tmp_path):

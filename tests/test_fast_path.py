@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from conftest import save_tiny, toy_config, toy_rows
 
 from cuetune.config import validate
-from cuetune.data import Example
-from cuetune.encoding import collate
+from cuetune.data.examples import Example
+from cuetune.engine.inference import predict_probs
+from cuetune.engine.pipeline import build
 from cuetune.families import fastpath
-from cuetune.inference import predict_probs
-from cuetune.pipeline import build
+from cuetune.prompt.batch import collate
 
 METHODS = {
     "soft": {"name": "soft"},
@@ -76,7 +76,7 @@ def _loss_and_grads(pipe, batch):
 def test_fast_path_equals_plain_path(models, toy_data, monkeypatch, kind, method, side, pair, mode):
     pipe = _pipeline(models[kind], toy_data, method, pair)
     assert pipe.model.shared_len >= 3  # BOS, "review :" (and 4 soft tokens where kept)
-    items = pipe.encode(_examples(pair))
+    items = pipe.encoder.encode(_examples(pair))
     assert len({len(e.input_ids) for e in items}) > 1, "rows must differ in length to test padding"
     batch = collate(items, pipe.loaded.tokenizer.pad_token_id, side)
     batch = {k: v.to(pipe.model.device) for k, v in batch.items()}
@@ -127,8 +127,8 @@ def test_inference_computes_the_shared_prompt_once(models, toy_data, monkeypatch
     calls = []
     original = fastpath.shared_kv
     monkeypatch.setattr(fastpath, "shared_kv", lambda model, inputs, *a: calls.append(
-        inputs["memo"] is not None and len(inputs["memo"])) or original(model, inputs, *a))
-    items = pipe.encode(_examples(False, 24))
+        inputs.memo is not None and len(inputs.memo)) or original(model, inputs, *a))
+    items = pipe.encoder.encode(_examples(False, 24))
     predict_probs(pipe.model, items, pipe.loaded.tokenizer.pad_token_id, 4)
     assert calls == [0, 1, 1, 1, 1, 1]  # 6 batches; computed in the first, reused after
 
@@ -136,7 +136,7 @@ def test_inference_computes_the_shared_prompt_once(models, toy_data, monkeypatch
 def test_sliding_window_shorter_than_the_input_takes_the_plain_path(tiny_dirs, toy_data, monkeypatch):
     pipe = _pipeline(tiny_dirs["gemma3"], toy_data, "soft", False)  # window 8
     monkeypatch.setattr(fastpath, "shared_kv", lambda *a: pytest.fail("a window of 8 cannot share"))
-    items = pipe.encode(_examples(False))
+    items = pipe.encoder.encode(_examples(False))
     pipe.model(collate(items, pipe.loaded.tokenizer.pad_token_id))
 
 
@@ -144,7 +144,7 @@ def test_dropout_in_training_turns_the_shared_path_off(tiny_dirs, toy_data, monk
     pipe = _pipeline(tiny_dirs["gpt2"], toy_data, "soft", False)
     pipe.model.train()
     monkeypatch.setattr(fastpath, "shared_kv", lambda *a: pytest.fail("dropout differs per row"))
-    pipe.model(collate(pipe.encode(_examples(False)), pipe.loaded.tokenizer.pad_token_id))
+    pipe.model(collate(pipe.encoder.encode(_examples(False)), pipe.loaded.tokenizer.pad_token_id))
 
 
 @pytest.mark.parametrize("kind,rate,shares", [("causal", 0.2, False), ("gpt2", 0.0, True)])

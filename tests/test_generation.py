@@ -19,12 +19,13 @@ from conftest import copy_rows, save_tiny, write_jsonl
 
 import cuetune
 from cuetune.config import GenerateConfig, validate
-from cuetune.data import Example
-from cuetune.encoding import Encoded, collate
+from cuetune.data.examples import Example
+from cuetune.engine.generation import generate, generate_ids, penalize, prompt_only
+from cuetune.engine.inference import token_nll
+from cuetune.engine.pipeline import build
 from cuetune.errors import ConfigError, ModelError
-from cuetune.generation import generate, generate_ids, penalize, prompt_only
-from cuetune.inference import token_nll
-from cuetune.pipeline import build
+from cuetune.prompt.batch import collate
+from cuetune.prompt.encoder import Encoded
 
 METHODS = {
     "soft": {"name": "soft"},
@@ -56,6 +57,16 @@ def gen_models(tmp_path_factory):
     models["gemma3"] = save_tiny(root / "gemma3-wide", "gemma3", seed=3, window=64)
     models["gemma3-narrow"] = save_tiny(root / "gemma3-narrow", "gemma3", seed=3)
     return models
+
+
+def written(pipe, prompts, cfg):
+    """The token ids a pipeline's prompt model writes after each prompt."""
+    return generate_ids(pipe.model, pipe.loaded.tokenizer, prompts, cfg)
+
+
+def decoded(pipe, prompts, cfg):
+    """The texts a pipeline's prompt model writes after each prompt."""
+    return generate(pipe.model, pipe.loaded.tokenizer, prompts, cfg)
 
 
 def gen_config(model_dir, data, out, **sections) -> dict:
@@ -101,9 +112,9 @@ def _teacher_forced(pipe, prompt: Encoded, written: list[int]) -> Encoded:
 @pytest.mark.parametrize("kind", KINDS)
 def test_greedy_decoding_continues_the_trained_model(gen_models, gen_data, kind, method):
     pipe = _pipeline(gen_models[kind], gen_data, method)
-    prompts = pipe.encode(_inputs(), with_target=False)
-    written = generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=5, batch_size=8))
-    assert all(written), "every row writes at least one token"
+    prompts = pipe.encoder.encode(_inputs(), with_target=False)
+    tokens = written(pipe, prompts, GenerateConfig(max_new_tokens=5, batch_size=8))
+    assert all(tokens), "every row writes at least one token"
     pad = pipe.loaded.tokenizer.pad_token_id
     pipe.model.eval()
     for prompt, tokens in zip(prompts, written, strict=True):
@@ -118,13 +129,13 @@ def test_greedy_decoding_continues_the_trained_model(gen_models, gen_data, kind,
 @pytest.mark.parametrize("kind", ["causal", "gemma3", "seq2seq"])
 def test_batched_output_equals_one_by_one(gen_models, gen_data, kind, method, strategy):
     pipe = _pipeline(gen_models[kind], gen_data, method)
-    prompts = pipe.encode(_inputs(6), with_target=False)
+    prompts = pipe.encoder.encode(_inputs(6), with_target=False)
     assert len({len(e.input_ids) for e in prompts}) > 1, "lengths must differ to test left padding"
     # 16 steps: rows finish at different steps, so a finished row waits while others run on
     cfg = GenerateConfig(strategy=strategy, max_new_tokens=16, num_beams=3, top_k=10, batch_size=6,
                          temperature=1.5)
-    together = generate_ids(pipe, prompts, cfg)
-    alone = [generate_ids(pipe, [p], cfg.model_copy(update={"seed": cfg.seed + i}))[0]
+    together = written(pipe, prompts, cfg)
+    alone = [written(pipe, [p], cfg.model_copy(update={"seed": cfg.seed + i}))[0]
              for i, p in enumerate(prompts)]
     assert together == alone
 
@@ -132,10 +143,10 @@ def test_batched_output_equals_one_by_one(gen_models, gen_data, kind, method, st
 def test_beam_search_scores_at_least_greedy(gen_models, gen_data):
     """Beam search finds a sequence at least as likely as greedy's (length penalty 0)."""
     pipe = _pipeline(gen_models["causal"], gen_data, "soft")
-    prompts = pipe.encode(_inputs(4), with_target=False)
-    greedy = generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=4))
-    beam = generate_ids(pipe, prompts, GenerateConfig(strategy="beam", num_beams=4, max_new_tokens=4,
-                                                      length_penalty=0.0))
+    prompts = pipe.encoder.encode(_inputs(4), with_target=False)
+    greedy = written(pipe, prompts, GenerateConfig(max_new_tokens=4))
+    beam = written(pipe, prompts, GenerateConfig(strategy="beam", num_beams=4, max_new_tokens=4,
+                                                 length_penalty=0.0))
     pad = pipe.loaded.tokenizer.pad_token_id
 
     def logprob(prompt, tokens):
@@ -151,21 +162,21 @@ def test_beam_search_scores_at_least_greedy(gen_models, gen_data):
 
 def test_sampling_differs_by_seed_and_follows_filters(gen_models, gen_data):
     pipe = _pipeline(gen_models["causal"], gen_data, "soft")
-    prompts = pipe.encode(_inputs(6), with_target=False)
+    prompts = pipe.encoder.encode(_inputs(6), with_target=False)
     base = GenerateConfig(strategy="sample", max_new_tokens=6, temperature=2.0)
-    a = generate_ids(pipe, prompts, base)
-    assert a == generate_ids(pipe, prompts, base)
-    assert a != generate_ids(pipe, prompts, base.model_copy(update={"seed": 1}))
-    greedy = generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=6))
-    assert generate_ids(pipe, prompts, base.model_copy(update={"top_k": 1})) == greedy
+    a = written(pipe, prompts, base)
+    assert a == written(pipe, prompts, base)
+    assert a != written(pipe, prompts, base.model_copy(update={"seed": 1}))
+    greedy = written(pipe, prompts, GenerateConfig(max_new_tokens=6))
+    assert written(pipe, prompts, base.model_copy(update={"top_k": 1})) == greedy
 
 
 def test_stop_strings_cut_the_text(gen_models, gen_data):
     pipe = _pipeline(gen_models["causal"], gen_data, "soft")
-    prompts = pipe.encode(_inputs(4), with_target=False)
-    full = generate(pipe, prompts, GenerateConfig(max_new_tokens=6))
+    prompts = pipe.encoder.encode(_inputs(4), with_target=False)
+    full = decoded(pipe, prompts, GenerateConfig(max_new_tokens=6))
     word = full[0].split()[1] if len(full[0].split()) > 1 else full[0].split()[0]
-    cut = generate(pipe, prompts, GenerateConfig(max_new_tokens=6, stop=[word]))
+    cut = decoded(pipe, prompts, GenerateConfig(max_new_tokens=6, stop=[word]))
     assert word not in cut[0] and full[0].startswith(cut[0])
 
 
@@ -173,7 +184,7 @@ def test_loss_is_on_answer_tokens_only(gen_models, gen_data):
     """Changing prompt words the answer cannot see is impossible; changing answer tokens must
     change the loss, and the number of scored positions is the answer length + end token."""
     pipe = _pipeline(gen_models["causal"], gen_data, "soft")
-    items = pipe.encode([Example("good movie", target="good ."), Example("bad day", target="bad .")])
+    items = pipe.encoder.encode([Example("good movie", target="good ."), Example("bad day", target="bad .")])
     tok = pipe.loaded.tokenizer
     batch = collate(items, tok.pad_token_id)
     logits = pipe.model(batch)
@@ -184,16 +195,16 @@ def test_loss_is_on_answer_tokens_only(gen_models, gen_data):
 
 def test_prefix_past_a_sliding_window_is_refused_and_soft_is_exact(gen_models, gen_data):
     narrow = gen_models["gemma3-narrow"]  # window 8, prompts of 6-9 tokens plus the answer
-    prompts = _pipeline(narrow, gen_data, "soft").encode(_inputs(), with_target=False)
     pipe = _pipeline(narrow, gen_data, "soft")
-    written = generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=5))
-    for prompt, tokens in zip(prompts, written, strict=True):
+    prompts = pipe.encoder.encode(_inputs(), with_target=False)
+    every = written(pipe, prompts, GenerateConfig(max_new_tokens=5))
+    for prompt, tokens in zip(prompts, every, strict=True):
         with torch.no_grad():
             logits = pipe.model(collate([_teacher_forced(pipe, prompt, tokens)], 0))
         assert logits.argmax(-1).tolist() == tokens
     pipe = _pipeline(narrow, gen_data, "prefix")
     with pytest.raises(ModelError, match="sliding attention window"):
-        generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=5))
+        written(pipe, prompts, GenerateConfig(max_new_tokens=5))
 
 
 def test_a_prefix_run_that_could_not_decode_at_its_length_cap_is_refused_before_training(
@@ -228,7 +239,7 @@ def test_tuned_prompt_changes_generate_output_after_reload(gen_models, gen_data,
     untouched = build(validate(gen_config(gen_models[kind], gen_data, "x",
                                           method={"name": "prefix", "num_tokens": 4})), [])
     inputs = [r["text"] for r in copy_rows(12, 3)]
-    before = generate(untouched, untouched.encode([Example(t) for t in inputs], with_target=False),
+    before = decoded(untouched, untouched.encoder.encode([Example(t) for t in inputs], with_target=False),
                       GenerateConfig(max_new_tokens=5))
     tuned = cuetune.load(tmp_path / "run")
     after = tuned.generate(inputs)
@@ -236,7 +247,7 @@ def test_tuned_prompt_changes_generate_output_after_reload(gen_models, gen_data,
     assert manifest.task == "generation"
     test = manifest.metrics["test"]
     assert test["token_nll"] < token_nll(
-        untouched.model, untouched.encode([Example(r["text"], target=r["target"], refs=(r["target"],))
+        untouched.model, untouched.encoder.encode([Example(r["text"], target=r["target"], refs=(r["target"],))
                                            for r in copy_rows(12, 3)]),
         untouched.loaded.tokenizer.pad_token_id, 8) - 0.3
     assert {"bleu", "chrf", "rouge_l", "exact_match", "token_f1"} <= set(test)
@@ -246,7 +257,8 @@ def test_tuned_prompt_changes_generate_output_after_reload(gen_models, gen_data,
 def test_prompt_only_recovers_the_prompt(gen_models, gen_data):
     pipe = _pipeline(gen_models["causal"], gen_data, "soft")
     ex = Example("good movie", target="good .")
-    assert prompt_only(pipe.encode([ex])[0]).input_ids == pipe.encode([ex], with_target=False)[0].input_ids
+    alone = pipe.encoder.encode([ex], with_target=False)[0]
+    assert prompt_only(pipe.encoder.encode([ex])[0]).input_ids == alone.input_ids
 
 
 def test_cli_generate_and_eval(gen_models, gen_data, tmp_path, capsys):
@@ -277,7 +289,7 @@ def test_cli_generate_and_eval(gen_models, gen_data, tmp_path, capsys):
     code, _, err = run_cli(short_cmd[:4] + ["--set", "beams=2"], capsys)
     assert code != 0 and "beams" in err
     # through PEFT and back: a generation run has no accuracy, and nothing may ask for one
-    code, out, err = run_cli(["export", str(tmp_path / "run"), str(tmp_path / "peft")], capsys)
+    code, out, err = run_cli(["export", str(tmp_path / "run"), "--out", str(tmp_path / "peft")], capsys)
     assert code == 0, err
     code, out, err = run_cli(["import-peft", str(tmp_path / "peft"), str(config_file),
                               "--out", str(tmp_path / "imported")], capsys)
@@ -300,7 +312,7 @@ def test_cli_generate_and_eval(gen_models, gen_data, tmp_path, capsys):
 
 def test_references_are_grouped_per_input(tmp_path):
     from cuetune.config import DataConfig
-    from cuetune.data import load_splits
+    from cuetune.data.splits import load_splits
 
     rows = [{"text": "a", "target": "x"}, {"text": "a", "target": "y"},
             {"text": "b", "target": ["z", "w"]}]
@@ -317,7 +329,7 @@ def test_references_are_grouped_per_input(tmp_path):
 def test_rouge_1_2_and_l_are_pinned_on_a_small_example():
     """"the cat sat" against "the cat sat on the mat": unigram P 1, R 0.5 -> F 2/3; bigrams
     2 of 2 against 2 of 5 -> F 4/7; LCS 3 -> as ROUGE-1."""
-    from cuetune.textmetrics import generation_metrics
+    from cuetune.metrics.text import generation_metrics
 
     m = generation_metrics(["the cat sat"], [("the cat sat on the mat",)])
     assert m["rouge_1"] == pytest.approx(100 * 2 / 3, abs=1e-3)
@@ -328,7 +340,7 @@ def test_rouge_1_2_and_l_are_pinned_on_a_small_example():
 def test_a_stop_string_counts_only_once_the_text_has_begun():
     """SAMSum zero-shot: the model answers "Summary:" on a new line; stopping at that first
     line break gave empty summaries (ROUGE-1 0.7). White space before the text is no stop."""
-    from cuetune.generation import Stops
+    from cuetune.engine.generation import Stops
 
     pieces = {0: "", 1: "\n", 2: "Amanda", 3: " calls", 4: "\n", 5: "Bob:"}
 
@@ -374,14 +386,14 @@ def _bigrams_repeat(tokens: list[int]) -> bool:
 def test_no_repeat_ngrams_hold_in_every_strategy_and_batching_keeps_them(gen_models, gen_data,
                                                                           strategy):
     pipe = _pipeline(gen_models["causal"], gen_data, "soft")
-    prompts = pipe.encode(_inputs(5), with_target=False)
+    prompts = pipe.encoder.encode(_inputs(5), with_target=False)
     plain = GenerateConfig(strategy=strategy, max_new_tokens=16, num_beams=3, batch_size=5,
                            temperature=0.5)
-    assert any(_bigrams_repeat(t) for t in generate_ids(pipe, prompts, plain)), \
+    assert any(_bigrams_repeat(t) for t in written(pipe, prompts, plain)), \
         "the tiny model must loop without the setting, or this test shows nothing"
     cfg = plain.model_copy(update={"no_repeat_ngram_size": 2})
-    together = generate_ids(pipe, prompts, cfg)
+    together = written(pipe, prompts, cfg)
     assert not any(_bigrams_repeat(t) for t in together)
-    alone = [generate_ids(pipe, [p], cfg.model_copy(update={"seed": cfg.seed + i}))[0]
+    alone = [written(pipe, [p], cfg.model_copy(update={"seed": cfg.seed + i}))[0]
              for i, p in enumerate(prompts)]
     assert together == alone

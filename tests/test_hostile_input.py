@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cuetune.config import DataConfig
-from cuetune.data import load_splits, read_rows
+from cuetune.data.readers import read_rows
+from cuetune.data.splits import load_splits
 from cuetune.errors import CuetuneError
-from cuetune.templates import parse
+from cuetune.prompt.templates import parse
 
 CASES = settings(max_examples=400, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -10,10 +10,10 @@ from conftest import FILLER, NEG, POS, save_tiny, toy_config, toy_rows, write_js
 
 import cuetune
 from cuetune import families
-from cuetune.encoding import PromptEncoder
 from cuetune.errors import ConfigError
-from cuetune.models import load_model
-from cuetune.templates import parse
+from cuetune.families.pretrained import load_model
+from cuetune.prompt.encoder import PromptEncoder
+from cuetune.prompt.templates import parse
 
 TEMPLATE = "{text} sentiment : {answer}"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import cuetune
-from cuetune.models import ALIASES, is_installed
+from cuetune.families.pretrained import ALIASES, is_installed
 
 pytestmark = [
     pytest.mark.integration,
@@ -55,10 +55,10 @@ def test_adapter_is_small_and_predictions_round_trip(real_run):
 @pytest.mark.shared_data
 @pytest.mark.skipif(not (SHARED / "kshot" / "SST-2" / "16-13").is_dir(), reason="shared data absent")
 def test_sst2_kshot_example_config_reads(tmp_path):
-    from cuetune import config
-    from cuetune.data import load_splits
+    from cuetune.data.splits import load_splits
+    from cuetune.runs.config_file import load as load_config
 
-    cfg = config.load(Path(__file__).resolve().parents[1] / "examples" / "sst2-16shot.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "sst2-16shot.yaml")
     splits = load_splits(cfg.data)
     assert splits.report["sizes"] == {"train": 32, "dev": 32, "test": 872}
 
@@ -98,9 +98,9 @@ def test_merged_lora_as_gguf_reads_back_with_smollm2s_own_tokenizer(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cuetune import deploy
-    from cuetune.data import Example
-    from cuetune.encoding import collate
+    from cuetune.data.examples import Example
+    from cuetune.prompt.batch import collate
+    from cuetune.runs import merge as deploy
 
     run = tmp_path / "lora"
     cuetune.train({
@@ -116,7 +116,7 @@ def test_merged_lora_as_gguf_reads_back_with_smollm2s_own_tokenizer(tmp_path):
     out = deploy.merge(run, tmp_path / "merged", gguf="q8_0")
     model = AutoModelForCausalLM.from_pretrained(out, gguf_file="model-q8_0.gguf").eval()
     pipe = tuned.pipe
-    batch = collate(pipe.encode([Example(t) for t in texts]), pipe.loaded.tokenizer.pad_token_id)
+    batch = collate(pipe.encoder.encode([Example(t) for t in texts]), pipe.loaded.tokenizer.pad_token_id)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     got = pipe.verbalizer.label_logits(logits[torch.arange(2), batch["answer_pos"]][:, pipe.model.token_ids])
@@ -142,10 +142,10 @@ def test_chinese_prompts_encode_as_the_tokenizer_encodes_the_joined_text(templat
     from transformers import AutoTokenizer
 
     from cuetune import families
-    from cuetune.data import Example
-    from cuetune.encoding import PromptEncoder
-    from cuetune.models import resolve
-    from cuetune.templates import parse
+    from cuetune.data.examples import Example
+    from cuetune.families.pretrained import resolve
+    from cuetune.prompt.encoder import PromptEncoder
+    from cuetune.prompt.templates import parse
 
     if not is_installed(ALIASES[alias]):
         pytest.skip(f"{alias}'s package is not installed")
@@ -154,7 +154,7 @@ def test_chinese_prompts_encode_as_the_tokenizer_encodes_the_joined_text(templat
     prompt = template.replace("{text}", text).split("{answer}")[0]
     if enc.answer_space:
         prompt = prompt[:-1]
-    assert enc.encode(Example(text)).input_ids == tok(prompt)["input_ids"]  # Gemma's <bos> too
+    assert enc.encode_one(Example(text)).input_ids == tok(prompt)["input_ids"]  # Gemma's <bos> too
 
 
 def test_chinese_label_words_are_several_tokens_on_smollm2():
@@ -162,8 +162,8 @@ def test_chinese_label_words_are_several_tokens_on_smollm2():
     the first tokens tell them apart at the answer position."""
     from transformers import AutoTokenizer
 
-    from cuetune.models import resolve
-    from cuetune.verbalizers import Verbalizer
+    from cuetune.families.pretrained import resolve
+    from cuetune.prompt.verbalizers import Verbalizer
 
     tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m")[0])
     negative, positive = Verbalizer(["neg", "pos"], {"neg": "负面", "pos": "正面"}).bind(tok, False).word_ids
@@ -176,8 +176,8 @@ def test_chinese_label_words_on_gemma_differ_in_length():
     a first-token score would compare 负 against 正面 (docs/prompts.md)."""
     from transformers import AutoTokenizer
 
-    from cuetune.models import resolve
-    from cuetune.verbalizers import Verbalizer
+    from cuetune.families.pretrained import resolve
+    from cuetune.prompt.verbalizers import Verbalizer
 
     if not is_installed(ALIASES["gemma3-270m"]):
         pytest.skip("gemma3-270m's packages are not installed")
@@ -193,7 +193,7 @@ def test_label_search_keeps_chinese_words_on_gemma():
     and a label search on Chinese reviews had no candidates."""
     from types import SimpleNamespace
 
-    from cuetune.models import load_model
+    from cuetune.families.pretrained import load_model
     from cuetune.search.labels import whole_word, word_ends
 
     if not is_installed(ALIASES["gemma3-270m"]):
@@ -211,7 +211,7 @@ def test_label_search_keeps_words_and_drops_fragments_on_smollm2():
     to go on after. The filter drops them, and keeps words (with or without a leading space)."""
     from types import SimpleNamespace
 
-    from cuetune.models import load_model
+    from cuetune.families.pretrained import load_model
     from cuetune.search.labels import whole_word, word_ends
 
     loaded = load_model("smollm2-135m")

@@ -13,10 +13,10 @@ from conftest import toy_config
 
 import cuetune
 from cuetune.config import validate
-from cuetune.data import Example
-from cuetune.encoding import collate
+from cuetune.data.examples import Example
+from cuetune.engine.pipeline import build
 from cuetune.errors import ConfigError
-from cuetune.pipeline import build
+from cuetune.prompt.batch import collate
 
 REVIEW = "review : {text} sentiment : {answer}"
 QUESTION = "question : {text} sentiment : {answer}"
@@ -57,7 +57,7 @@ def _alone(pipe, template, examples, soft=None):
     if soft is not None:
         with torch.no_grad():
             alone.method.soft.prompt.copy_(soft)
-    return alone.label_probs(alone.encode(examples))  # [N, L]
+    return alone.label_probs(alone.encoder.encode(examples))  # [N, L]
 
 
 @pytest.mark.parametrize("objective", ["marginal", "expected"])
@@ -79,11 +79,11 @@ def test_both_objectives_equal_hand_computations(tiny_dirs, toy_data, tmp_path, 
     else:
         want = -(p_gold.log() * prior).sum(1).mean()
     want = want - 0.3 * -(prior * prior.log()).sum()  # the entropy guard
-    batch = collate(pipe.encode(examples), pipe.loaded.tokenizer.pad_token_id)
+    batch = collate(pipe.encoder.encode(examples), pipe.loaded.tokenizer.pad_token_id)
     pipe.model.eval()
     got = pipe.objective.loss(pipe.model, batch, 0.0)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    mixed = pipe.label_probs(pipe.encode(examples))  # prediction: always the mixture
+    mixed = pipe.label_probs(pipe.encoder.encode(examples))  # prediction: always the mixture
     torch.testing.assert_close(mixed, (p * prior[None, :, None]).sum(1), atol=1e-5, rtol=1e-5)
 
 
@@ -93,7 +93,7 @@ def test_the_expected_cost_bounds_the_marginal_likelihood(tiny_dirs, toy_data, t
     for objective in ("marginal", "expected"):
         pipe = build(validate(_mixture(tiny_dirs, toy_data, tmp_path / objective, prompts=[REVIEW, QUESTION],
                                        objective=objective)), LABELS)
-        batch = collate(pipe.encode([Example(t, None, i % 2) for i, t in enumerate(TEXTS)]), 0)
+        batch = collate(pipe.encoder.encode([Example(t, None, i % 2) for i, t in enumerate(TEXTS)]), 0)
         losses[objective] = pipe.objective.loss(pipe.model.eval(), batch, 0.0).item()
     assert losses["expected"] > losses["marginal"] + 0.1, losses
 
@@ -145,9 +145,9 @@ def test_each_prompts_rows_share_their_own_first_tokens(tiny_dirs, toy_data, tmp
     pipe = build(validate(_mixture(tiny_dirs, toy_data, tmp_path / "run", prompts=[soft], copies=2)), LABELS)
     calls = []
     real = fastpath.run_groups
-    monkeypatch.setattr(fastpath, "run_groups", lambda m, i: calls.append(i["row_groups"]) or real(m, i))
+    monkeypatch.setattr(fastpath, "run_groups", lambda m, i: calls.append(i.row_groups) or real(m, i))
     examples = [Example(t) for t in TEXTS]
-    batch = collate(pipe.encode(examples), pipe.loaded.tokenizer.pad_token_id)
+    batch = collate(pipe.encoder.encode(examples), pipe.loaded.tokenizer.pad_token_id)
     with pipe.model.inference():  # with the memo of shared keys, as prediction runs
         pipe.model(batch)
         pipe.model(batch)  # the second time from the memo
@@ -167,9 +167,9 @@ def test_an_inputs_rows_share_the_input_when_it_comes_first(tiny_dirs, toy_data,
     pipe = build(validate(_mixture(tiny_dirs, toy_data, tmp_path / "run", prompts=prompts)), LABELS)
     calls = []
     real = fastpath.run_groups
-    monkeypatch.setattr(fastpath, "run_groups", lambda m, i: calls.append(i["row_groups"]) or real(m, i))
+    monkeypatch.setattr(fastpath, "run_groups", lambda m, i: calls.append(i.row_groups) or real(m, i))
     examples = [Example(t) for t in TEXTS]
-    items = pipe.encode(examples)
+    items = pipe.encoder.encode(examples)
     with pipe.model.inference():
         pipe.model(collate(items, pipe.loaded.tokenizer.pad_token_id))
     logp, _ = pipe.method.last

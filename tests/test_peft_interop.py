@@ -25,10 +25,10 @@ from peft import (
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
 import cuetune
-from cuetune import interop
-from cuetune.data import Example
-from cuetune.encoding import collate
+from cuetune.data.examples import Example
 from cuetune.errors import ArtifactError
+from cuetune.prompt.batch import collate
+from cuetune.runs import peft as interop
 
 TEXTS = ["the movie was great", "the food was awful and dull", "a very poor day", "lovely phone"]
 SOFT_TEMPLATE = "{soft:4} {text} sentiment : {answer}"
@@ -64,7 +64,7 @@ def peft_calls():
 
 
 def _batch(pipe):
-    items = pipe.encode([Example(t) for t in TEXTS])
+    items = pipe.encoder.encode([Example(t) for t in TEXTS])
     return collate(items, pipe.loaded.tokenizer.pad_token_id)
 
 
@@ -219,8 +219,8 @@ def test_generated_text_equals_a_greedy_loop_over_peft_forward(nobos_dir, kind):
     from peft import set_peft_model_state_dict
 
     from cuetune.config import GenerateConfig, validate
-    from cuetune.generation import generate_ids
-    from cuetune.pipeline import build
+    from cuetune.engine.generation import generate_ids
+    from cuetune.engine.pipeline import build
 
     settings, template, _ = EXPORTS[kind]
     pipe = build(validate({"model": {"name": str(nobos_dir)}, "data": {"task": "generation"},
@@ -229,8 +229,9 @@ def test_generated_text_equals_a_greedy_loop_over_peft_forward(nobos_dir, kind):
     with torch.no_grad():
         for p in pipe.method.trainable_parameters():
             p.add_(torch.randn_like(p) * 0.5)
-    prompts = pipe.encode([Example(t) for t in TEXTS], with_target=False)
-    written = generate_ids(pipe, prompts, GenerateConfig(max_new_tokens=6, batch_size=4))
+    prompts = pipe.encoder.encode([Example(t) for t in TEXTS], with_target=False)
+    written = generate_ids(pipe.model, pipe.loaded.tokenizer, prompts,
+                           GenerateConfig(max_new_tokens=6, batch_size=4))
     assert all(written), "every row writes at least one token"
     peft_config, tensors = pipe.method.peft_export()
     with peft_calls():

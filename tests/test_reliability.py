@@ -21,9 +21,10 @@ import yaml
 from conftest import toy_config
 
 import cuetune
-from cuetune import api, engine
-from cuetune.checkpoint import CHECKPOINT, load_checkpoint
+from cuetune.engine import forward as engine
+from cuetune.engine.checkpoint import CHECKPOINT, load_checkpoint
 from cuetune.errors import CuetuneError
+from cuetune.runs import train as api
 
 TIMING = ("examples_per_s", "elapsed_s")
 

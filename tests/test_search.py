@@ -17,7 +17,7 @@ from conftest import toy_config, toy_vocab
 
 import cuetune.search as search
 from cuetune.config import validate
-from cuetune.data import load_splits
+from cuetune.data.splits import load_splits
 from cuetune.errors import ConfigError
 from cuetune.search.candidates import Candidate
 from cuetune.search.stage import Stage
@@ -139,12 +139,12 @@ def _token_prompts(tmp_path, model_dir, data, template, position):
     cfg = validate(toy_config(model_dir, data, tmp_path, method={"name": "zero-shot"},
                               prompt={"template": template}))
     splits = load_splits(cfg.data)
-    from cuetune.pipeline import load_for
+    from cuetune.engine.pipeline import load_for
     from cuetune.search.candidates import SearchLog
-    from cuetune.search.config import SearchSettings
     from cuetune.search.scoring import Scorer
+    from cuetune.search.settings import SearchSettings
 
-    loaded = load_for(cfg)
+    loaded = load_for(cfg.model)
     slog = SearchLog(tmp_path / "p.jsonl", splits.labels)
     scorer = Scorer(cfg, loaded, splits.labels, splits.dev, slog, (False,))
     stage = Stage("t", cfg, SearchSettings(), splits.labels, splits.train, scorer, slog, tmp_path, 0, loaded)
@@ -159,7 +159,7 @@ def test_cached_token_scoring_equals_the_full_forward(tmp_path, tiny_dirs, toy_d
     assert prompts.cached
     vocab = search_vocab(prompts.tok, 60)
     ids = vocab[torch.randint(len(vocab), (5, 3), generator=torch.Generator().manual_seed(0))]
-    items = prompts.encode(splits.dev[:7])
+    items = prompts.encoder.encode(splits.dev[:7])
     cached = prompts.label_logprobs(ids, items)
     with torch.inference_mode():
         full = prompts.from_embeddings(prompts.embedding(ids), items)
@@ -174,7 +174,7 @@ def test_a_token_prompt_scores_as_its_text(tmp_path, tiny_dirs, toy_data, positi
                                              "review : {text} sentiment : {answer}", position)
     vocab = search_vocab(prompts.tok, 60)
     ids = vocab[torch.tensor([[3, 10, 20]])]
-    from_tokens = prompts.label_logprobs(ids, prompts.encode(splits.dev)).exp()[0]
+    from_tokens = prompts.label_logprobs(ids, prompts.encoder.encode(splits.dev)).exp()[0]
     cand = prompts.text(ids[0].tolist())
     from_text, _ = scorer.probs(cand, splits.dev)
     torch.testing.assert_close(from_tokens, from_text, atol=1e-5, rtol=1e-5)
@@ -222,7 +222,7 @@ def test_best_yaml_trains_to_the_searched_dev_score(tmp_path, tiny_dirs, toy_dat
 
 
 def _best_cfg(tmp_path):
-    from cuetune.config import load
+    from cuetune.runs.config_file import load
 
     return load(tmp_path / "search" / "best.yaml", [f"output_dir={tmp_path / 'best-run'}"])
 
@@ -272,7 +272,7 @@ def test_calibrated_candidates_score_as_a_calibrated_run(tmp_path, tiny_dirs, to
                    prompt={"template": WRONG, "verbalizer": WORDS})
     _run(path)
     rows = {r["prompt"]["calibrate"]: r for r in _records(tmp_path / "search")}
-    from cuetune.api import train
+    from cuetune.runs.train import train
 
     for on in (False, True):
         cfg = toy_config(tiny_dirs["masked"], toy_data, tmp_path / f"run-{on}", method={"name": "zero-shot"},
@@ -305,7 +305,7 @@ def test_kfold_selection_scores_on_held_out_folds(tmp_path, tiny_dirs, toy_data)
     """k-fold over train+dev: a fixed prompt's score is its mean over the stratified folds
     (equal folds here, so its accuracy on all 88 examples); label words are learned on all the
     data and, for scoring each fold, without it; a rerun resumes with nothing scored twice."""
-    from cuetune.pipeline import build
+    from cuetune.engine.pipeline import build
 
     section = {"searchers": ["labels", "pool"], "selection": "kfold", "folds": 4, "calibrate": "off",
                "labels": {"top_k": 4, "assignments": 3, "words": {"negative": ["poor"]}},
@@ -322,7 +322,7 @@ def test_kfold_selection_scores_on_held_out_folds(tmp_path, tiny_dirs, toy_data)
     splits = load_splits(cfg.data)
     pipe = build(cfg, splits.labels)
     every = splits.train + splits.dev
-    predicted = pipe.label_probs(pipe.encode(every)).argmax(-1).tolist()
+    predicted = pipe.label_probs(pipe.encoder.encode(every)).argmax(-1).tolist()
     pooled = sum(p == e.label for p, e in zip(predicted, every, strict=True)) / len(every)
     assert base["dev"] == pytest.approx(pooled, abs=1e-6)
     learned = [r for r in rows if r["stage"] == "1-labels" and r["how"] != "your label words"]

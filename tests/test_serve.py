@@ -17,7 +17,7 @@ from conftest import copy_rows, toy_config, write_jsonl
 from fastapi.testclient import TestClient
 
 import cuetune
-from cuetune.data import Example
+from cuetune.data.examples import Example
 from cuetune.errors import ArtifactError
 from cuetune.serve.app import Limits, build_server
 
@@ -236,7 +236,7 @@ def test_full_weight_runs_are_refused_at_start(runs):
 
 def test_a_cancelled_generation_leaves_the_running_batch(runs):
     from cuetune.serve.adapters import Registry
-    from cuetune.serve.api import CompletionRequest, generate_jobs
+    from cuetune.serve.requests import CompletionRequest, generate_jobs
     from cuetune.serve.scheduler import Scheduler
 
     registry = Registry()
@@ -258,7 +258,7 @@ def test_a_cancelled_generation_leaves_the_running_batch(runs):
 
 def test_stop_drains_queued_and_running_jobs_even_of_an_unloaded_adapter(runs):
     from cuetune.serve.adapters import Registry
-    from cuetune.serve.api import CompletionRequest, generate_jobs
+    from cuetune.serve.requests import CompletionRequest, generate_jobs
     from cuetune.serve.scheduler import Job, Scheduler
 
     registry = Registry()
@@ -266,7 +266,8 @@ def test_stop_drains_queued_and_running_jobs_even_of_an_unloaded_adapter(runs):
     sched = Scheduler(registry, wait_ms=50).start()
     body = CompletionRequest(model="gen-lora", prompt="x", max_tokens=8, temperature=0)
     jobs = generate_jobs(gen, body, TEXTS, 8)
-    jobs += [Job("classify", cls, item) for item in cls.pipe.encode([Example(t) for t in TEXTS], "inputs")]
+    items = cls.pipe.encoder.encode([Example(t) for t in TEXTS], "inputs")
+    jobs += [Job("classify", cls, item) for item in items]
     futures = sched.submit(jobs)
     registry.remove(cls.name)  # unloaded with rows queued: they still finish
     sched.stop()  # returns once every job is answered
@@ -357,7 +358,7 @@ def test_a_client_that_leaves_cancels_its_generation(live, monkeypatch):
         slow_step(self)
 
     monkeypatch.setattr(Decoding, "step", step)
-    monkeypatch.setattr(registry.get("gen-soft").pipe.config.generate, "stop", ["never-written"])
+    monkeypatch.setattr(registry.get("gen-soft").tuned.config.generate, "stop", ["never-written"])
     with server.client(Authorization="Bearer sekret") as client:
         before = _cancelled(client)
         body = {"model": "gen-soft", "prompt": "the movie was great", "max_tokens": 16}
@@ -393,14 +394,14 @@ def test_a_fault_in_the_model_fails_its_requests_and_serving_goes_on(server, mon
 
 def test_beam_rows_run_apart_batched_per_adapter_and_equal_alone(runs):
     from cuetune.serve.adapters import Registry
-    from cuetune.serve.api import CompletionRequest, generate_jobs
+    from cuetune.serve.requests import CompletionRequest, generate_jobs
     from cuetune.serve.scheduler import Scheduler
 
     registry = Registry()
     adapter = registry.add(runs / "gen-lora")
     sched = Scheduler(registry, wait_ms=0)  # driven by hand
     jobs = generate_jobs(adapter, CompletionRequest(model="gen-lora", prompt="x"), TEXTS[:3], 16)
-    beam = adapter.pipe.config.generate.model_copy(update={"strategy": "beam", "num_beams": 3})
+    beam = adapter.tuned.config.generate.model_copy(update={"strategy": "beam", "num_beams": 3})
     for job in jobs:
         job.row.cfg = beam
     sched.waiting_gen = list(jobs)

@@ -13,10 +13,10 @@ import torch
 from conftest import save_tiny, toy_config, toy_rows
 
 from cuetune.config import RunConfig
-from cuetune.data import Example
-from cuetune.generation import Stops, generate
-from cuetune.models import load_model
-from cuetune.pipeline import build
+from cuetune.data.examples import Example
+from cuetune.engine.generation import Stops, generate
+from cuetune.engine.pipeline import build
+from cuetune.families.pretrained import load_model
 from cuetune.serve.decoding import Decoding, GenRow
 from cuetune.serve.mixed import can_mix, mixed_probs
 
@@ -74,7 +74,7 @@ def test_mixed_classification_equals_each_adapter_alone(base, toy_data, tmp_path
     rows = []
     for i, text in enumerate(texts):  # every adapter, interleaved, some twice
         pipe = pipes[names[i % len(names)]]
-        rows.append((pipe, pipe.encode([Example(text)], "inputs")[0]))
+        rows.append((pipe, pipe.encoder.encode([Example(text)], "inputs")[0]))
     with torch.inference_mode():
         mixed = mixed_probs(rows, base.tokenizer.pad_token_id)
     for (pipe, item), got in zip(rows, mixed, strict=True):
@@ -95,10 +95,10 @@ def test_mixed_decoding_writes_each_adapters_greedy_text(base, toy_data, tmp_pat
     rows = []
     for i, text in enumerate(texts):
         pipe = pipes[names[i]]
-        pipe.config.generate = cfg = pipe.config.generate.model_copy(update=settings)
-        rows.append(GenRow(pipe, pipe.encode([Example(text)], "inputs", with_target=False)[0], cfg,
+        cfg = pipe.config.generate.model_copy(update=settings)
+        rows.append(GenRow(pipe, pipe.encoder.encode([Example(text)], "inputs", with_target=False)[0], cfg,
                            Stops(base.tokenizer, cfg.stop, base.family)))
-    alone = [generate(r.pipe, [r.item], r.pipe.config.generate)[0] for r in rows]
+    alone = [generate(r.pipe.model, r.pipe.loaded.tokenizer, [r.item], r.cfg)[0] for r in rows]
     dec = Decoding(base.model, base.family, base.tokenizer.pad_token_id)
     waiting = list(rows)
     with torch.inference_mode():
@@ -122,7 +122,7 @@ def test_rows_past_a_sliding_window_run_apart_and_equal(tmp_path_factory, toy_da
     path = save_tiny(tmp_path_factory.mktemp("narrow") / "gemma3", "gemma3", window=8)
     narrow = load_model(str(path), "float32", "cpu")
     pipes = pipelines(narrow, toy_data, tmp_path)
-    rows = [(pipes[n], pipes[n].encode([Example(r["text"])], "inputs")[0])
+    rows = [(pipes[n], pipes[n].encoder.encode([Example(r["text"])], "inputs")[0])
             for n, r in zip(["prefix", "soft", "lora", "prefix3"], toy_rows(4, 5), strict=True)]
     with torch.inference_mode():
         mixed = mixed_probs(rows, narrow.tokenizer.pad_token_id)
@@ -136,8 +136,8 @@ def test_generation_rows_past_a_sliding_window_are_refused_by_the_batch(tmp_path
     narrow = load_model(str(path), "float32", "cpu")
     pipe = pipelines(narrow, toy_data, tmp_path, "generation")["soft"]
     cfg = pipe.config.generate
-    row = GenRow(pipe, pipe.encode([Example("the movie was good")], "inputs", with_target=False)[0], cfg,
-                 Stops(narrow.tokenizer, cfg.stop, narrow.family))
+    item = pipe.encoder.encode([Example("the movie was good")], "inputs", with_target=False)[0]
+    row = GenRow(pipe, item, cfg, Stops(narrow.tokenizer, cfg.stop, narrow.family))
     dec = Decoding(narrow.model, narrow.family, narrow.tokenizer.pad_token_id)
     with torch.inference_mode():
         assert dec.join([row]) == [row] and len(dec) == 0

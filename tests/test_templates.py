@@ -1,19 +1,19 @@
 import pytest
 
 from cuetune.errors import TemplateError
-from cuetune.templates import Literal, Slot, Soft, parse
+from cuetune.prompt.templates import Slot, Soft, Text, parse
 
 
 def test_parse_slots_soft_and_escapes():
     t = parse('{soft:3} Q: {text} {{x}} {soft:"It was"} {mask}.')
-    assert t.segments == (Soft(3), Literal(" Q: "), Slot("text"), Literal(" {x} "),
-                          Soft(0, "It was"), Literal(" "), Slot("answer"), Literal("."))
+    assert t.segments == (Soft(3), Text(" Q: "), Slot("text"), Text(" {x} "),
+                          Soft(0, "It was"), Text(" "), Slot("answer"), Text("."))
     assert t.has("answer") and not t.has("text_pair")
 
 
 def test_without_soft_tidies_whitespace():
     t = parse("{soft:5} Review: {text} {soft:2} Sentiment: {answer}").without_soft()
-    assert t.segments == (Literal("Review: "), Slot("text"), Literal("  Sentiment: "), Slot("answer"))
+    assert t.segments == (Text("Review: "), Slot("text"), Text("  Sentiment: "), Slot("answer"))
 
 
 @pytest.mark.parametrize("source, fragment", [

@@ -3,11 +3,12 @@ import torch
 from conftest import toy_tokenizer
 
 from cuetune import families
-from cuetune.data import Example
-from cuetune.encoding import PromptEncoder, collate
+from cuetune.data.examples import Example
 from cuetune.errors import TemplateError, VerbalizerError
-from cuetune.templates import parse
-from cuetune.verbalizers import Verbalizer
+from cuetune.prompt.batch import collate
+from cuetune.prompt.encoder import PromptEncoder
+from cuetune.prompt.templates import parse
+from cuetune.prompt.verbalizers import Verbalizer
 
 
 def test_multi_token_scoring_first_mean_max():
@@ -47,7 +48,7 @@ def _family(kind, tok):
 def test_layout_per_family(kind):
     tok = toy_tokenizer(kind)
     enc = PromptEncoder(parse("{soft:2} review : {text} sentiment : {answer} ."), tok, _family(kind, tok))
-    e = enc.encode(Example("the movie was good", label=1))
+    e = enc.encode_one(Example("the movie was good", label=1))
     toks = tok.convert_ids_to_tokens(e.input_ids)
     assert e.soft_index.count(-1) == len(toks) - 2 and max(e.soft_index) == 1
     if kind == "causal":
@@ -64,15 +65,15 @@ def test_truncation_keeps_template_and_answer(caplog):
     enc = PromptEncoder(parse("review : {text} {text_pair} sentiment : {answer}"), tok,
                         _family("masked", tok), max_length=16)
     long = " ".join(["good"] * 50)
-    e = enc.encode_all([Example(long, "bad bad", 1), Example("fine", "bad", 0)], "test rows")
+    e = enc.encode([Example(long, "bad bad", 1), Example("fine", "bad", 0)], "test rows")
     toks = tok.convert_ids_to_tokens(e[0].input_ids)
     assert len(toks) == 16 and toks[:3] == ["[CLS]", "review", ":"]
     assert toks[-4:] == ["sentiment", ":", "[MASK]", "[SEP]"] and toks.count("bad") == 2
     assert e[0].truncated and not e[1].truncated
     assert "1 of 2 test rows were truncated" in caplog.text
     with pytest.raises(TemplateError, match="needs .* tokens but data.max_length is 4"):
-        PromptEncoder(parse("{soft:5} {text} {answer}"), tok, _family("masked", tok), max_length=4).encode(
-            Example("good"))
+        encoder = PromptEncoder(parse("{soft:5} {text} {answer}"), tok, _family("masked", tok), max_length=4)
+        encoder.encode_one(Example("good"))
 
 
 def test_causal_answer_must_follow_text():
@@ -83,7 +84,7 @@ def test_causal_answer_must_follow_text():
 def test_collate_right_pads():
     tok = toy_tokenizer("causal")
     enc = PromptEncoder(parse("{soft:1} {text} {answer}"), tok, families.get("causal"))
-    b = collate(enc.encode_all([Example("good", label=1), Example("the movie was bad", label=0)]), 0)
+    b = collate(enc.encode([Example("good", label=1), Example("the movie was bad", label=0)]), 0)
     assert b["input_ids"].shape == (2, 6) and b["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0]
     assert b["answer_pos"].tolist() == [2, 5] and b["labels"].tolist() == [1, 0]
 

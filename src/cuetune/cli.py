@@ -1,4 +1,5 @@
-"""The `cuetune` command line: train, eval, predict, models.
+"""The `cuetune` command line: one convention for every command (a folder written is `--out`,
+a config key changed is `--set key=value`).
 
 Errors a user can fix print as one line (`error: <where>: <what to do>`) and exit with code 2;
 no traceback.
@@ -12,13 +13,41 @@ import sys
 import warnings
 from pathlib import Path
 
+import click
+import transformers
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from cuetune.data import lines_to_examples
-from cuetune.errors import CuetuneError
-from cuetune.serve.command import serve_command
+from cuetune import atomic
+from cuetune.bench import report, shards
+from cuetune.bench.cells import run_bench
+from cuetune.bench.grid import load_bench
+from cuetune.config import decoding_overrides
+from cuetune.data.readers import lines_to_examples
+from cuetune.engine import distributed
+from cuetune.errors import CuetuneError, DataError
+from cuetune.families.pretrained import describe_aliases
+from cuetune.runs import ensemble, peft
+from cuetune.runs.config_file import load as load_config
+from cuetune.runs.distill import distill as distill_run
+from cuetune.runs.loader import load
+from cuetune.runs.merge import merge as merge_run
+from cuetune.runs.train import resume_run
+from cuetune.runs.train import train as train_run
+from cuetune.runs.tuned import load_run
+from cuetune.search.runner import load_config as load_search
+from cuetune.search.runner import run as run_search
+from cuetune.serve.app import Limits
+from cuetune.serve.app import serve as run_server
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Prompt-based, parameter-efficient fine-tuning of language models.")
@@ -28,8 +57,6 @@ out = Console()
 
 def _quiet_libraries() -> None:
     """Keep library chatter (progress bars, load reports) off the user's screen."""
-    import transformers
-
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -38,15 +65,6 @@ def _quiet_libraries() -> None:
 
 def _progress():
     """A rich progress bar with loss, dev metric, speed and ETA; returns (callback, stop)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn(), console=err, transient=False)
@@ -77,9 +95,6 @@ def train(
 
     Several processes: `accelerate launch --multi_gpu --num_processes N -m cuetune train ...`
     (gloo on CPU, NCCL on GPUs); only the main process shows progress and prints."""
-    from cuetune import api, distributed
-    from cuetune import config as cfgmod
-
     distributed.init()
     main = distributed.is_main()
     if resume is not None:
@@ -87,16 +102,16 @@ def train(
             raise typer.BadParameter("--resume takes the run's saved config; drop CONFIG/--set/--out")
         update, stop = _progress() if main else (None, lambda: None)
         try:
-            manifest = api.resume_run(resume, progress=update)
+            manifest = resume_run(resume, progress=update)
         finally:
             stop()
     else:
         overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
         overrides += ["model.trust_remote_code=true"] if trust_remote_code else []
-        cfg = cfgmod.load(config, overrides)
+        cfg = load_config(config, overrides)
         update, stop = _progress() if cfg.train.progress and main else (None, lambda: None)
         try:
-            manifest = api.train(cfg, progress=update)
+            manifest = train_run(cfg, progress=update)
         finally:
             stop()
     if not main:
@@ -133,10 +148,7 @@ def eval_(run_dir: Path = typer.Argument(..., help="A finished run directory"),
                                          "for this evaluation (no_repeat_ngram_size=3, strategy=beam)"),
           ) -> None:
     """Evaluate a trained run (or an ensemble folder) on a labelled file; prints metrics JSON."""
-    import cuetune
-    from cuetune.config import decoding_overrides
-
-    model = cuetune.load(run_dir)
+    model = load(run_dir)
     try:
         metrics = model.evaluate(data, **decoding_overrides(set_))
     except ValueError as exc:  # pydantic: a bad decoding setting
@@ -150,10 +162,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory")
             output: Path | None = typer.Option(None, "--output", "-o", help="JSONL file; default stdout"),
             batch_size: int = typer.Option(32, help="Prediction batch size")) -> None:
     """Predict labels and per-label probabilities (a run or an ensemble folder); writes JSONL."""
-    import cuetune
-    from cuetune import atomic
-
-    model = cuetune.load(run_dir)
+    model = load(run_dir)
     if input_ == "-" or input_.endswith(".txt"):
         text = sys.stdin.read() if input_ == "-" else _read_text(Path(input_))
         examples = lines_to_examples(text, "<stdin>" if input_ == "-" else input_)
@@ -170,8 +179,6 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory")
 
 
 def _read_text(path: Path) -> str:
-    from cuetune.errors import DataError
-
     try:
         return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -189,10 +196,7 @@ def generate(run_dir: Path = typer.Argument(..., help="A finished generation run
                                                  "max_new_tokens=40, stop=[\\n], temperature=0.7 ..."),
              ) -> None:
     """Write text for each input with the tuned prompt; writes JSONL (input and output)."""
-    from cuetune import api, atomic
-    from cuetune.config import decoding_overrides
-
-    model = api.load(run_dir)
+    model = load_run(run_dir)
     overrides = decoding_overrides(set_)
     if input_ == "-" or input_.endswith(".txt"):
         text = sys.stdin.read() if input_ == "-" else _read_text(Path(input_))
@@ -218,8 +222,6 @@ def ensemble_(runs: list[Path] = typer.Argument(..., help="Finished runs trained
               weighting: str = typer.Option("mean", help="mean, or dev (weights by dev accuracy)")) -> None:
     """Combine finished runs (any methods) by their mean label log-probability; predict and
     eval accept the folder. Runs on different splits are refused with the differing key."""
-    from cuetune import ensemble
-
     metrics = ensemble.build(runs, out_dir, weighting)
     out.print_json(json.dumps({"ensemble_dir": str(out_dir), **{
         f"{split}_accuracy": round(m["accuracy"], 4) for split, m in metrics.items()}}))
@@ -233,11 +235,9 @@ def distill(teacher: Path = typer.Argument(..., help="A finished run, mixture ru
             size: int | None = typer.Option(None, "--pool-size", help="Seeded sample of the pool")) -> None:
     """Label a pool with a teacher's probabilities and train one adapter on them (PET); the
     student is scored on the teacher's gold dev and test splits."""
-    from cuetune import distill as distillmod
-
     update, stop = _progress()
     try:
-        manifest = distillmod.distill(teacher, pool, out_dir, list(set_), size, progress=update)
+        manifest = distill_run(teacher, pool, out_dir, list(set_), size, progress=update)
     finally:
         stop()
     pool_size = manifest.metrics["distillation"]["pool"]["size"]
@@ -251,11 +251,7 @@ def search(config: Path = typer.Argument(..., help="Run config with a search: se
                                               help="Search folder (same as --set search.out=)")) -> None:
     """Search templates, label words and calibration on train and dev (test is never read);
     writes prompts.jsonl, ranking.md, search.png and best.yaml. Rerun to resume."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from cuetune import search as searchmod
-
-    cfg, settings = searchmod.load_config(config, list(set_) + ([f"search.out={out_dir}"] if out_dir else []))
+    cfg, settings = load_search(config, list(set_) + ([f"search.out={out_dir}"] if out_dir else []))
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("ETA"), TimeRemainingColumn(), console=err)
     tasks: dict[str, int] = {}
@@ -266,7 +262,7 @@ def search(config: Path = typer.Argument(..., help="Run config with a search: se
         bar.update(tasks[stage], completed=done, total=total or None)
 
     with bar:
-        summary = searchmod.run(cfg, settings, progress=update)
+        summary = run_search(cfg, settings, progress=update)
     best, base = summary["best"], summary["best_baseline"]
     out.print_json(json.dumps({"search_dir": settings.out, "candidates": summary["candidates"],
                                "best_dev": best["dev"], "best_baseline_dev": base and base["dev"],
@@ -281,20 +277,32 @@ def merge(run_dir: Path = typer.Argument(..., help="A finished LoRA, prompt-ft o
     """Fold a run's adapter into the base weights: a plain transformers model folder that
     AutoModelFor*.from_pretrained, vLLM or TGI load, and with --gguf a file for llama.cpp and
     Ollama (soft prompts and prefixes are refused: they are no weight change)."""
-    from cuetune import deploy
-
-    path = deploy.merge(run_dir, out_dir, gguf)
+    path = merge_run(run_dir, out_dir, gguf)
     out.print_json(json.dumps({"merged_dir": str(path)}))
 
 
 @app.command("export")
 def export(run_dir: Path = typer.Argument(..., help="A finished run directory"),
-           out_dir: Path = typer.Argument(..., help="New folder for the PEFT adapter")) -> None:
+           out_dir: Path | None = typer.Option(None, "--out", help="New folder for the PEFT adapter"),
+           old_out: Path | None = typer.Argument(None, hidden=True, metavar="[OUT]",
+                                                 help="Deprecated: the folder as a second argument")) -> None:
     """Write a run's adapter in PEFT's format (soft, ptuning, prefix, lora)."""
-    from cuetune import interop
-
-    path = interop.export_peft(run_dir, out_dir)
+    out_dir = _out_option(out_dir, old_out, "export RUN OUT", "export RUN --out OUT")
+    path = peft.export_peft(run_dir, out_dir)
     out.print_json(json.dumps({"peft_dir": str(path)}))
+
+
+def _out_option(option: Path | None, positional: Path | None, old: str, new: str) -> Path:
+    """`--out`, or for one more release the folder as a positional argument (with a note)."""
+    if option is not None and positional is not None:
+        raise typer.BadParameter(f"give the output folder once: `cuetune {new}`")
+    if positional is not None:
+        err.print(f"note: `cuetune {old}` is deprecated and goes in the next release; write "
+                  f"`cuetune {new}` (--out, as every command takes it)", highlight=False, soft_wrap=True)
+        return positional
+    if option is None:
+        raise typer.BadParameter(f"missing --out: `cuetune {new}`")
+    return option
 
 
 @app.command("import-peft")
@@ -305,14 +313,34 @@ def import_peft(
     out_dir: str | None = typer.Option(None, "--out", help="Run directory to create"),
 ) -> None:
     """Turn a PEFT adapter into a cuetune run (evaluated on the config's dev/test data)."""
-    from cuetune import config as cfgmod
-    from cuetune import interop
-
     overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
-    out.print_json(json.dumps(_summary(interop.import_peft(peft_dir, cfgmod.load(config, overrides)))))
+    out.print_json(json.dumps(_summary(peft.import_peft(peft_dir, load_config(config, overrides)))))
 
 
-app.command("serve")(serve_command)
+@app.command("serve")
+def serve(
+    runs: list[str] = typer.Argument(None, help="Run folders (or NAME=FOLDER) made on one base model"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="CUETUNE_API_KEY",
+                                       help="Require 'Authorization: Bearer KEY' on /v1"),
+    adapter_root: Path | None = typer.Option(None, "--adapter-root",
+                                             help="Allow POST /v1/adapters for run folders under DIR"),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: the runs')"),
+    max_queue: int = typer.Option(256, "--max-queue", help="Rows waiting before 429"),
+    max_batch: int = typer.Option(32, "--max-batch", help="Rows per classification forward"),
+    max_running: int = typer.Option(32, "--max-running", help="Rows decoding together"),
+    wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="How long rows gather when idle"),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Most tokens a completion may ask for"),
+    one_adapter: bool = typer.Option(False, "--one-adapter-per-batch",
+                                     help="Do not mix adapters in a batch (for comparison)"),
+) -> None:
+    """Serve many runs' adapters over one frozen base: OpenAI-compatible HTTP, mixed batches."""
+    if not runs and adapter_root is None:
+        raise typer.BadParameter("give run folders to serve, or --adapter-root to load them later")
+    run_server(runs or [], host, port, device=device, adapter_root=adapter_root, api_key=api_key,
+               limits=Limits(max_tokens=max_tokens), max_queue=max_queue, max_batch=max_batch,
+               max_running=max_running, wait_ms=wait_ms, mix=not one_adapter)
 
 
 @app.command()
@@ -321,21 +349,21 @@ def bench(
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a bench key: key=value"),
     out_dir: Path | None = typer.Option(None, "--out", help="Output folder (same as --set output_dir=)"),
     shard: str | None = typer.Option(None, "--shard", help="I/N: run every N-th cell from the I-th "
-                                     "into OUT/shards/I-of-N (Slurm arrays); join them with --merge"),
-    merge: bool = typer.Option(False, "--merge", help="Join the shards' results into OUT's reports"),
+                                     "into OUT/shards/I-of-N (Slurm arrays); join them with --join"),
+    join: bool = typer.Option(False, "--join", help="Join the shards' results into OUT's reports"),
+    old_join: bool = typer.Option(False, "--merge", hidden=True, help="Deprecated name of --join"),
     ray: str | None = typer.Option(None, "--ray", help="Run cells as Ray tasks: 'local' starts a "
                                    "cluster here, else a Ray address (auto, ray://head:10001)"),
     cpus: float = typer.Option(1.0, "--cpus-per-cell", help="With --ray: CPUs per cell (its threads)"),
     gpus: float = typer.Option(0.0, "--gpus-per-cell", help="With --ray: GPUs per cell"),
 ) -> None:
     """Run a tasks x methods x K x seeds grid (LM-BFF protocol); resumable; writes reports."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from cuetune import bench as benchmod
-    from cuetune import report
-
+    if old_join:
+        err.print("note: `cuetune bench --merge` is now `--join` (merge folds adapter weights: "
+                  "`cuetune merge`); --merge goes in the next release", highlight=False, soft_wrap=True)
+        join = True
     overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
-    cfg, root = benchmod.load_bench(config, overrides)
+    cfg, root = load_bench(config, overrides)
     out_path = Path(cfg.output_dir)
     bar = Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[cell]}"), TimeElapsedColumn(),
@@ -348,32 +376,30 @@ def bench(
         if cell and not err.is_terminal:  # no live bar in a log file or CI: one line per cell
             err.print(f"bench [{done + 1}/{total}] {cell.key} {eta_text}".rstrip(), soft_wrap=True)
 
-    from cuetune import bench_dist
-
-    if sum([shard is not None, merge, ray is not None]) > 1:
-        raise typer.BadParameter("--shard, --merge and --ray are separate ways to run; pick one")
+    if sum([shard is not None, join, ray is not None]) > 1:
+        raise typer.BadParameter("--shard, --join and --ray are separate ways to run; pick one")
     if (cpus != 1.0 or gpus != 0.0) and ray is None:
         raise typer.BadParameter("--cpus-per-cell/--gpus-per-cell apply to --ray only")
-    if merge:
-        rows, missing = bench_dist.merge(cfg, out_path)
-        out.print(f"merged {len(rows)} cells into {out_path}" + (
+    if join:
+        rows, missing = shards.join(cfg, out_path)
+        out.print(f"joined {len(rows)} cells into {out_path}" + (
             f"; {len(missing)} not run yet: {', '.join(missing[:5])}{' ...' * (len(missing) > 5)}"
             if missing else ""))
     else:
         with bar:
             if shard is not None:
-                i, n = bench_dist.parse_shard(shard)
-                rows = bench_dist.run_shard(cfg, root, out_path, i, n, progress=update)
-                out_path = bench_dist.shard_folder(out_path, i, n)
+                i, n = shards.parse_shard(shard)
+                rows = shards.run_shard(cfg, root, out_path, i, n, progress=update)
+                out_path = shards.shard_folder(out_path, i, n)
             elif ray is not None:
                 def finished(done, total, cell):  # Ray reports cells as they finish, in any order
                     bar.update(task, completed=done, total=total, cell=cell.key if cell else "")
                     if cell and not err.is_terminal:
                         err.print(f"bench {done}/{total} finished {cell.key}", soft_wrap=True)
 
-                rows = bench_dist.run_ray(cfg, root, out_path, ray, cpus, gpus, progress=finished)
+                rows = shards.run_ray(cfg, root, out_path, ray, cpus, gpus, progress=finished)
             else:
-                rows = benchmod.run_bench(cfg, root, out_path, progress=update)
+                rows = run_bench(cfg, root, out_path, progress=update)
     out.print(f"{len(rows)} cells; reports in {out_path}: results.md, results.csv, "
               "results.json, report.html, bars_k*.png")
     failed = report.failures(rows)
@@ -386,8 +412,6 @@ def bench(
 @app.command()
 def models() -> None:
     """List model aliases: family, parameters, installed and converted."""
-    from cuetune.models import describe_aliases
-
     table = Table("alias", "family", "params", "installed", "converted", "package")
     for row in describe_aliases():
         conv = {True: "yes", False: "no", None: "n/a"}[row["converted"]]
@@ -406,8 +430,6 @@ def main() -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as exc:  # click usage errors are handled by click itself
-        import click
-
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(exc.exit_code)

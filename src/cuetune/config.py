@@ -2,8 +2,10 @@
 
 A YAML file maps one to one onto `RunConfig`; `key=value` overrides (`train.lr=0.01`) are
 applied to the raw mapping before validation. Unknown keys are rejected with a did-you-mean,
-so a typo never silently falls back to a default. A `task:` section names a benchmark task
-(`cuetune.tasks.fill_task`) and is turned into `data`/`prompt`/`generate` before validation.
+so a typo never silently falls back to a default. Each part of cuetune is handed the sections
+it reads (the trainer `TrainConfig`, decoding `GenerateConfig`, a method its own section);
+`variant` makes a changed copy of a whole config. Reading a config file (with a named task's
+`task:` section) is `cuetune.runs.config_file.load`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from cuetune.errors import ConfigError, did_you_mean
-from cuetune.tasks import fill_task
 
 
 class Strict(BaseModel):
@@ -353,48 +354,12 @@ def parse_mapping(text: str, source: str) -> dict:
     return raw
 
 
-def load(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or the packaged default when `path` is None) and apply overrides."""
-    if path is None:
-        from importlib.resources import files
-
-        text = files("cuetune.resources").joinpath("default.yaml").read_text()
-        source = "default config"
-        base_dir = None
-    elif str(path).startswith("pkg:"):  # a config shipped with cuetune, e.g. pkg:data2text.yaml
-        from importlib.resources import files
-
-        packaged = files("cuetune.resources").joinpath(str(path)[4:])
-        if not packaged.is_file():
-            raise ConfigError(f"{path}: no such packaged config; shipped: default.yaml, data2text.yaml")
-        text, source, base_dir = packaged.read_text(encoding="utf-8"), str(path), None
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        text = p.read_text(encoding="utf-8")
-        source = str(p)
-        base_dir = p.parent
-    raw = apply_overrides(parse_mapping(text, source), overrides or [])
-    cfg = validate(fill_task(raw, base_dir, source), source)
-    return resolve_paths(cfg, base_dir)
-
-
-def resolve_paths(cfg: RunConfig, base_dir: Path | None) -> RunConfig:
-    """Data paths in a config file are relative to that file; `pkg:` names packaged data."""
-    from importlib.resources import files
-
-    updates = {}
-    for key in ("train", "dev", "test"):
-        value = getattr(cfg.data, key)
-        if value is None or cfg.data.dataset:
-            continue
-        if value.startswith("pkg:"):
-            updates[key] = str(files("cuetune.resources").joinpath(value[4:]))
-        elif base_dir is not None and not Path(value).is_absolute():
-            candidate = base_dir / value
-            if candidate.exists() or not Path(value).exists():
-                updates[key] = str(candidate)
-    if updates:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
-    return cfg
+def variant(cfg: RunConfig, **changes: Any) -> RunConfig:
+    """A changed copy of a run config, validated as a new one: `method=` replaces the method
+    section (another method's keys would not fit it); any other section given as a mapping is
+    merged into that section; a plain value (`output_dir`) replaces it."""
+    raw = cfg.model_dump()
+    for key, value in changes.items():
+        merge = isinstance(value, dict) and key != "method" and isinstance(raw.get(key), dict)
+        raw[key] = {**raw[key], **value} if merge else value
+    return RunConfig.model_validate(raw)

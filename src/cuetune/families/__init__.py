@@ -8,8 +8,8 @@ suite then asks for a tiny model of it (tests/test_contract.py).
 from __future__ import annotations
 
 from cuetune.errors import ModelError
-from cuetune.families.base import Family
 from cuetune.families.causal import Causal
+from cuetune.families.family import Family
 from cuetune.families.masked import Masked
 from cuetune.families.seq2seq import Seq2Seq
 

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from cuetune.errors import ModelError
 from cuetune.families import fastpath
-from cuetune.families.base import (
+from cuetune.families.family import (
     Family,
     kv_cache,
     pick,
@@ -129,13 +129,13 @@ class CausalState:
     def __init__(self, model, batch: dict, max_new: int):
         base, family = model.base, model.family
         inputs = model.inputs(batch)
-        prefix, length = inputs.get("prefix"), inputs["inputs_embeds"].size(1)
+        prefix, length = inputs.prefix, inputs.inputs_embeds.size(1)
         if prefix is not None and not window_allows(base.config, prefix_len(prefix) + length + max_new):
             raise ModelError("generate: prefix keys plus the prompt and max_new_tokens exceed this "
                              "model's sliding attention window, where cached and teacher-forced "
                              "attention to the prefix differ; lower generate.max_new_tokens or "
                              "data.max_length, or use a soft prompt")
-        prefix, embeds, mask, past, self.dropped = fastpath.share_prompt(base, inputs, inputs["answer_pos"],
+        prefix, embeds, mask, past, self.dropped = fastpath.share_prompt(base, inputs, inputs.answer_pos,
                                                                          max_new)
         rows = embeds.size(0)
         self.cache = kv_cache(None, prefix, rows)

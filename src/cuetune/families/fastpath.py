@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from cuetune.families.base import kv_cache, pick, prefix_len, window_allows
+from cuetune.families.family import kv_cache, pick, prefix_len, window_allows
+from cuetune.families.inputs import ModelInputs
 
 PACK_WASTE = 0.15
 """Pack a batch into one unpadded sequence when padding would be more than this share."""
@@ -26,11 +27,11 @@ GROUP_OVERHEAD_TOKENS = 16
 """What one more forward pass costs, in padded tokens (kernel launches, small matmuls)."""
 
 
-def run(model, inputs: dict) -> torch.Tensor:
+def run(model, inputs: ModelInputs) -> torch.Tensor:
     """Hidden states at the answer [B, H] (or [B, A, H]) through the fast path."""
-    if inputs.get("row_groups"):
+    if inputs.row_groups:
         return run_groups(model, inputs)
-    answer = inputs["answer_pos"]
+    answer = inputs.answer_pos
     first = answer.reshape(answer.size(0), -1)[:, 0]  # [B]: the (first) answer position
     prefix, embeds, mask, past, shared = share_prompt(model, inputs, first, 0)
     answer = answer - shared
@@ -44,19 +45,15 @@ def run(model, inputs: dict) -> torch.Tensor:
     return in_batch_order(hidden, groups)  # [B, H]
 
 
-ROW_KEYS = ("inputs_embeds", "attention_mask", "answer_pos", "input_ids")
-
-
-def run_groups(model, inputs: dict) -> torch.Tensor:
-    """`inputs["row_groups"]`: [(rows [R], shared length, memo key)], groups of rows that share
+def run_groups(model, inputs: ModelInputs) -> torch.Tensor:
+    """`inputs.row_groups`: [(rows [R], shared length, memo key)], groups of rows that share
     their own first tokens (a mixture: each prompt's rows, or each input's rows). Each group runs
     through the fast path with its own shared start, and its own memo under `memo key` (rows of
     two soft prompts have the same ids under different embeddings), or none when the key is None."""
-    memo, hidden, order = inputs.get("memo"), [], []
-    for idx, shared, key in inputs["row_groups"]:
-        sub = {**inputs, **{k: inputs[k][idx] for k in ROW_KEYS}, "row_groups": None, "shared_len": shared,
-               "memo": None if memo is None or key is None else memo.setdefault(("row group", key), {})}
-        hidden.append(run(model, sub))
+    memo, hidden, order = inputs.memo, [], []
+    for idx, shared, key in inputs.row_groups:
+        own = None if memo is None or key is None else memo.setdefault(("row group", key), {})
+        hidden.append(run(model, inputs.rows(idx, shared, own)))
         order.append(idx)
     return in_batch_order(hidden, order)  # [B, H]
 
@@ -109,17 +106,17 @@ def packed(model, embeds, mask, answer, prefix, past: int) -> torch.Tensor:
     return out.last_hidden_state[0, pick(where, answer)]  # [B, H] or [B, A, H]
 
 
-def share_prompt(model, inputs: dict, first: torch.Tensor, extra: int):
+def share_prompt(model, inputs: ModelInputs, first: torch.Tensor, extra: int):
     """Run the shared tokens once and drop them from every row.
 
     `first` [B]: each row's first answer position (sharing stops before it); `extra`: tokens
     that will follow the input (generation), which must fit a sliding window too. Returns
     (prefix keys and values, embeds, mask, past length, number of shared tokens dropped)."""
-    embeds, mask = inputs["inputs_embeds"], inputs["attention_mask"]  # [B, T, H], [B, T]
-    prefix = inputs.get("prefix")  # per layer (k, v) [1 or B, kv, P, d]
+    embeds, mask = inputs.inputs_embeds, inputs.attention_mask  # [B, T, H], [B, T]
+    prefix = inputs.prefix  # per layer (k, v) [1 or B, kv, P, d]
     past = 0 if prefix is None else prefix_len(prefix)
     start = (mask.cumsum(1) == 0).sum(1)  # [B]: left padding before the first real token
-    shared = min(inputs.get("shared_len", 0), int((first - start).min()))
+    shared = min(inputs.shared_len, int((first - start).min()))
     if shared <= 0 or not window_allows(model.config, past + embeds.size(1) + extra):
         return prefix, embeds, mask, past, 0
     prefix = shared_kv(model, inputs, prefix, past, int(start[0]), shared)
@@ -127,15 +124,15 @@ def share_prompt(model, inputs: dict, first: torch.Tensor, extra: int):
     return prefix, embeds, mask, past + shared, shared
 
 
-def shared_kv(model, inputs: dict, prefix, past: int, start: int, shared: int):
+def shared_kv(model, inputs: ModelInputs, prefix, past: int, start: int, shared: int):
     """Keys and values [1, kv, past + shared, d] per layer after the shared tokens."""
-    memo = inputs.get("memo")
+    memo = inputs.memo
     key = None
     if memo is not None:
-        key = (shared, tuple(inputs["input_ids"][0, start:start + shared].tolist()))
+        key = (shared, tuple(inputs.input_ids[0, start:start + shared].tolist()))
         if key in memo:
             return memo[key]
-    embeds = inputs["inputs_embeds"][:1, start:start + shared]  # [1, S, H]
+    embeds = inputs.inputs_embeds[:1, start:start + shared]  # [1, S, H]
     cache = kv_cache(model.config, prefix, 1) if prefix is not None else DynamicCache(config=model.config)
     mask = torch.ones(1, past + shared, dtype=torch.long, device=embeds.device)
     positions = torch.arange(past, past + shared, device=embeds.device)[None]

@@ -7,7 +7,7 @@ from torch import nn
 from transformers import AutoModelForMaskedLM
 
 from cuetune.errors import ModelError, TemplateError
-from cuetune.families.base import Family
+from cuetune.families.family import Family
 
 MASKED_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet",
                 "deberta", "deberta-v2", "camembert", "modernbert"}

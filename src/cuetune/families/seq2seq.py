@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSeq2SeqLM, DynamicCache, EncoderDecoderCache
 
 from cuetune.errors import ModelError
-from cuetune.families.base import Family, kv_cache, pick, repeat_rows, select_cache, word_targets
+from cuetune.families.family import Family, kv_cache, pick, repeat_rows, select_cache, word_targets
 
 SENTINEL = "<extra_id_0>"
 """T5's first infilling sentinel: it stands where the answer goes."""
@@ -38,22 +38,22 @@ class Seq2Seq(Family):
         return super().end_token_ids(tokenizer) | ({_token_id(tokenizer, NEXT_SENTINEL)} - {None})
 
     def run(self, model, inputs):
-        embeds, mask = inputs["inputs_embeds"], inputs["attention_mask"]
+        embeds, mask = inputs.inputs_embeds, inputs.attention_mask
         start = model.config.decoder_start_token_id
-        taught = inputs.get("decoder_input_ids")  # generation: [B, A] teacher-forced answer
+        taught = inputs.decoder_input_ids  # generation: [B, A] teacher-forced answer
         if taught is None:
             dec = torch.tensor([[start, self.sentinel_id]] * embeds.size(0), device=embeds.device)
         else:
             dec = torch.cat([taught.new_full((taught.size(0), 1), start), taught], 1)
         enc = model.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         extra = {}
-        if inputs.get("prefix") is not None:  # T5's encoder reads no cache: the decoder gets it
-            own = kv_cache(model.config, inputs["prefix"], embeds.size(0))
+        if inputs.prefix is not None:  # T5's encoder reads no cache: the decoder gets it
+            own = kv_cache(model.config, inputs.prefix, embeds.size(0))
             extra["cache"] = EncoderDecoderCache(own, DynamicCache(config=model.config))
         out = model.get_decoder()(input_ids=dec, encoder_hidden_states=enc.last_hidden_state,
                                   encoder_attention_mask=mask, use_cache=False, **extra)
         if taught is not None:
-            return pick(out.last_hidden_state, inputs["answer_pos"])  # [B, A, H]
+            return pick(out.last_hidden_state, inputs.answer_pos)  # [B, A, H]
         return out.last_hidden_state[:, -1]  # [B, H]: the step after the sentinel
 
     teaches_words = True
@@ -97,11 +97,11 @@ class Seq2SeqState:
     def __init__(self, model, batch: dict):
         self.base, self.family = model.base, model.family
         inputs = model.inputs(batch)
-        embeds, self.enc_mask = inputs["inputs_embeds"], inputs["attention_mask"]
+        embeds, self.enc_mask = inputs.inputs_embeds, inputs.attention_mask
         self.enc = self.base.get_encoder()(inputs_embeds=embeds,
                                            attention_mask=self.enc_mask).last_hidden_state  # [B, T, H]
         rows = embeds.size(0)
-        own = kv_cache(None, inputs.get("prefix"), rows)
+        own = kv_cache(None, inputs.prefix, rows)
         self.cache = EncoderDecoderCache(own, DynamicCache(config=self.base.config))
         start = self.base.config.decoder_start_token_id
         dec = torch.tensor([[start, self.family.sentinel_id]] * rows, device=embeds.device)

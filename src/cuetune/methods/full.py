@@ -21,8 +21,9 @@ from pydantic import Field
 from torch import nn
 
 from cuetune.config import MethodConfig
-from cuetune.methods.base import Method, WeightCopy, plain_template
-from cuetune.templates import Template
+from cuetune.families.inputs import ModelInputs
+from cuetune.methods.method import Method, WeightCopy, plain_template
+from cuetune.prompt.templates import Template
 
 
 class PromptFTConfig(MethodConfig):
@@ -113,9 +114,9 @@ class Head(PromptFinetune):
         return {**self.weights.tensors(), "classifier.weight": self.classifier.weight,
                 "classifier.bias": self.classifier.bias}
 
-    def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
+    def prepare_inputs(self, inputs: ModelInputs, batch: dict) -> ModelInputs:
         if self.first_token:  # encoders pool at [CLS], as their sequence classifiers do
-            inputs["answer_pos"] = torch.zeros_like(inputs["answer_pos"])
+            inputs.answer_pos = torch.zeros_like(inputs.answer_pos)
         return inputs
 
     def scores(self, hidden: torch.Tensor, model) -> torch.Tensor:

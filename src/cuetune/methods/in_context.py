@@ -26,12 +26,11 @@ from typing import Literal
 from pydantic import Field
 
 from cuetune.config import MethodConfig
-from cuetune.encoding import PromptEncoder
 from cuetune.errors import ConfigError
-from cuetune.methods.base import Method
-from cuetune.templates import Literal as Text
-from cuetune.templates import Slot, Template, parse
-from cuetune.verbalizers import Verbalizer
+from cuetune.methods.method import Method, MethodContext
+from cuetune.prompt.encoder import PromptEncoder
+from cuetune.prompt.templates import Template, Text
+from cuetune.prompt.verbalizers import Verbalizer
 
 
 class InContextConfig(MethodConfig):
@@ -46,36 +45,23 @@ class InContextConfig(MethodConfig):
     """Filled from the training data when the run starts; set it to fix your own."""
 
 
-def render(template: Template, example, word: str) -> str:
-    """The template filled with an example and its answer word (soft slots dropped)."""
-    parts = []
-    for seg in template.without_soft().segments:
-        if isinstance(seg, Text):
-            parts.append(seg.text)
-        elif isinstance(seg, Slot) and seg.name == "answer":
-            parts.append(word)
-        elif isinstance(seg, Slot):
-            parts.append(getattr(example, seg.name) or "")
-    return "".join(parts).strip()
-
-
 class InContext(Method):
     config_class = InContextConfig
     generates = False
     trains = False
     merge_refusal = "nothing was trained: its demonstrations are prompt text, not weights"
+    demonstrations_refusal = "puts its own demonstrations (method.per_class)"
 
     @classmethod
-    def prepare_config(cls, run_config, splits, loaded) -> InContextConfig:
-        cfg: InContextConfig = run_config.method
+    def prepare_config(cls, config: InContextConfig, context: MethodContext) -> InContextConfig:
+        cfg, splits = config, context.splits
         if cfg.demonstrations is not None or not splits.labels:
             return cfg  # no labels: generation data, which build() refuses with the reason
-        max_length = run_config.data.max_length
-        template = parse(run_config.prompt.template)
+        max_length, template = context.max_length, context.template
 
         def encoder(demos: list[str]) -> PromptEncoder:
             filled = cfg.model_copy(update={"demonstrations": cfg.separator.join(demos)})
-            return PromptEncoder.for_run(run_config, cls.adapt_template(filled, template), loaded)
+            return context.make_encoder(cls.adapt_template(filled, template))
 
         plain = encoder([])
         room = _quantile([plain.input_length(e) for e in splits.train], cfg.fit_inputs)
@@ -83,8 +69,9 @@ class InContext(Method):
         why = (f"{max(share, 0)} tokens each: data.max_length={max_length} less {plain.fixed_length} "
                f"for the template and {room} for the input, which {cfg.fit_inputs:g} of training "
                "inputs fit")
-        pools = _pools(run_config, splits, template, loaded.tokenizer, share, why)
-        rng = random.Random(run_config.train.seed if cfg.seed is None else cfg.seed)
+        words = Verbalizer(splits.labels, context.verbalizer).words
+        pools = _pools(cfg, splits, template, words, context.loaded.tokenizer, share, why)
+        rng = random.Random(context.seed if cfg.seed is None else cfg.seed)
         demos = [d for pool in pools for d in rng.sample(pool, min(cfg.per_class, len(pool)))]
         rng.shuffle(demos)
         while demos and encoder(demos).fixed_length + room > max_length:
@@ -107,14 +94,13 @@ def _quantile(values: list[int], q: float) -> int:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def _pools(run_config, splits, template: Template, tokenizer, share: int, why: str) -> list[list[str]]:
+def _pools(cfg: InContextConfig, splits, template: Template, words: dict[str, list[str]], tokenizer,
+           share: int, why: str) -> list[list[str]]:
     """Per label, the training examples rendered as demonstrations that fit `share` tokens."""
-    cfg: InContextConfig = run_config.method
-    words = Verbalizer(splits.labels, run_config.prompt.verbalizer).words
     pools: list[list[str]] = [[] for _ in splits.labels]
     present = {ex.label for ex in splits.train}  # a class with no training example gets no demo
     for ex in splits.train:
-        demo = render(template, ex, words[splits.labels[ex.label]][0])
+        demo = template.render(ex, words[splits.labels[ex.label]][0])
         if len(tokenizer(demo + cfg.separator, add_special_tokens=False)["input_ids"]) <= share:
             pools[ex.label].append(demo)
     for index, (label, pool) in enumerate(zip(splits.labels, pools, strict=True)):

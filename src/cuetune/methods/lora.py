@@ -27,7 +27,8 @@ from transformers.pytorch_utils import Conv1D
 
 from cuetune.config import MethodConfig
 from cuetune.errors import ArtifactError, ConfigError
-from cuetune.methods.base import Method
+from cuetune.families.inputs import ModelInputs
+from cuetune.methods.method import Method
 from cuetune.methods.soft import SoftBlock
 
 
@@ -139,7 +140,7 @@ class Lora(Method):
     default_lr = 5e-4
 
     @classmethod
-    def unused_settings(cls, run_config, template):
+    def unused_settings(cls, config, template):
         if template.soft_segments:
             return {}
         why = "a soft-prompt option, read only when the template has {soft} blocks"
@@ -150,7 +151,7 @@ class Lora(Method):
         self.soft = SoftBlock(config, loaded, encoder) if encoder.soft_specs else None
         self.lora = LoraWeights(loaded.model, config)
 
-    def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
+    def prepare_inputs(self, inputs: ModelInputs, batch: dict) -> ModelInputs:
         return self.soft.fill(inputs, batch) if self.soft is not None else inputs
 
     def patch(self):

@@ -25,6 +25,7 @@ input, as a single-prompt run does; or, with the input first, each input once fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -32,12 +33,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from cuetune.config import MethodConfig
-from cuetune.encoding import Encoded, PromptEncoder
+from cuetune.config import MethodConfig, PromptConfig
 from cuetune.errors import ConfigError, TemplateError
-from cuetune.methods.base import Method
+from cuetune.families.inputs import ModelInputs
+from cuetune.methods.method import Method
 from cuetune.methods.soft import SoftBlock, fill_soft
-from cuetune.templates import Template, parse
+from cuetune.prompt.encoder import Encoded, PromptEncoder
+from cuetune.prompt.templates import Template, parse
 
 
 class MixtureConfig(MethodConfig):
@@ -107,8 +109,8 @@ class Views:
         `Mixture.row_groups` says which rows share which start."""
         self.num_soft = sum(e.num_soft for e in encoders)
 
-    def encode_all(self, examples, what: str = "examples", with_target: bool = True) -> list[Encoded]:
-        per = [enc.encode_all(examples, what, with_target) for enc in self.encoders]
+    def encode(self, examples, what: str = "examples", with_target: bool = True) -> list[Encoded]:
+        per = [enc.encode(examples, what, with_target) for enc in self.encoders]
         out = []
         for views in zip(*per, strict=True):
             longest = max(views, key=lambda v: len(v.input_ids))  # what length ordering reads
@@ -129,29 +131,34 @@ class Mixture(Method):
     default_lr = 3e-2
     generates = False
     merge_refusal = "its prompts are inputs the model reads and a prior over them, not a weight change"
+    demonstrations_refusal = "each of its prompts would need its own rendering of them"
 
     @classmethod
-    def build_encoder(cls, cfg, template: Template, loaded) -> Views:
-        if cfg.data.task != "classification":
+    def check(cls, config: MixtureConfig, prompt: PromptConfig, task: str) -> None:
+        if task != "classification":
             raise ConfigError("method mixture: classification only (a prior over prompts mixes "
                               "label distributions)")
-        if cfg.prompt.multi_token == "chain":
+        if prompt.multi_token == "chain":
             raise ConfigError("prompt.multi_token: chain runs its own teacher-forced rows, which "
                               "method mixture does not combine yet; use mean, first or max")
-        if cfg.prompt.calibrate and cfg.method.objective == "expected":
+        if prompt.calibrate and config.objective == "expected":
             raise ConfigError("prompt.calibrate: the expected-cost objective trains each prompt's own "
                               "uncalibrated scores, not the calibrated mixture it would predict; "
                               "use method.objective=marginal, or drop calibration")
-        templates = component_templates(cfg.method, template)
-        if cfg.method.copies > 1 and not any(t.soft_segments for t in templates):
+
+    @classmethod
+    def build_encoder(cls, config: MixtureConfig, template: Template,
+                      make_encoder: Callable[[Template], PromptEncoder]) -> Views:
+        templates = component_templates(config, template)
+        if config.copies > 1 and not any(t.soft_segments for t in templates):
             raise ConfigError("method.copies: copies of a hard template are the same prompt; set "
                               "method.num_tokens (or put {soft:N} in the template) so each copy "
                               "trains its own soft prompt")
-        return Views([PromptEncoder.for_run(cfg, t, loaded) for t in templates])
+        return Views([make_encoder(t) for t in templates])
 
     @classmethod
-    def unused_settings(cls, run_config, template):
-        m, unused = run_config.method, {}
+    def unused_settings(cls, config, template):
+        m, unused = config, {}
         if m.prior == "uniform":
             for key in ("entropy", "temperature"):
                 unused[f"method.{key}"] = "shapes a learned prior; prior is uniform"
@@ -183,10 +190,10 @@ class Mixture(Method):
         """(log p(y|x,phi) [B, M, L], log P(phi|x) [B, M]) of the latest forward, for the loss."""
         self._seen = [torch.zeros(self.count), 0]  # prior mass summed over scored inputs, count
 
-    def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
-        if inputs.get("shared_len"):  # sharing is allowed here (no dropout in training)
-            inputs["row_groups"] = self.row_groups(batch)
-            inputs["shared_len"] = 0
+    def prepare_inputs(self, inputs: ModelInputs, batch: dict) -> ModelInputs:
+        if inputs.shared_len:  # sharing is allowed here (no dropout in training)
+            inputs.row_groups = self.row_groups(batch)
+            inputs.shared_len = 0
         if not len(self.blocks):
             return inputs
         prompt = torch.cat([b.prompt for b in self.blocks.values()])  # [P_total, H]

@@ -17,15 +17,17 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from peft import PrefixTuningConfig
 from pydantic import Field
 from torch import nn
 
 from cuetune.config import MethodConfig
 from cuetune.errors import ArtifactError, ConfigError
-from cuetune.families.base import window_allows
-from cuetune.methods.base import Method
+from cuetune.families.family import window_allows
+from cuetune.families.inputs import ModelInputs
+from cuetune.methods.method import Method
 from cuetune.methods.soft import peft_prompt_state, vocab_sample
-from cuetune.templates import Template
+from cuetune.prompt.templates import Template
 
 
 class PrefixConfig(MethodConfig):
@@ -49,27 +51,27 @@ class Prefix(Method):
         return template.without_soft()
 
     @classmethod
-    def prepare_config(cls, run_config, splits, loaded):
+    def prepare_config(cls, config, context):
         """Refuse, before training, a generation run whose longest inputs could not be decoded
         from: on a sliding-window model (Gemma-3) prefix keys, an input at `data.max_length`
         and the new tokens must fit the window (`CausalState` checks each batch; without this,
         a run found out only at its final evaluation, after training)."""
-        cfg = run_config
-        need = cfg.method.num_tokens + cfg.data.max_length + cfg.generate.max_new_tokens
-        if (cfg.data.task == "generation" and loaded.family.answer_is_next
+        loaded, new = context.loaded, context.max_new_tokens
+        need = config.num_tokens + context.max_length + new
+        if (context.task == "generation" and loaded.family.answer_is_next
                 and not window_allows(loaded.model.config, need)):
             window = loaded.model.config.get_text_config().sliding_window
             raise ConfigError(
-                f"data.max_length: {cfg.data.max_length} + method.num_tokens {cfg.method.num_tokens} + "
-                f"generate.max_new_tokens {cfg.generate.max_new_tokens} = {need} exceeds this model's "
+                f"data.max_length: {context.max_length} + method.num_tokens {config.num_tokens} + "
+                f"generate.max_new_tokens {new} = {need} exceeds this model's "
                 f"{window}-token sliding attention window, so inputs at the length cap could not be "
                 f"decoded from a prefix; set data.max_length to at most "
-                f"{window - cfg.method.num_tokens - cfg.generate.max_new_tokens}, or use soft or lora")
-        return cfg.method
+                f"{window - config.num_tokens - new}, or use soft or lora")
+        return config
 
     @classmethod
-    def unused_settings(cls, run_config, template):
-        cfg, unused = run_config.method, {}
+    def unused_settings(cls, config, template):
+        cfg, unused = config, {}
         if not cfg.projection:
             unused["method.projection_hidden"] = "read only with method.projection=true"
         if cfg.init == "random" or cfg.projection:
@@ -110,20 +112,18 @@ class Prefix(Method):
         """[P, layers * 2 * kv_heads * head_dim], PEFT's layout."""
         return self.mlp(self.embedding) if self.config.projection else self.prefix
 
-    def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
-        dtype = inputs["inputs_embeds"].dtype
+    def prepare_inputs(self, inputs: ModelInputs, batch: dict) -> ModelInputs:
+        dtype = inputs.inputs_embeds.dtype
         p = self.config.num_tokens
         kv = self.flat_prefix().to(dtype).view(p, self.layers * 2, self.kv_heads, self.head_dim)
         kv = kv.permute(1, 2, 0, 3)  # [2L, kv_heads, P, d]
         # one row [1, kv_heads, P, d] per layer; the family broadcasts it to the batch
-        inputs["prefix"] = [(kv[2 * i][None], kv[2 * i + 1][None]) for i in range(self.layers)]
+        inputs.prefix = [(kv[2 * i][None], kv[2 * i + 1][None]) for i in range(self.layers)]
         return inputs
 
     peft_imports = ("PREFIX_TUNING",)
 
     def peft_export(self):
-        from peft import PrefixTuningConfig
-
         family = self.loaded.family
         if not family.peft_prompts:
             raise ArtifactError(f"PEFT export: prefix adapters are supported for causal models here; "

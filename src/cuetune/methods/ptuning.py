@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from peft import PromptEncoderConfig
 from pydantic import Field
 from torch import nn
 
@@ -58,8 +59,6 @@ class PTuning(SoftPrompt):
     peft_imports = ()  # PEFT saves P-tuning as fixed embeddings; `soft` imports them
 
     def peft_export(self):
-        from peft import PromptEncoderConfig
-
         check_peft_prompt_layout(self, "PEFT export")
         prompt = self.prompt_embeddings().detach().float()
         cfg = PromptEncoderConfig(task_type=self.loaded.family.peft_task_type,

@@ -14,13 +14,15 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from peft import PromptTuningConfig
 from pydantic import Field
 from torch import nn
 
 from cuetune.config import MethodConfig
 from cuetune.errors import ArtifactError, ConfigError
-from cuetune.methods.base import Method, soft_settings_unused
-from cuetune.templates import Template
+from cuetune.families.inputs import ModelInputs
+from cuetune.methods.method import Method, soft_settings_unused
+from cuetune.prompt.templates import Template
 
 
 class SoftConfig(MethodConfig):
@@ -72,17 +74,17 @@ class SoftBlock(nn.Module):
                   for spec in encoder.soft_specs]
         self.prompt = nn.Parameter(torch.cat(blocks))  # [P, H], fp32 for AdamW
 
-    def fill(self, inputs: dict, batch: dict, prompt: torch.Tensor | None = None) -> dict:
+    def fill(self, inputs: ModelInputs, batch: dict, prompt: torch.Tensor | None = None) -> ModelInputs:
         """Put `prompt` [P, H] (default: the trained one) where `batch["soft_index"]` says."""
         return fill_soft(inputs, batch["soft_index"], self.prompt if prompt is None else prompt)
 
 
-def fill_soft(inputs: dict, soft_index: torch.Tensor, prompt: torch.Tensor) -> dict:
+def fill_soft(inputs: ModelInputs, soft_index: torch.Tensor, prompt: torch.Tensor) -> ModelInputs:
     """Put rows of `prompt` [P, H] into the input embeddings where `soft_index` [B, T] (-1
     where no soft token) points."""
-    embeds = inputs["inputs_embeds"]  # [B, T, H]
+    embeds = inputs.inputs_embeds  # [B, T, H]
     rows = prompt.to(embeds.dtype)[soft_index.clamp(min=0)]  # [B, T, H]
-    inputs["inputs_embeds"] = torch.where((soft_index >= 0)[..., None], rows, embeds)
+    inputs.inputs_embeds = torch.where((soft_index >= 0)[..., None], rows, embeds)
     return inputs
 
 
@@ -107,8 +109,8 @@ class SoftPrompt(Method):
         return with_soft(template, config.num_tokens)
 
     @classmethod
-    def unused_settings(cls, run_config, template):
-        return soft_settings_unused(run_config.method, template)
+    def unused_settings(cls, config, template):
+        return soft_settings_unused(config, template)
 
     def __init__(self, config: SoftConfig, loaded, encoder, labels=None):
         super().__init__(config, loaded, encoder, labels)
@@ -118,14 +120,12 @@ class SoftPrompt(Method):
         """The virtual-token embeddings the model sees [P, H]."""
         return self.soft.prompt
 
-    def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
+    def prepare_inputs(self, inputs: ModelInputs, batch: dict) -> ModelInputs:
         return self.soft.fill(inputs, batch, self.prompt_embeddings())
 
     peft_imports = ("PROMPT_TUNING", "P_TUNING")
 
     def peft_export(self):
-        from peft import PromptTuningConfig
-
         check_peft_prompt_layout(self, "PEFT export")
         prompt = self.prompt_embeddings().detach().float()
         cfg = PromptTuningConfig(task_type=self.loaded.family.peft_task_type,

@@ -13,10 +13,11 @@ from pydantic import Field
 from torch import nn
 
 from cuetune.config import MethodConfig
-from cuetune.methods.base import Method, Phase, WeightCopy, soft_settings_unused
+from cuetune.families.inputs import ModelInputs
 from cuetune.methods.lora import LoraWeights
+from cuetune.methods.method import Method, Phase, WeightCopy, soft_settings_unused
 from cuetune.methods.soft import SoftBlock, with_soft
-from cuetune.templates import Template
+from cuetune.prompt.templates import Template
 
 
 class TwoStageConfig(MethodConfig):
@@ -47,9 +48,9 @@ class TwoStage(Method):
         return with_soft(template, config.num_tokens)
 
     @classmethod
-    def unused_settings(cls, run_config, template):
+    def unused_settings(cls, config, template):
         return {"train.lr": "each stage has its own rate: set method.soft_lr and method.tune_lr",
-                **soft_settings_unused(run_config.method, template)}
+                **soft_settings_unused(config, template)}
 
     def __init__(self, config: TwoStageConfig, loaded, encoder, labels=None):
         super().__init__(config, loaded, encoder, labels)
@@ -58,7 +59,7 @@ class TwoStage(Method):
         lora = config.second == "lora"
         self.tuned = LoraWeights(loaded.model, config) if lora else WeightCopy(loaded.model)
 
-    def prepare_inputs(self, inputs: dict, batch: dict) -> dict:
+    def prepare_inputs(self, inputs: ModelInputs, batch: dict) -> ModelInputs:
         return self.soft.fill(inputs, batch)
 
     def patch(self):

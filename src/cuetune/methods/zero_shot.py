@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Literal
 
 from cuetune.config import MethodConfig
-from cuetune.methods.base import Method
-from cuetune.templates import Template
+from cuetune.methods.method import Method
+from cuetune.prompt.templates import Template
 
 
 class ZeroShotConfig(MethodConfig):

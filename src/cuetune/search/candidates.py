@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from cuetune import atomic
 from cuetune.errors import ConfigError
 
 
@@ -144,8 +145,6 @@ class SearchLog:
         self._file = None
 
     def _drop_last_line(self, lines: list[str]) -> None:
-        from cuetune import atomic
-
         atomic.write_text(self.path, "".join(line + "\n" for line in lines[:-1]))
 
     def _remember(self, rec: Record) -> None:

@@ -31,6 +31,7 @@ import unicodedata
 import torch
 
 from cuetune.search.candidates import Candidate
+from cuetune.search.scoring import answer_logprobs
 from cuetune.search.stage import Stage
 
 EXHAUSTIVE = 50_000
@@ -78,8 +79,6 @@ def _check_cap(stage: Stage, best: Candidate) -> None:
 def _ranked(stage: Stage, best: Candidate, examples, pool) -> list[tuple[float, dict]] | None:
     """Assignments {label: [word]} by accuracy on `examples`, best first (None: a class has no
     candidate word). `pool`: where demonstrations come from (None: the training split)."""
-    from cuetune.search.scoring import answer_logprobs
-
     settings, batch = stage.settings.labels, stage.cfg.train.eval_batch_size
     pipe = stage.scorer.pipeline(best, pool)
     logp = answer_logprobs(pipe, examples, batch)  # [N, V]

@@ -14,14 +14,16 @@ run of it) is never scored again.
 
 from __future__ import annotations
 
+import random
+
 import torch
 
-from cuetune.config import RunConfig
-from cuetune.data import Example
-from cuetune.demonstrations import with_pool
-from cuetune.evaluation import classification_metrics
-from cuetune.inference import run_batches
-from cuetune.pipeline import TINY, Pipeline, build
+from cuetune.config import RunConfig, variant
+from cuetune.data.examples import Example
+from cuetune.engine.inference import run_batches
+from cuetune.engine.pipeline import TINY, Pipeline, build
+from cuetune.metrics.classification import classification_metrics
+from cuetune.prompt.demonstrations import with_pool
 from cuetune.search.candidates import Candidate, SearchLog
 
 
@@ -42,8 +44,6 @@ class Scorer:
 
     def use_folds(self, examples: list[Example], k: int, seed: int) -> None:
         """Select by k-fold cross-validation over `examples` (train+dev): stratified folds."""
-        import random
-
         rng = random.Random(seed)
         folds: list[list[int]] = [[] for _ in range(k)]
         at = 0
@@ -61,11 +61,8 @@ class Scorer:
         return [e for i, e in enumerate(self.dev) if i not in held]
 
     def pipeline(self, cand: Candidate, pool: list[Example] | None = None) -> Pipeline:
-        raw = self.cfg.model_dump(mode="json")
-        raw["prompt"] = {**raw["prompt"], **cand.prompt(), "calibrate": False}
-        raw["method"] = {"name": "zero-shot"}
-        pool = self.train if pool is None else pool
-        return build(with_pool(RunConfig.model_validate(raw), pool), self.labels, self.loaded)
+        cfg = variant(self.cfg, prompt={**cand.prompt(), "calibrate": False}, method={"name": "zero-shot"})
+        return build(with_pool(cfg, self.train if pool is None else pool), self.labels, self.loaded)
 
     def variants(self, cand: Candidate) -> list[Candidate]:
         return [cand.calibrated(on) for on in self.modes]
@@ -101,7 +98,8 @@ class Scorer:
         """Raw label probabilities [N, L] and the content-free distribution [L] (`pool`: where
         demonstrations come from, default the training split)."""
         pipe = self.pipeline(cand, pool)
-        probs = pipe.label_probs(pipe.encode(examples, "search examples"), self.cfg.train.eval_batch_size)
+        items = pipe.encoder.encode(examples, "search examples")
+        probs = pipe.label_probs(items, self.cfg.train.eval_batch_size)
         self.scorings += len(examples)
         return probs, pipe.content_free_probs()
 
@@ -115,7 +113,7 @@ def answer_logprobs(pipe: Pipeline, examples: list[Example], batch_size: int) ->
     """Log-probabilities of every vocabulary token at the answer position [N, V] (what the
     model would put there with no verbalizer), in the examples' order."""
     model = pipe.model
-    items = pipe.encode(examples, "search examples")
+    items = pipe.encoder.encode(examples, "search examples")
     out = None
 
     def step(batch, _):

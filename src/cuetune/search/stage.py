@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cuetune.config import RunConfig
-from cuetune.data import Example
+from cuetune.data.examples import Example
+from cuetune.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cuetune.errors import CuetuneError
 from cuetune.search.candidates import Candidate, Record, SearchLog
-from cuetune.search.config import SearchSettings
 from cuetune.search.scoring import Scorer
+from cuetune.search.settings import SearchSettings
 
 log = logging.getLogger("cuetune.search")
 
@@ -51,8 +52,6 @@ class Stage:
     def save_state(self, loop: dict, tensors: dict | None = None, optimizer=None, gen=None) -> None:
         """The stage's state in the training checkpoint's format (safetensors + JSON, no pickle),
         written atomically: a kill leaves the previous state whole."""
-        from cuetune.checkpoint import Checkpoint, save_checkpoint
-
         self.state_dir.mkdir(parents=True, exist_ok=True)
         rng = {"gen": gen.get_state()} if gen is not None else {}
         opt = optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
@@ -62,8 +61,6 @@ class Stage:
     def load_state(self, module=None, optimizer=None, gen=None) -> dict | None:
         """The saved loop state (None: none saved), restoring the module, optimiser and
         generator in place."""
-        from cuetune.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(self.state_dir)
         if ckpt is None:
             return None

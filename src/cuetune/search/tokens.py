@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import torch
 
-from cuetune.encoding import Encoded, PromptEncoder, collate
-from cuetune.engine import PromptModel
+from cuetune.engine.forward import PromptModel
 from cuetune.errors import ConfigError
+from cuetune.families.causal import CausalState
 from cuetune.methods.zero_shot import ZeroShot, ZeroShotConfig
+from cuetune.prompt.batch import collate
+from cuetune.prompt.encoder import Encoded, PromptEncoder
+from cuetune.prompt.templates import parse
 from cuetune.search.candidates import Candidate
-from cuetune.templates import parse
 
 INPUT_SLOTS = ("{text_pair}", "{text}")
 
@@ -87,7 +89,7 @@ class TokenPrompts:
                                        self.best.instruction)
 
     def encode(self, examples) -> list[Encoded]:
-        return self.encoder.encode_all(examples, "search batch")
+        return self.encoder.encode(examples, "search batch")
 
     def label_logprobs(self, ids: torch.Tensor, items: list[Encoded]) -> torch.Tensor:
         """Candidates ids [S, n] on encoded examples -> label log-probabilities [S, B, L]."""
@@ -106,14 +108,12 @@ class TokenPrompts:
         soft = rep["soft_index"]  # [S*B, T]
         rows = prompts.repeat_interleave(B, 0)  # [S*B, n, H]
         filled = rows.gather(1, soft.clamp(min=0)[..., None].expand(-1, -1, rows.size(-1)))
-        embeds = inputs["inputs_embeds"]
-        inputs["inputs_embeds"] = torch.where((soft >= 0)[..., None], filled.to(embeds.dtype), embeds)
+        embeds = inputs.inputs_embeds
+        inputs.inputs_embeds = torch.where((soft >= 0)[..., None], filled.to(embeds.dtype), embeds)
         hidden = self.family.run(self.base, inputs)  # [S*B, H]
         return self._labels(hidden).view(S, B, -1)
 
     def _cached(self, ids: torch.Tensor, items: list[Encoded]) -> torch.Tensor:
-        from cuetune.families.causal import CausalState
-
         S, B = ids.size(0), len(items)
         cut = items[0].soft_index.index(0)
         tail = items[0].input_ids[cut + self.n: items[0].answer_pos + 1]
@@ -143,7 +143,7 @@ def training_steps(stage, prompts: TokenPrompts, settings, gen: torch.Generator,
     """(step, encoded batch, gold labels [B]) for the steps after `done`, each batch drawn from
     the training split with `gen` (which the caller's state saves, so a resumed search draws
     the same batches)."""
-    items = prompts.encode(stage.train)
+    items = prompts.encoder.encode(stage.train)
     gold = torch.tensor([e.label for e in stage.train])
     stage.plan(settings.steps)
     stage.advance(done)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from cuetune import api
 from cuetune.errors import ArtifactError, CuetuneError
+from cuetune.runs.tuned import TunedModel, load_run
 from cuetune.serve.mixed import can_mix
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -29,7 +29,7 @@ class UnknownAdapter(CuetuneError):
 class Adapter:
     name: str
     run_dir: Path
-    tuned: api.TunedModel
+    tuned: TunedModel
     mixable: bool
     """Whether its rows share forwards with other adapters' rows (`mixed.can_mix`)."""
     content_free: torch.Tensor | None
@@ -45,15 +45,15 @@ class Adapter:
 
     @property
     def method(self) -> str:
-        return self.pipe.config.method.name
+        return self.tuned.config.method.name
 
     @property
     def chat(self) -> bool:
-        return self.pipe.config.prompt.chat
+        return self.tuned.config.prompt.chat
 
     @property
     def max_input_tokens(self) -> int:
-        return self.pipe.config.data.max_length
+        return self.tuned.config.data.max_length
 
     def describe(self) -> dict:
         return {"id": self.name, "object": "model", "owned_by": "cuetune", "task": self.task,
@@ -100,14 +100,14 @@ class Registry:
         if name in self.adapters:
             raise ArtifactError(f"adapter name {name!r}: already loaded (from "
                                 f"{self.adapters[name].run_dir}); unload it first or pick another name")
-        tuned = api.load(run_dir, self.device, base=self.base)
+        tuned = load_run(run_dir, self.device, base=self.base)
         if not tuned.pipe.method.freezes_base:
-            raise ArtifactError(f"{run_dir}: a {tuned.pipe.config.method.name} run holds its own copy of "
+            raise ArtifactError(f"{run_dir}: a {tuned.config.method.name} run holds its own copy of "
                                 "every model weight, so it cannot share the server's frozen base; "
                                 "serve a soft, prefix, p-tuning or LoRA run, or `cuetune merge` this "
                                 "one and serve the merged model on its own")
         content_free = None
-        if tuned.pipe.verbalizer is not None and tuned.pipe.config.prompt.calibrate:
+        if tuned.pipe.verbalizer is not None and tuned.pipe.calibrate:
             content_free = tuned.pipe.content_free_probs()
         adapter = Adapter(name, run_dir, tuned, can_mix(tuned.pipe), content_free)
         if self.base is None:

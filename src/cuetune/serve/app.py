@@ -19,17 +19,18 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cuetune.errors import CuetuneError
-from cuetune.serve import api as req
+from cuetune.serve import requests as req
 from cuetune.serve import streaming
-from cuetune.serve.adapters import UnknownAdapter
-from cuetune.serve.metrics import Metrics
-from cuetune.serve.scheduler import Job, QueueFull
+from cuetune.serve.adapters import Registry, UnknownAdapter
+from cuetune.serve.scheduler import Job, QueueFull, Scheduler
+from cuetune.serve.telemetry import Metrics
 
 
 @dataclass
@@ -124,7 +125,7 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
         texts = req.as_list(body.input, "input", limits.max_inputs)
         pairs = None if body.input_pair is None else req.as_list(body.input_pair, "input_pair",
                                                                  limits.max_inputs)
-        items = req.encode(adapter, texts, pairs, "input", generation=False)
+        items = req.encode_inputs(adapter, texts, pairs, "input", generation=False)
         probs = await run(request, [Job("classify", adapter, item) for item in items])
         labels = adapter.tuned.labels
         data = [{"index": i, "label": labels[int(p.argmax())],
@@ -278,9 +279,6 @@ def build_server(runs: list[str], *, device: str | None = None, adapter_root: st
                  api_key: str | None = None, limits: Limits | None = None, **scheduling):
     """The app with its adapters loaded and its worker started. `runs`: run folders, or
     `NAME=FOLDER` to name an adapter (default: the folder's name)."""
-    from cuetune.serve.adapters import Registry
-    from cuetune.serve.scheduler import Scheduler
-
     registry = Registry(device, adapter_root)
     for spec in runs:
         name, _, path = spec.rpartition("=") if "=" in spec else (None, "", spec)
@@ -292,8 +290,6 @@ def build_server(runs: list[str], *, device: str | None = None, adapter_root: st
 
 def serve(runs: list[str], host: str = "127.0.0.1", port: int = 8000, **options) -> None:
     """Load the runs, then serve until SIGTERM or Ctrl-C (which drain first)."""
-    import uvicorn
-
     app, registry = build_server(runs, **options)
     print(f"cuetune serve: {len(registry.names())} adapters ({', '.join(registry.names())}) on "
           f"http://{host}:{port}", flush=True)

@@ -21,8 +21,8 @@ import torch
 from transformers import DynamicCache
 
 from cuetune.config import GenerateConfig
-from cuetune.families.base import kv_cache, select_cache, window_allows
-from cuetune.generation import Stops, filter_logits, penalize
+from cuetune.engine.generation import Stops, filter_logits, penalize
+from cuetune.families.family import kv_cache, select_cache, window_allows
 from cuetune.serve.mixed import by_length, group_rows, prepare
 
 

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
-from cuetune.encoding import Encoded, collate
-from cuetune.families.base import kv_cache, pick, window_allows
+from cuetune.engine.inference import predict_probs
+from cuetune.families.family import kv_cache, pick, window_allows
 from cuetune.families.fastpath import length_groups
-from cuetune.inference import predict_probs
+from cuetune.families.inputs import ModelInputs
+from cuetune.prompt.batch import collate
+from cuetune.prompt.encoder import Encoded
 
 
 def can_mix(pipe) -> bool:
@@ -79,14 +81,12 @@ def prepare(rows: list[tuple[object, Encoded]], pad_id: int) -> Mixed:
     prefixes: list = [None] * len(rows)
     for pipe, idx in groups:
         sub = {k: v[idx] for k, v in batch.items()}
-        inputs = {"inputs_embeds": embeds[idx], "attention_mask": sub["attention_mask"],
-                  "answer_pos": sub["answer_pos"], "input_ids": sub["input_ids"],
-                  "shared_len": 0, "memo": None}
+        inputs = ModelInputs(embeds[idx], sub["attention_mask"], sub["answer_pos"], sub["input_ids"])
         out = pipe.method.prepare_inputs(inputs, sub)
-        embeds = embeds.index_copy(0, idx, out["inputs_embeds"].to(embeds.dtype))
-        if out.get("prefix") is not None:
+        embeds = embeds.index_copy(0, idx, out.inputs_embeds.to(embeds.dtype))
+        if out.prefix is not None:
             for j, row in enumerate(idx.tolist()):  # per layer [1 or R, kv, P, d] -> [kv, P, d]
-                prefixes[row] = [(k[min(j, len(k) - 1)], v[min(j, len(v) - 1)]) for k, v in out["prefix"]]
+                prefixes[row] = [(k[min(j, len(k) - 1)], v[min(j, len(v) - 1)]) for k, v in out.prefix]
     prefix, prefix_mask = pad_prefixes(prefixes, batch["attention_mask"])
     tokens = batch["attention_mask"]
     width = prefix_mask.sum(1, keepdim=True)  # [B, 1]: each row's own prefix length

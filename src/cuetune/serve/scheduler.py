@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cuetune.generation import generate_ids
+from cuetune.engine.generation import generate_ids
 from cuetune.serve.decoding import Decoding, GenRow
 from cuetune.serve.mixed import apart_probs, mixed_probs
 
@@ -190,7 +190,8 @@ class Scheduler:
             groups.setdefault(key, []).append(job)
         for group in groups.values():
             first = group[0].row
-            seqs = generate_ids(first.pipe, [j.item for j in group], first.cfg, first.stops)
+            seqs = generate_ids(first.pipe.model, first.pipe.loaded.tokenizer, [j.item for j in group],
+                                first.cfg, first.stops)
             for job, seq in zip(group, seqs, strict=True):
                 job.row.tokens = seq
                 _done(job, job.row)

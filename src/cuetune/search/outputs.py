@@ -1,0 +1,126 @@
+"""A search folder's outputs, rewritten after every stage (so an interrupted search still has
+them): `ranking.md` (the best candidates and every baseline), `search.png` (dev score over
+the search's scorings), `best.yaml` (a ready run config) and `summary.json`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from matplotlib.figure import Figure
+
+from cuetune import atomic
+from cuetune.metrics.plots import save_png
+from cuetune.search.candidates import Record, SearchLog
+from cuetune.search.stage import best_of
+
+TOP = 25
+
+
+def write_outputs(out: Path, cfg, settings, slog: SearchLog, scorer, warnings: list[str]) -> dict:
+    records = slog.records
+    baselines = [r for r in records if r.stage == "baseline"]
+    searched = [r for r in records if r.stage != "baseline"]
+    best = best_of(records)
+    raw_baselines = [r for r in baselines if not r.candidate.calibrate]
+    summary = {
+        "metric": scorer.metric,
+        "selection": f"{len(scorer.folds)}-fold over train+dev" if scorer.folds else "dev",
+        "dev_examples": len(scorer.dev),
+        "candidates": len(searched),
+        "best": _row(best),
+        "best_searched": _row(best_of(searched)),
+        "best_baseline": _row(best_of(raw_baselines)),
+        "best_baseline_calibrated_or_not": _row(best_of(baselines)),
+        "stages": _stages(records),
+        "scorings": scorer.scorings,
+        "warnings": warnings,
+    }
+    atomic.write_json(out / "summary.json", summary)
+    atomic.write_text(out / "ranking.md", ranking(records, scorer.metric))
+    if best is not None:
+        atomic.write_text(out / "best.yaml", best_config(cfg, best, out))
+    if len(records) > 1:
+        plot(records, out / "search.png", scorer.metric)
+    return summary
+
+
+def _row(rec: Record | None) -> dict | None:
+    if rec is None:
+        return None
+    return {"dev": rec.dev, "metrics": rec.metrics, "stage": rec.stage, "how": rec.how,
+            "step": rec.step, "prompt": rec.candidate.prompt()}
+
+
+def _stages(records: list[Record]) -> dict:
+    """Per stage: candidates logged, best dev score, seconds, and the model scorings (one prompt
+    on one example) it spent."""
+    out: dict = {}
+    before = 0
+    for rec in records:
+        if rec.stage not in out:
+            before = max((s["_end"] for s in out.values()), default=0)
+            out[rec.stage] = {"candidates": 0, "best_dev": rec.dev, "seconds": 0.0, "_start": before}
+        st = out[rec.stage]
+        st["candidates"] += 1
+        st["best_dev"] = max(st["best_dev"], rec.dev)
+        st["seconds"] = round(max(st["seconds"], rec.seconds), 2)
+        st["_end"] = rec.scorings
+    for st in out.values():
+        st["scorings"] = st.pop("_end") - st.pop("_start")
+    return out
+
+
+def ranking(records: list[Record], metric: str) -> str:
+    """Markdown: the top candidates by dev score, then every baseline."""
+    order = sorted(range(len(records)), key=lambda i: (-records[i].dev, i))
+    lines = [f"# Prompt search: dev {metric}", "", "| rank | dev | stage | how | prompt |",
+             "|---:|---:|---|---|---|"]
+    for rank, i in enumerate(order[:TOP], 1):
+        lines.append(_line(rank, records[i]))
+    lines += ["", "## Baselines", "", "| rank | dev | stage | how | prompt |", "|---:|---:|---|---|---|"]
+    for rank, i in enumerate(order, 1):
+        if records[i].stage == "baseline":
+            lines.append(_line(rank, records[i]))
+    return "\n".join(lines) + "\n"
+
+
+def _line(rank: int, rec: Record) -> str:
+    prompt = rec.candidate.short().replace("|", "\\|").replace("\n", "\\n")
+    return f"| {rank} | {rec.dev:.4f} | {rec.stage} | {rec.how} | `{prompt}` |"
+
+
+def best_config(cfg, best: Record, out: Path) -> str:
+    """The search's run config with the chosen prompt; data paths made absolute, since the file
+    sits in the search folder."""
+    raw = cfg.model_dump(mode="json")
+    raw["prompt"] = {**raw["prompt"], **best.candidate.prompt()}
+    for key in ("train", "dev", "test"):
+        value = raw["data"].get(key)
+        if value and not raw["data"].get("dataset") and Path(value).exists():
+            raw["data"][key] = str(Path(value).resolve())
+    raw["output_dir"] = f"runs/{out.name}-best"
+    head = (f"# Chosen by `cuetune search` ({best.stage}, {best.how}): dev {best.dev:.4f}.\n"
+            f"# Train it: cuetune train {out / 'best.yaml'}\n")
+    return head + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+
+
+def plot(records: list[Record], path: Path, metric: str) -> None:
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
+    stages = list(dict.fromkeys(r.stage for r in records))
+    for stage in stages:
+        xs = [i for i, r in enumerate(records) if r.stage == stage]
+        ax.scatter(xs, [records[i].dev for i in xs], s=10, label=stage)
+    running, best = [], float("-inf")
+    for r in records:
+        best = max(best, r.dev)
+        running.append(best)
+    ax.plot(range(len(records)), running, color="black", lw=1, label="best so far")
+    base = [r.dev for r in records if r.stage == "baseline" and not r.candidate.calibrate]
+    if base:
+        ax.axhline(max(base), color="grey", ls="--", lw=1, label="best hand baseline")
+    ax.set_xlabel("candidate (in the order scored)")
+    ax.set_ylabel(f"dev {metric}")
+    ax.legend(fontsize=7, loc="lower right")
+    save_png(fig, path)
