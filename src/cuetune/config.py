@@ -146,8 +146,8 @@ class TrainConfig(Strict):
     eval_batch_size: int = Field(32, ge=1)
     group_by_length: bool = False
     """Batch examples of similar length together (sorted within windows of 8 batches, batch
-    order shuffled). Off by default: decoders pack each batch without padding anyway, and
-    length-homogeneous batches trained a 100-token soft prompt worse (docs/PERFORMANCE.md)."""
+    order shuffled). Off by default: decoders pack each batch without padding anyway, and the
+    batches it makes are not random samples (docs/PERFORMANCE.md has what that cost)."""
     grad_accum: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
     epochs: float = Field(3.0, gt=0)

@@ -165,8 +165,8 @@ _CHINESE = {"labels": ["0", "1"], "max_length": 256}
 _ZH_TEMPLATE = "评论：{text}\n情感：{answer}"
 _ZH_WORDS = {"0": "负面", "1": "正面"}
 _CHAIN = {"multi_token": "chain"}
-"""On SmolLM2's byte-level BPE 负面 and 正面 are four tokens each and share the last two: only
-the chain rule scores them as words (docs/prompts.md)."""
+"""Chinese label words are several tokens on English-centric tokenizers, with shared pieces:
+only the chain rule scores them as words (docs/prompts.md)."""
 
 
 def _lmbff(name: str, sub: str, ext: str, data: dict, template: str, verbalizer: dict) -> Task:

@@ -5,8 +5,8 @@ Nothing is trained.
 The demonstrations are sampled once per run from the training split, and put in a random
 order, with `method.seed` (by default the run's `train.seed`), and stored in the method
 config, so the saved run reloads with exactly the same prompt. The order matters as much as
-the choice: on Chinese reviews Gemma-3 answered with the first demonstration's label for
-most inputs (docs/RESULTS.md), so seeds must vary it, not only the examples.
+the choice (a small model can answer with the first demonstration's label; docs/RESULTS.md,
+Chinese reviews), so seeds vary it, not only the examples.
 
 They must fit `data.max_length` beside the input. The input is given the room that
 `fit_inputs` of the training inputs need (a quantile of their token lengths, 0.9 by default:

@@ -9,9 +9,9 @@
    Only tokens among the first `vocab_top` ids that are a whole alphabetic word on their own
    (the word, encoded as the verbalizer encodes it, gives back exactly that token) are kept,
    and on a causal model only those after which the model expects a new word with
-   probability >= 0.5 after a short sentence (`word_ends`: MR seed 100 had picked the
-   fragments *lect* / *capac*, SST-2 seed 100 *behav* / *behavi*). In scripts written without
-   spaces (Chinese, Japanese, Thai) any next character may start a word (`starts_word`).
+   probability >= 0.5 after a short sentence (`word_ends`), so no word fragment wins on 16
+   examples a class by chance. In scripts written without spaces (Chinese, Japanese, Thai) any
+   next character may start a word (`starts_word`). docs/prompts.md has what each filter caught.
 3. Joint assignments (one word per class, all distinct) are ranked by training accuracy (ties:
    by the gold label's mean log-probability among the chosen words), read off the stored
    log-probabilities without running the model again: exhaustively when there
@@ -64,8 +64,8 @@ def run(stage: Stage, best: Candidate) -> None:
 
 def _check_cap(stage: Stage, best: Candidate) -> None:
     """Warn when the prompt's own words lie past `vocab_top`: the cap suits English BPE, where
-    common words come first, but on Gemma 10 of the first 10,000 ids are Chinese (正面 is
-    120828), so a Chinese search would only be offered English words."""
+    common words come first; on a multilingual vocabulary a search in another language would
+    be offered only English words (docs/prompts.md)."""
     tok, cap = stage.loaded.tokenizer, stage.settings.labels.vocab_top
     ids = [tok(w, add_special_tokens=False)["input_ids"][:1] for ws in dict(best.words).values() for w in ws]
     first = [i[0] for i in ids if i]
@@ -145,10 +145,8 @@ _BOUNDARIES: dict[int, torch.Tensor] = {}
 def word_ends(token: int, pipe) -> float:
     """The model's probability, after `token` read as the next word of a short sentence ("It
     was", then a newline for a token with no leading space), that the next token starts a new
-    word (a space, punctuation or the end). On SmolLM2: *positive* 1.0, *great* 0.999,
-    *abuse* 0.976; the fragments *behav* 0.31, *Co* 0.06, *lect* 0.01. Read after the token
-    alone (at the start of a text) the fragments *behav* (0.67), *behavi* and *Co* passed 0.5,
-    and SST-2 searches picked them."""
+    word (a space, punctuation or the end). Read inside a sentence, not alone at the start of
+    a text, where fragments also look finished (docs/prompts.md)."""
     tok, model = pipe.loaded.tokenizer, pipe.loaded.model
     key = id(tok)
     if key not in _BOUNDARIES:  # which tokens start a word when written after "a"
@@ -176,8 +174,8 @@ may begin a word, so a token followed by one is not a fragment."""
 
 def starts_word(tail: str) -> bool:
     """Whether text that follows a token begins a new word: the end, a space, punctuation, or a
-    character of a script written without spaces. Without the last case every Chinese label
-    word failed `word_ends` (on Gemma 正面 0.19, 好 0.15: the model goes on in Chinese)."""
+    character of a script written without spaces (there a model goes on writing the next
+    character, and every Chinese label word would look like a fragment)."""
     if not tail or tail[0].isspace() or not tail[0].isalnum():
         return True
     return unicodedata.name(tail[0], "").startswith(UNSEGMENTED)

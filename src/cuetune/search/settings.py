@@ -72,8 +72,8 @@ class RLSearch(TokenSearch):
     hidden: int = Field(256, ge=8)
     """Width of the policy MLP over the frozen model's hidden states."""
     entropy: float = Field(0.1, ge=0)
-    """Entropy bonus: keeps the policy from collapsing onto one prompt early (at 0.01 it wrote
-    one repeated token, `inkinkink`, by step 10 on SST-2; docs/prompts.md)."""
+    """Entropy bonus: keeps the policy from collapsing onto one prompt early (docs/prompts.md
+    has what lower values did)."""
 
 
 class DemoSearch(Strict):
