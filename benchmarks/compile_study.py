@@ -51,7 +51,7 @@ def run(mode: str, steps: int, train, model_name: str) -> dict:
         compile_layers(loaded.model)
     log = MetricsLog(None)
     start = time.perf_counter()
-    result = fit(pipe, items, [], log)
+    result = fit(pipe, items, [], cfg.train, log)
     total = time.perf_counter() - start
     from torch._dynamo.utils import counters
 

@@ -192,7 +192,7 @@ def run_cuetune(cfg, loaded, train, dev) -> tuple[dict, tuple]:
     _reset_peak()
     with PeakRSS() as mem:
         log = MetricsLog(Path(tempfile.mkdtemp()) / "metrics.jsonl")
-        result = fit(pipe, train_items, [], log)
+        result = fit(pipe, train_items, [], cfg.train, log)
         log.close()
         rows = result.log
         train_s = rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]  # step 1 (warm-up) left out

@@ -61,8 +61,8 @@ def test_a_student_learns_from_the_teacher_on_the_pool(teacher, pool, tmp_path):
     assert record["teacher"] == str(teacher.resolve())
     trained_on = json.loads((tmp_path / "student" / api.TRAINED_ON).read_text())
     teach = cuetune.load(teacher)
-    pool = [Example(e["text"]) for e in trained_on["examples"]]
-    want = teach.pipe.label_probs(teach.pipe.encoder.encode(pool))
+    taught = [Example(e["text"]) for e in trained_on["examples"]]
+    want = teach.pipe.label_probs(teach.pipe.encoder.encode(taught))
     got = torch.tensor([e["label"] for e in trained_on["examples"]])
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)  # the teacher's, not the file's labels
     student = cuetune.load(tmp_path / "student")

@@ -128,12 +128,12 @@ def build(cfg: RunConfig, labels: list[str], loaded: LoadedModel | None = None) 
 
 def _add_demonstrations(prompt: PromptConfig, task: str, method_cls, encoder: Encoder, template,
                         labels: list[str]) -> None:
-    refusal = ("they are rendered with a label word, which a generation task has none of"
-               if task == "generation" else method_cls.demonstrations_refusal)
-    if refusal:
-        name = method_cls.config_class.model_fields["name"].default
-        where = "" if task == "generation" else f" with method {name}"
-        raise ConfigError(f"prompt.demonstrations: not available{where}: {refusal}; remove it")
+    name = method_cls.config_class.model_fields["name"].default
+    why = (method_cls.demonstrations_refusal and f"method {name} {method_cls.demonstrations_refusal}")
+    if task == "generation":
+        why = "they are rendered with a label word, which a generation task has none of"
+    if why:
+        raise ConfigError(f"prompt.demonstrations: {why}; remove it")
     words = Verbalizer(labels, prompt.verbalizer).words
     demos = Demonstrations(prompt.demonstrations, template.without_soft(), labels, words)
     encoder.use_demonstrations(demos)

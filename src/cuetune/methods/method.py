@@ -113,7 +113,8 @@ class Method(nn.Module):
     merge_refusal: ClassVar[str] = "it trains no weight of the model"
     """Why `merged_weights` cannot fold this method's adapter into the base weights."""
     demonstrations_refusal: ClassVar[str | None] = None
-    """Why `prompt.demonstrations` cannot go with this method (None: they can)."""
+    """Why `prompt.demonstrations` cannot go with this method, said after "method <name>"
+    (None: they can)."""
 
     def __init__(self, config: MethodConfig, loaded, encoder, labels: list[str] | None = None):
         super().__init__()

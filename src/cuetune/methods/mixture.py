@@ -131,7 +131,7 @@ class Mixture(Method):
     default_lr = 3e-2
     generates = False
     merge_refusal = "its prompts are inputs the model reads and a prior over them, not a weight change"
-    demonstrations_refusal = "each of its prompts would need its own rendering of them"
+    demonstrations_refusal = "has several prompts, and each would need its own rendering of them"
 
     @classmethod
     def check(cls, config: MixtureConfig, prompt: PromptConfig, task: str) -> None:
