@@ -1,5 +1,6 @@
 """Artifacts (atomic, fingerprinted, checksummed) and the CLI's one-line errors."""
 
+import io
 import json
 import sys
 
@@ -8,7 +9,7 @@ from conftest import save_tiny, toy_config
 
 import cuetune
 from cuetune import cli
-from cuetune.errors import ArtifactError
+from cuetune.errors import ArtifactError, DataError
 from cuetune.runs import artifacts
 
 
@@ -86,6 +87,20 @@ def test_cli_predict_and_eval(trained, toy_data, tmp_path, capsys):
     want = cuetune.load(trained).predict(["the movie was great", "the food was awful"])
     assert code == 0 and [{"label": r["label"], "probs": r["probs"]} for r in rows] == want
     assert all(abs(sum(r["probs"].values()) - 1) < 1e-5 for r in rows)
+
+
+def test_lone_surrogates_in_any_input_get_a_one_line_error(trained, tmp_path, capsys, monkeypatch):
+    """A JSON `\\udcff` escape in a file to predict on, undecodable bytes on standard input and a
+    lone surrogate given in code: each refused with its place (it was a TypeError traceback)."""
+    bad = tmp_path / "in.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "\\udcff"}\n')
+    code, _, err = run_cli(["predict", str(trained), "--input", str(bad)], capsys)
+    assert code == 2 and f"{bad}:2: column 'text': character 1 is U+DCFF" in err and "Traceback" not in err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"fine\n\xed\xb3\xbf bad\n")))
+    code, _, err = run_cli(["predict", str(trained), "--input", "-"], capsys)
+    assert code == 2 and "<stdin>:2: not valid UTF-8" in err
+    with pytest.raises(DataError, match="input 1: character 2 is U\\+DCFF"):
+        cuetune.load(trained).predict(["fine", "a\udcff"])
 
 
 @pytest.mark.parametrize("case, fragment", [

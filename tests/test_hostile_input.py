@@ -1,6 +1,7 @@
 """Hostile input: every loader and the template parser give clean cuetune errors, never a
 traceback. Property-based (hypothesis) over random bytes, other encodings, BOMs, nested JSON,
-mixed types, empty labels, ragged CSV; plus huge lines and deep nesting. 2,600 cases in all.
+mixed types, empty labels, ragged CSV, lone surrogates in JSON escapes and input lines; plus huge
+lines and deep nesting.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cuetune.config import DataConfig
-from cuetune.data.readers import read_rows
+from cuetune.data.readers import decode_bytes, lines_to_examples, read_rows
 from cuetune.data.splits import load_splits
 from cuetune.errors import CuetuneError
 from cuetune.prompt.templates import parse
@@ -149,3 +150,39 @@ def test_deeply_nested_json(tmp_path, suffix):
     path = tmp_path / f"train.{suffix}"
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
     assert _load(path) is None
+
+
+def _with_surrogates():
+    """Text with at least one lone surrogate (U+D800 to U+DFFF) somewhere in it."""
+    plain = st.text(st.characters(exclude_categories=("Cs", "Cc", "Zl", "Zp")), max_size=8)  # one line
+    return st.tuples(plain, st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+                     plain).map(lambda t: "".join(t))
+
+
+@CASES
+@given(text=_with_surrogates(), column=st.sampled_from(["text", "label"]),
+       suffix=st.sampled_from(["jsonl", "json"]))
+def test_lone_surrogates_in_json_escapes_are_refused_naming_the_row(tmp_path_factory, text, column, suffix):
+    """`"\\udcff"` is valid JSON and no Unicode character: the load must refuse it where it is
+    (it used to load, and the tokenizer failed later with a TypeError)."""
+    path = tmp_path_factory.mktemp("s") / f"train.{suffix}"
+    rows = [{"text": "fine", "label": "a"}, {"text": "good", "label": "b"}]
+    rows.append({"text": text, "label": "a"} if column == "text" else {"text": "x", "label": text})
+    body = "".join(json.dumps(r) + "\n" for r in rows) if suffix == "jsonl" else json.dumps(rows)
+    path.write_text(body, encoding="utf-8")  # json.dumps writes the surrogate as a \u escape
+    with pytest.raises(CuetuneError, match=r"U\+D[89A-F][0-9A-F]{2}, half of a UTF-16 surrogate") as err:
+        load_splits(DataConfig(train=str(path), labels=["a", "b"] if column == "text" else None))
+    assert str(path) in str(err.value) and "Traceback" not in str(err.value)
+
+
+@CASES
+@given(text=_with_surrogates(), as_json=st.booleans())
+def test_lone_surrogates_in_input_lines_are_refused_naming_the_line(text, as_json):
+    line = json.dumps({"text": text}) if as_json else text
+    with pytest.raises(CuetuneError, match=r"<stdin>:2.*surrogate"):
+        lines_to_examples(f"fine\n{line}\n" if not as_json else f'{{"text": "ok"}}\n{line}\n', "<stdin>")
+
+
+def test_undecodable_input_bytes_name_their_line():
+    with pytest.raises(CuetuneError, match=r"<stdin>:2: not valid UTF-8"):
+        decode_bytes(b"fine\n\xed\xb3\xbf bad\n", "<stdin>")

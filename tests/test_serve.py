@@ -191,6 +191,16 @@ def test_refusals_use_openai_error_bodies_and_serving_goes_on(server):
     _error(client.get("/v1/nothing"), 404)
     assert _error(client.put("/v1/completions", json={}), 405)["message"].endswith("use POST")
     _error(client.post("/v1/classify", content=b"\xdc\xff\x00garbage", headers=as_json), 400)
+    # valid JSON, yet no Unicode character: a lone surrogate anywhere is a 400 naming the field
+    bad = b'{"model": "soft", "input": ["fine", "\\udcff"]}'
+    refused = _error(client.post("/v1/classify", content=bad, headers=as_json), 400, "input[1]")
+    assert "U+DCFF" in refused["message"]
+    bad = b'{"model": "gen-soft", "prompt": "\\ud800 and more"}'
+    _error(client.post("/v1/completions", content=bad, headers=as_json), 400, "prompt")
+    bad = b'{"model": "s\\udcfft", "input": "x"}'
+    _error(client.post("/v1/classify", content=bad, headers=as_json), 400, "model")
+    bad = b'{"model": "gen-soft", "messages": [{"role": "user", "content": "\\udfff"}]}'
+    _error(client.post("/v1/chat/completions", content=bad, headers=as_json), 400, "messages[0].content")
     wrong_key = {"Authorization": "Bearer no"}
     r = client.post("/v1/classify", json={"model": "soft", "input": "x"}, headers=wrong_key)
     assert _error(r, 401)["type"] == "authentication_error"

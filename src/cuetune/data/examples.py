@@ -50,8 +50,8 @@ def to_examples(rows: list[tuple[str, dict]], text_col: str, pair_col: str | Non
             if col is not None and col not in row:
                 raise DataError(f"{where}: missing column '{col}';{did_you_mean(col, row) or ''} "
                                 f"columns are {sorted(map(str, row))}; set data.text_column etc.")
-        text = _as_text(row[text_col], where, text_col)
-        pair = _as_text(row[pair_col], where, pair_col) if pair_col else None
+        text = as_text(row[text_col], where, text_col)
+        pair = as_text(row[pair_col], where, pair_col) if pair_col else None
         label = _label_index(row[label_col], labels, where) if label_col and labels else None
         refs = _refs(row[target_col], where, target_col) if target_col else ()
         out.append(Example(text, pair, label, where, refs[0] if refs else None, refs))
@@ -61,7 +61,7 @@ def to_examples(rows: list[tuple[str, dict]], text_col: str, pair_col: str | Non
 def _refs(value, where: str, col: str) -> tuple[str, ...]:
     """One reference text, or a JSON list of them; every one must be non-empty text."""
     values = value if isinstance(value, list) else [value]
-    refs = tuple(" ".join(_as_text(v, where, col).split()) for v in values)
+    refs = tuple(" ".join(as_text(v, where, col).split()) for v in values)
     if not refs or not all(refs):
         raise DataError(f"{where}: column '{col}' is empty; a generation example needs an "
                         "answer text (or a list of them)")
@@ -82,14 +82,30 @@ def group_refs(examples: list[Example]) -> list[Example]:
     return list(merged.values())
 
 
-def _as_text(value, where: str, col: str) -> str:
+def as_text(value, where: str, col: str) -> str:
+    """A row's cell as text (numbers written out, None empty), checked by `check_text`."""
     if isinstance(value, str):
-        return value
+        return check_text(value, f"{where}: column '{col}'")
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     if value is None:
         return ""
     raise DataError(f"{where}: column '{col}' must be text, got {type(value).__name__}")
+
+
+def check_text(text: str, where: str) -> str:
+    """`text` as it is, or a DataError naming `where` when it holds a lone surrogate: half of a
+    UTF-16 pair (U+D800 to U+DFFF), which is no Unicode character. A JSON escape such as
+    `\\udcff`, or bytes read with Python's surrogateescape, make one; no tokenizer and no
+    UTF-8 file can take it, so it is refused where it enters, with its place."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        raise DataError(f"{where}: character {exc.start + 1} is U+{code:04X}, half of a UTF-16 surrogate "
+                        "pair and not a Unicode character (a \\u escape or undecodable bytes make one); "
+                        "remove it or write the real character") from None
+    return text
 
 
 def _label_index(value, labels: list[str], where: str) -> int:
@@ -131,6 +147,8 @@ def infer_labels(rows: list[tuple[str, dict]], label_col: str, source: str) -> l
         if not isinstance(value, str | int | float):
             raise DataError(f"{where}: label must be a string or an integer, got "
                             f"{type(value).__name__}")
+        if isinstance(value, str):
+            check_text(value, f"{where}: column '{label_col}'")
         values.add(str(value).strip())
     if len(values) < 2:
         raise DataError(f"{source}: found {len(values)} distinct label(s); need at least 2")

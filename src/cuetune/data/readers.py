@@ -8,7 +8,7 @@ import io
 import json
 from pathlib import Path
 
-from cuetune.data.examples import Example
+from cuetune.data.examples import Example, as_text, check_text
 from cuetune.errors import DataError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".txt": "tsv"}
@@ -20,14 +20,21 @@ def decode_file(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    text = decode_bytes(raw, str(path))
+    if not text.strip():
+        raise DataError(f"{path}: file is empty; it needs a header and at least one row")
+    return text
+
+
+def decode_bytes(raw: bytes, source: str) -> str:
+    """Text read from a file or standard input: UTF-8, or UTF-16 with a BOM; bytes that are
+    neither are an error naming `source` and the line, never a silently replaced character."""
     try:
         utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")  # a BOM: Excel's "Unicode text"
         text = raw.decode("utf-16" if utf16 else "utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
-    if not text.strip():
-        raise DataError(f"{path}: file is empty; it needs a header and at least one row")
+        raise DataError(f"{source}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
     return text
 
 
@@ -39,8 +46,10 @@ def lines_to_examples(text: str, source: str) -> list[Example]:
         raise DataError(f"{source}: no input lines")
     if lines[0][1].startswith("{"):
         rows = parse_jsonl(Path(source), text)
-        return [Example(str(r.get("text", "")), r.get("text_pair"), None, w) for w, r in rows]
-    return [Example(ln, None, None, f"{source}:{i}") for i, ln in lines]
+        return [Example(as_text(r.get("text", ""), w, "text"),
+                        None if r.get("text_pair") is None else as_text(r["text_pair"], w, "text_pair"),
+                        None, w) for w, r in rows]
+    return [Example(check_text(ln, f"{source}:{i}"), None, None, f"{source}:{i}") for i, ln in lines]
 
 
 def read_rows(path: str | Path, fmt: str = "auto",

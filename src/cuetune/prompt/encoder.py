@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cuetune.config import DataConfig, PromptConfig
-from cuetune.data.examples import Example
+from cuetune.data.examples import Example, check_text
 from cuetune.errors import TemplateError
 from cuetune.prompt.templates import Slot, Soft, Template, Text
 
@@ -217,6 +217,8 @@ class PromptEncoder:
         return enc
 
     def _text_ids(self, ex: Example) -> dict[str, list[int]]:
+        for name in ("text", "text_pair"):  # a lone surrogate would fail inside the tokenizer
+            check_text(getattr(ex, name) or "", f"{ex.where or 'input'}: {name}")
         texts = {s.name: self._ids((" " if s.lead_space else "") + (getattr(ex, s.name) or ""))
                  for s in self.segments if isinstance(s, TextSlot)}
         texts.setdefault("text_pair", [])

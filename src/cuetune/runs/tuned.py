@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cuetune.config import GenerateConfig, RunConfig
 from cuetune.data.cleaning import clean
-from cuetune.data.examples import Example, group_refs, to_examples
+from cuetune.data.examples import Example, check_text, group_refs, to_examples
 from cuetune.data.readers import read_rows
 from cuetune.engine.generation import generate
 from cuetune.engine.objectives import objective_for
@@ -92,11 +92,14 @@ class TunedModel:
 
 
 def as_examples(texts, text_pairs) -> list[Example]:
+    """Inputs given in code (strings, or Examples as they are), each checked as text."""
     if isinstance(texts, str):
         texts = [texts]
     pairs = text_pairs or [None] * len(texts)
-    return [t if isinstance(t, Example) else Example(str(t), p)
-            for t, p in zip(texts, pairs, strict=True)]
+    return [t if isinstance(t, Example) else
+            Example(check_text(str(t), f"input {i}"),
+                    None if p is None else check_text(str(p), f"text_pair {i}"))
+            for i, (t, p) in enumerate(zip(texts, pairs, strict=True))]
 
 
 def load_run(run_dir: str | Path, device: str | None = None, base: LoadedModel | None = None) -> TunedModel:

@@ -118,6 +118,7 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
 
     @app.post("/v1/classify")
     async def classify(body: req.ClassifyRequest, request: Request):
+        req.refuse_invalid_text(body)
         adapter = adapter_for(request, body.model)
         if adapter.task != "classification":
             raise req.Refused(400, f"model: adapter {adapter.name!r} writes text; use /v1/completions",
@@ -136,6 +137,7 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
 
     @app.post("/v1/completions")
     async def completions(body: req.CompletionRequest, request: Request):
+        req.refuse_invalid_text(body)
         adapter = adapter_for(request, body.model)
         texts = req.as_list(body.prompt, "prompt", limits.max_inputs)
         jobs = req.generate_jobs(adapter, body, texts, limits.max_tokens)
@@ -148,6 +150,7 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
 
     @app.post("/v1/chat/completions")
     async def chat(body: req.ChatRequest, request: Request):
+        req.refuse_invalid_text(body)
         adapter = adapter_for(request, body.model)
         text = req.chat_text(adapter, body)
         jobs = req.generate_jobs(adapter, body, [text], limits.max_tokens)
@@ -164,6 +167,7 @@ def create_app(registry, scheduler, metrics: Metrics, api_key: str | None = None
 
     @app.post("/v1/adapters", status_code=201)
     async def add_adapter(body: req.AdapterRequest):
+        req.refuse_invalid_text(body)
         try:
             path = registry.within_root(body.path)
         except CuetuneError as exc:

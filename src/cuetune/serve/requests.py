@@ -11,8 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cuetune.data.examples import Example
+from cuetune.data.examples import Example, check_text
 from cuetune.engine.generation import Stops
+from cuetune.errors import DataError
 from cuetune.serve.decoding import GenRow
 from cuetune.serve.scheduler import Job
 
@@ -77,6 +78,27 @@ class AdapterRequest(Strict):
     name: str | None = None
 
 
+def refuse_invalid_text(body: BaseModel) -> None:
+    """Refuse (400, naming the field) any text of a request that holds a lone surrogate: valid
+    JSON (`"\\udcff"`), but no Unicode character, which no tokenizer takes and no UTF-8 response
+    can echo. Checked before anything reads the request, the adapter's name included."""
+
+    def walk(value, where: str) -> None:
+        if isinstance(value, str):
+            try:
+                check_text(value, where)
+            except DataError as exc:
+                raise Refused(400, str(exc), where) from None
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}" if where else key)
+
+    walk(body.model_dump(), "")
+
+
 def refuse_unsupported(req: Decoding) -> None:
     if req.n != 1:
         raise Refused(400, "n: this server writes one completion per prompt; send n=1", "n")
@@ -103,7 +125,8 @@ def encode_inputs(adapter, texts: list[str], pairs: list[str] | None, param: str
     if pairs is not None and not adapter.pipe.encoder.template.has("text_pair"):
         raise Refused(400, f"input_pair: adapter {adapter.name!r} reads one text; leave it out",
                       "input_pair")
-    examples = [Example(t, p) for t, p in zip(texts, pairs or [None] * len(texts), strict=True)]
+    examples = [Example(t, p, where=f"{param}[{i}]")
+                for i, (t, p) in enumerate(zip(texts, pairs or [None] * len(texts), strict=True))]
     items = adapter.pipe.encoder.encode(examples, "inputs", with_target=False) if generation else \
         adapter.pipe.encoder.encode(examples, "inputs")
     for i, item in enumerate(items):
