@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 import torch
@@ -16,8 +17,10 @@ import yaml
 from conftest import toy_config, toy_vocab
 
 import cuetune.search as search
+from cuetune import cli
 from cuetune.config import validate
 from cuetune.data.splits import load_splits
+from cuetune.engine import progress
 from cuetune.errors import ConfigError
 from cuetune.search.candidates import Candidate
 from cuetune.search.stage import Stage
@@ -88,7 +91,7 @@ def test_an_encoder_warning_is_printed_once_per_search(tmp_path, tiny_dirs, toy_
     repeats = [r for r in caplog.records if "were not repeated" in r.getMessage()]
     assert len(cut) == 1 and len(repeats) == 1
     assert 5 <= int(repeats[0].getMessage().split()[0]) < summary["candidates"]  # 11 of 32 here
-    assert logging.getLogger("cuetune.encoding").filters == []
+    assert logging.getLogger("cuetune.prompt.encoder").filters == []
 
 
 @pytest.mark.parametrize("tail,starts", [("", True), (" the", True), (",", True), ("\n", True),
@@ -367,3 +370,26 @@ def test_token_search_needs_the_text_slot_spelled_out():
     assert split_template("review : {text} {answer}", "before") == ("review : ", "{text} {answer}")
     with pytest.raises(ConfigError, match="write it as {text}"):
         split_template("review : {text_a} {answer}", "before")
+
+
+def test_search_and_train_print_progress_lines_when_no_terminal_shows_a_bar(
+        tmp_path, tiny_dirs, toy_data, capsys, monkeypatch):
+    """In a log file `cuetune search` said nothing for minutes: a line per stage now, and long
+    loops (here: every loop, with the interval at 0) a line every few seconds."""
+    monkeypatch.setattr(progress, "EVERY", 0.0)
+    path = _config(tmp_path, tiny_dirs["causal"], toy_data, {"searchers": ["labels"], "calibrate": "off"})
+    monkeypatch.setattr(sys, "argv", ["cuetune", "search", str(path)])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+        raise SystemExit(0)
+    err = capsys.readouterr().err
+    assert done.value.code == 0, err
+    assert "search baseline: done, best dev" in err and "search 1-labels: " in err, err
+    assert "search 1-labels: done" in err and "inputs scored: " in err
+    run = tmp_path / "search" / "best.yaml"
+    monkeypatch.setattr(sys, "argv", ["cuetune", "train", str(run), "--set", "train.max_steps=4", "--set",
+                                      f"output_dir={tmp_path / 'trained'}", "--set", "method.name=soft"])
+    with pytest.raises(SystemExit):
+        cli.main()
+        raise SystemExit(0)
+    assert "training steps: 4 of 4" in capsys.readouterr().err

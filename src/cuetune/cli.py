@@ -32,7 +32,8 @@ from cuetune.bench import report, shards
 from cuetune.bench.cells import run_bench
 from cuetune.bench.grid import load_bench
 from cuetune.config import decoding_overrides
-from cuetune.data.readers import lines_to_examples
+from cuetune.data.examples import Example
+from cuetune.data.readers import decode_bytes, lines_to_examples
 from cuetune.engine import distributed
 from cuetune.errors import CuetuneError, DataError
 from cuetune.families.pretrained import describe_aliases
@@ -60,7 +61,33 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=UserWarning)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig, but the handler itself passes warnings only,
+        warnings_only = logging.StreamHandler()  # so INFO progress lines are not printed twice
+        warnings_only.setLevel(logging.WARNING)
+        warnings_only.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        root.addHandler(warnings_only)
+        root.setLevel(logging.WARNING)
+
+
+_LINES: logging.Handler | None = None
+
+
+def _progress_lines() -> None:
+    """Where no progress bar draws (a log file, CI, a pipe), cuetune's progress comes as lines
+    on stderr: its loops log them at INFO (`engine.progress.Ticker`); a terminal gets the bars."""
+    global _LINES
+    logger = logging.getLogger("cuetune")
+    if _LINES is not None:  # main() again in one process (tests): one handler, on today's stderr
+        logger.removeHandler(_LINES)
+        _LINES = None
+    if err.is_terminal:
+        return
+    _LINES = logging.StreamHandler(sys.stderr)
+    _LINES.setFormatter(logging.Formatter("%(message)s"))
+    _LINES.addFilter(lambda record: record.levelno == logging.INFO)  # warnings go as before
+    logger.addHandler(_LINES)
+    logger.setLevel(logging.INFO)
 
 
 def _progress():
@@ -159,15 +186,12 @@ def eval_(run_dir: Path = typer.Argument(..., help="A finished run directory"),
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A finished run directory"),
             input_: str = typer.Option(..., "--input", "-i", help="File (jsonl/csv/tsv/json/txt) or -"),
-            output: Path | None = typer.Option(None, "--output", "-o", help="JSONL file; default stdout"),
+            output: Path | None = typer.Option(None, "--out", "--output", "-o",
+                                               help="JSONL file; default stdout"),
             batch_size: int = typer.Option(32, help="Prediction batch size")) -> None:
     """Predict labels and per-label probabilities (a run or an ensemble folder); writes JSONL."""
     model = load(run_dir)
-    if input_ == "-" or input_.endswith(".txt"):
-        text = sys.stdin.read() if input_ == "-" else _read_text(Path(input_))
-        examples = lines_to_examples(text, "<stdin>" if input_ == "-" else input_)
-    else:
-        examples = model.read(input_)
+    examples = _inputs(model, input_)
     preds = model.predict(examples, batch_size=batch_size)
     rows = [{"text": e.text, **({"text_pair": e.text_pair} if e.text_pair else {}), **p}
             for e, p in zip(examples, preds, strict=True)]
@@ -178,19 +202,24 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory")
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not valid UTF-8; re-save the file as UTF-8") from None
+def _inputs(model, source: str) -> list[Example]:
+    """What predict and generate read: a data file with the run's columns, or one input a line
+    from a .txt file or standard input (`-`), decoded strictly (bad bytes name their line)."""
+    if source == "-":
+        return lines_to_examples(decode_bytes(sys.stdin.buffer.read(), "<stdin>"), "<stdin>")
+    if source.endswith(".txt"):
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        return lines_to_examples(decode_bytes(path.read_bytes(), source), source)
+    return model.read(source)
 
 
 @app.command()
 def generate(run_dir: Path = typer.Argument(..., help="A finished generation run directory"),
              input_: str = typer.Option(..., "--input", "-i", help="File (jsonl/csv/tsv/json/txt) or -"),
-             output: Path | None = typer.Option(None, "--output", "-o", help="JSONL file; default stdout"),
+             output: Path | None = typer.Option(None, "--out", "--output", "-o",
+                                               help="JSONL file; default stdout"),
              set_: list[str] = typer.Option([], "--set", "-s",
                                             help="Decoding setting: strategy=beam, num_beams=5, "
                                                  "max_new_tokens=40, stop=[\\n], temperature=0.7 ..."),
@@ -198,11 +227,7 @@ def generate(run_dir: Path = typer.Argument(..., help="A finished generation run
     """Write text for each input with the tuned prompt; writes JSONL (input and output)."""
     model = load_run(run_dir)
     overrides = decoding_overrides(set_)
-    if input_ == "-" or input_.endswith(".txt"):
-        text = sys.stdin.read() if input_ == "-" else _read_text(Path(input_))
-        examples = lines_to_examples(text, "<stdin>" if input_ == "-" else input_)
-    else:
-        examples = model.read(input_)
+    examples = _inputs(model, input_)
     try:
         texts = model.generate(examples, **overrides)
     except ValueError as exc:  # pydantic: a bad decoding setting
@@ -422,6 +447,7 @@ def models() -> None:
 
 def main() -> None:
     _quiet_libraries()
+    _progress_lines()
     try:
         app(standalone_mode=False)
     except CuetuneError as exc:

@@ -14,6 +14,7 @@ schedule, one process's update up to summation order.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -30,10 +31,13 @@ from cuetune.engine import distributed
 from cuetune.engine.batching import BatchOrder
 from cuetune.engine.checkpoint import CHECKPOINT, Checkpoint, rng_state, save_checkpoint, set_rng_state
 from cuetune.engine.pipeline import Pipeline
+from cuetune.engine.progress import Ticker
 from cuetune.errors import CuetuneError
 from cuetune.metrics.classification import finite
 from cuetune.prompt.batch import collate
 from cuetune.prompt.encoder import Encoded
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], cfg: TrainConf
     counts = _phase_steps(phases, total_steps(cfg, len(train)))
     rates = [phase.lr or cfg.lr or method.default_lr for phase in phases]
     stopped, start, ran = False, time.perf_counter(), state["step"]
+    ticker = Ticker(logger, "training steps", sum(counts))
     model.train()
     for index, (phase, count) in enumerate(zip(phases, counts, strict=True)):
         if index < state["phase"]:
@@ -208,6 +213,7 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], cfg: TrainConf
                     state["bad"] += 1
                 stopped = cfg.patience is not None and state["bad"] >= cfg.patience and step < end
             log.write(row)
+            ticker.tick(step, _progress_text(row, pipe.objective.dev_keys, best.score if best.step else None))
             if progress:
                 progress(step, sum(counts), row, best.score if best.step else None)
             ran = step
@@ -229,6 +235,14 @@ def fit(pipe: Pipeline, train: list[Encoded], dev: list[Encoded], cfg: TrainConf
     used = [PhaseUsed(p.name, lr, n) for p, lr, n in zip(phases, rates, counts, strict=True)]
     return TrainResult(ran, best.step, best.dev, stopped, time.perf_counter() - start,
                        log.rows, state["skipped"], used)
+
+
+def _progress_text(row: dict, dev_keys: tuple[str, ...], best: float | None) -> str:
+    """A step's row as a progress line's detail: loss, the dev metric when scored, speed."""
+    loss = "skipped" if row["loss"] is None else f"loss {row['loss']:.4f}"
+    dev = "".join(f", dev {k} {row[f'dev_{k}']:.4f}" for k in dev_keys[:1] if f"dev_{k}" in row)
+    best_text = "" if best is None else f" (best {best:.4f})"
+    return f"{loss}{dev}{best_text}, {row['examples_per_s']} ex/s"
 
 
 def _train_step(model, next_batch, optimizer, scheduler, params,

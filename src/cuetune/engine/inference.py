@@ -8,6 +8,7 @@ little, and gives results back in the inputs' own order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -16,8 +17,11 @@ import torch.nn.functional as F
 from cuetune.engine import distributed
 from cuetune.engine.batching import batches_by_length
 from cuetune.engine.forward import PromptModel
+from cuetune.engine.progress import Ticker
 from cuetune.prompt.batch import collate
 from cuetune.prompt.encoder import Encoded
+
+log = logging.getLogger(__name__)
 
 
 def run_batches(model: PromptModel, items: list[Encoded], pad_id: int, batch_size: int,
@@ -28,11 +32,14 @@ def run_batches(model: PromptModel, items: list[Encoded], pad_id: int, batch_siz
     `side="left"` pads on the left (decoding appends on the right). Under several processes
     each runs every N-th batch and all get every result back (`distributed`): each item is
     scored once, by one process."""
-    out = []
+    out, done = [], 0
+    ticker = Ticker(log, "inputs scored", len(items))
     with model.inference():
         for idx, chunk in distributed.my_turns(list(batches_by_length(items, batch_size))):
             batch = {k: v.to(model.device) for k, v in collate(chunk, pad_id, side).items()}
             out.append((idx, step(batch, idx)))
+            done += len(idx) * distributed.world()
+            ticker.tick(min(done, len(items)))
     return distributed.gather(out)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
@@ -26,6 +27,7 @@ from cuetune.data import tasks
 from cuetune.data.splits import load_splits
 from cuetune.engine.pipeline import load_for
 from cuetune.errors import ConfigError, did_you_mean
+from cuetune.prompt import encoder
 from cuetune.prompt.demonstrations import with_pool
 from cuetune.runs.config_file import resolve_paths
 from cuetune.search import demos, gradient, pool, rl
@@ -137,9 +139,11 @@ def run(cfg: RunConfig, settings, progress=None) -> dict:
         base.consider(cand, name, generated=False)
     if own:
         base.consider(start, "your config's prompt", generated=False)
+    log.info("search baseline: done, best dev %.4f (%.0f s)", best_of(slog.records).dev,
+             time.perf_counter() - base.started)
     warnings = []
     once = _Once()
-    encoding_log = logging.getLogger("cuetune.encoding")
+    encoding_log = encoder.log
     encoding_log.addFilter(once)
     try:
         for i, name in enumerate(settings.searchers, 1):
@@ -148,6 +152,8 @@ def run(cfg: RunConfig, settings, progress=None) -> dict:
             before = i if settings.chain else 1
             best = best_of([r for r in slog.records if stage_index(r) < before])
             SEARCHERS[name](st, best.candidate)
+            log.info("search %s: done, best dev %.4f so far (%.0f s)", st.name,
+                     best_of(slog.records).dev, time.perf_counter() - st.started)
             warnings += st.warnings
             write_outputs(out, cfg, settings, slog, scorer, warnings)
     finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 from cuetune.config import RunConfig
 from cuetune.data.examples import Example
 from cuetune.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from cuetune.engine.progress import Ticker
 from cuetune.errors import CuetuneError
 from cuetune.search.candidates import Candidate, Record, SearchLog
 from cuetune.search.scoring import Scorer
@@ -43,6 +44,7 @@ class Stage:
     warnings: list[str] = field(default_factory=list)
     hints: dict = field(default_factory=dict)
     """The named task's baselines and cue phrases (resources/baselines.yaml)."""
+    ticker: Ticker | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -75,8 +77,11 @@ class Stage:
         return loop
 
     def plan(self, total: int) -> None:
-        """How many units (candidates or steps) this stage will take, for the progress bar."""
+        """How many units (candidates or steps) this stage will take, for the progress bar and
+        the progress lines."""
         self.total = total
+        self.ticker = Ticker(log, f"search {self.name}", total)
+        log.info("search %s: %d to score", self.name, total)
         self._tick(0)
 
     def advance(self, n: int = 1) -> None:
@@ -84,6 +89,8 @@ class Stage:
 
     def _tick(self, n: int) -> None:
         self.done += n
+        if self.ticker is not None:
+            self.ticker.tick(self.done)
         if self.progress:
             self.progress(self.name, self.done, self.total)
 
