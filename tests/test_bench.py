@@ -275,6 +275,20 @@ def test_bench_config_errors_name_the_field(tmp_path):
         grid.load_bench(path)
 
 
+def test_a_narrowed_grid_keeps_its_references_and_a_misspelt_one_is_refused(tmp_path):
+    """RESULTS tells users to narrow a shipped grid with --set tasks=[...]: a reference for a task
+    left out is drawn nowhere, not refused (it was: 'references.mr: not one of the bench's
+    tasks'); a reference that names no task at all is still refused."""
+    shipped = Path(__file__).resolve().parents[1] / "benchmarks" / "mixture-cpu.yaml"
+    cfg, _ = grid.load_bench(shipped, ["tasks=[sst-2]"])
+    assert cfg.tasks == ["sst-2"] and set(cfg.references) == {"sst-2", "mr"}
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump({"tasks": ["sst-2"], "methods": {"soft": {"method": {"name": "soft"}}},
+                                    "references": {"sst2": {"score": 92.7, "label": "LM-BFF"}}}))
+    with pytest.raises(ConfigError, match="references.sst2: not a task; did you mean 'sst-2'"):
+        grid.load_bench(path)
+
+
 def test_task_for_other_k_samples_from_the_split(tmp_path):
     _toy_kshot(tmp_path, [13])
     data = tasks.get("sst-2").sections(tmp_path, 4, 13)["data"]

@@ -20,7 +20,7 @@ from pydantic import Field, PrivateAttr, ValidationError
 
 from cuetune.config import Strict, apply_overrides, read_mapping
 from cuetune.data import tasks
-from cuetune.errors import ConfigError
+from cuetune.errors import ConfigError, did_you_mean
 from cuetune.search.settings import SearchSettings
 
 
@@ -144,10 +144,10 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
             raise ConfigError(f"{p}: custom_tasks.{name}: shadows the named task {name!r}; rename it")
     for name in cfg.tasks:
         cfg.task(name)
-    for name in cfg.references:
-        if name not in cfg.tasks:
-            raise ConfigError(f"{p}: references.{name}: not one of the bench's tasks {cfg.tasks}; "
-                              "a reference for it would be drawn nowhere")
+    for name in cfg.references:  # a task outside a narrowed grid (--set tasks=[...]) is no error
+        if name not in cfg.tasks and name not in tasks.TASKS and name not in cfg.custom_tasks:
+            raise ConfigError(f"{p}: references.{name}: not a task;{did_you_mean(name, cfg.tasks) or ''} "
+                              f"the bench's tasks are {cfg.tasks}")
     for name, entry in cfg.methods.items():
         _check_kind(entry, f"{p}: methods.{name}")
         if entry.search is not None:
