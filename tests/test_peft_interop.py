@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import runpy
+import subprocess
+import sys
 import warnings
 from contextlib import contextmanager
 
@@ -127,6 +129,11 @@ def test_the_exported_example_reproduces_cuetune_with_peft_alone(nobos_dir, toy_
     for got, want in zip(theirs, ours, strict=True):
         assert got == pytest.approx(want["probs"], abs=1e-5)
     assert len({round(p["positive"], 3) for p in theirs}) > 1, "inputs must change the answer"
+    if kind == "soft":  # as a user runs it: the output is the probabilities, no library warning
+        done = subprocess.run([sys.executable, str(peft_dir / "example.py"), TEXTS[0]], capture_output=True,
+                              text=True, check=True)
+        assert json.loads(done.stdout)["probs"] == pytest.approx(ours[0]["probs"], abs=1e-5)
+        assert "Warning" not in done.stderr, done.stderr
 
 
 IMPORTS = {  # PEFT config, template cuetune runs it with

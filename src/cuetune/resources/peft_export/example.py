@@ -10,11 +10,17 @@ tokens at the answer position (the next token) and scores each label as cuetune 
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+# PEFT 0.21 reads transformers' `is_gradient_checkpointing`, which transformers 5.24 deprecated,
+# so loading the adapter printed a FutureWarning about PEFT's call, not this script's (PEFT 0.22
+# reads the new name). Only that warning is kept off the output.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 HERE = Path(__file__).resolve().parent
 RECIPE = json.loads((HERE / "cuetune_prompt.json").read_text(encoding="utf-8"))
