@@ -25,7 +25,7 @@ from cuetune.errors import ConfigError
 from cuetune.families.causal import CausalState
 from cuetune.methods.zero_shot import ZeroShot, ZeroShotConfig
 from cuetune.prompt.batch import collate
-from cuetune.prompt.encoder import Encoded, PromptEncoder
+from cuetune.prompt.encoder import Encoded, encoder_for
 from cuetune.prompt.templates import parse
 from cuetune.search.candidates import Candidate
 
@@ -71,8 +71,8 @@ class TokenPrompts:
         self.tok = pipe.loaded.tokenizer
         self.head, self.tail = split_template(best.template, position)
         template = parse(f"{self.head}{{soft:{num_tokens}}}{self.tail}")
-        raw = stage.cfg.model_copy(update={"prompt": stage.cfg.prompt.model_copy(update=best.prompt())})
-        self.encoder = PromptEncoder.for_run(raw, template, pipe.loaded)
+        prompt = stage.cfg.prompt.model_copy(update=best.prompt())
+        self.encoder = encoder_for(prompt, stage.cfg.data, pipe.loaded)(template)
         method = ZeroShot(ZeroShotConfig(), pipe.loaded, self.encoder, stage.labels)
         self.model = PromptModel(pipe.loaded, method, self.verbalizer, 0)
         self.cached = self.family.shares_prefix and position == "after" and not best.chat
@@ -87,9 +87,6 @@ class TokenPrompts:
             words += " "  # before an input slot: the slot's text gets its leading space
         return self.best.with_template(f"{self.head}{words}{self.tail}", self.best.chat,
                                        self.best.instruction)
-
-    def encode(self, examples) -> list[Encoded]:
-        return self.encoder.encode(examples, "search batch")
 
     def label_logprobs(self, ids: torch.Tensor, items: list[Encoded]) -> torch.Tensor:
         """Candidates ids [S, n] on encoded examples -> label log-probabilities [S, B, L]."""
@@ -143,7 +140,7 @@ def training_steps(stage, prompts: TokenPrompts, settings, gen: torch.Generator,
     """(step, encoded batch, gold labels [B]) for the steps after `done`, each batch drawn from
     the training split with `gen` (which the caller's state saves, so a resumed search draws
     the same batches)."""
-    items = prompts.encoder.encode(stage.train)
+    items = prompts.encoder.encode(stage.train, "search batch")
     gold = torch.tensor([e.label for e in stage.train])
     stage.plan(settings.steps)
     stage.advance(done)
