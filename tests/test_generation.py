@@ -113,11 +113,11 @@ def _teacher_forced(pipe, prompt: Encoded, written: list[int]) -> Encoded:
 def test_greedy_decoding_continues_the_trained_model(gen_models, gen_data, kind, method):
     pipe = _pipeline(gen_models[kind], gen_data, method)
     prompts = pipe.encoder.encode(_inputs(), with_target=False)
-    tokens = written(pipe, prompts, GenerateConfig(max_new_tokens=5, batch_size=8))
-    assert all(tokens), "every row writes at least one token"
+    every = written(pipe, prompts, GenerateConfig(max_new_tokens=5, batch_size=8))
+    assert all(every), "every row writes at least one token"
     pad = pipe.loaded.tokenizer.pad_token_id
     pipe.model.eval()
-    for prompt, tokens in zip(prompts, written, strict=True):
+    for prompt, tokens in zip(prompts, every, strict=True):
         batch = collate([_teacher_forced(pipe, prompt, tokens)], pad)
         with torch.no_grad():
             logits = pipe.model(batch)  # [N, V]
