@@ -241,7 +241,7 @@ def _progress_text(row: dict, dev_keys: tuple[str, ...], best: float | None) -> 
     """A step's row as a progress line's detail: loss, the dev metric when scored, speed."""
     loss = "skipped" if row["loss"] is None else f"loss {row['loss']:.4f}"
     dev = "".join(f", dev {k} {row[f'dev_{k}']:.4f}" for k in dev_keys[:1] if f"dev_{k}" in row)
-    best_text = "" if best is None else f" (best {best:.4f})"
+    best_text = "" if best is None else f", best dev {best:.4f}"
     return f"{loss}{dev}{best_text}, {row['examples_per_s']} ex/s"
 
 
