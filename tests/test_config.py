@@ -46,7 +46,7 @@ def test_every_shipped_config_loads(path, tmp_path):
         runs = [load_config(path)]
     shared = (Path(__file__).resolve().parents[2] / "shared" / "data")
     for cfg in runs:
-        check_settings(cfg)
+        check_settings(cfg.method, cfg.prompt.template, cfg.train)
         for split in ("train", "dev", "test"):
             name = getattr(cfg.data, split)
             if name and shared in Path(name).resolve().parents and not shared.is_dir():

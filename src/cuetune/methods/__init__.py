@@ -6,7 +6,7 @@ the hooks in `methods.method`; nothing outside this package names a method.
 
 from __future__ import annotations
 
-from cuetune.config import METHOD_CONFIGS, RunConfig
+from cuetune.config import METHOD_CONFIGS, MethodConfig, TrainConfig
 from cuetune.errors import ConfigError, did_you_mean
 from cuetune.methods.full import Full, Head, PromptFinetune
 from cuetune.methods.in_context import InContext
@@ -38,13 +38,12 @@ def get_method(name: str) -> type[Method]:
     return REGISTRY[name]
 
 
-def check_settings(run_config: RunConfig) -> None:
+def check_settings(method: MethodConfig, template: str, train: TrainConfig) -> None:
     """Refuse a new run that sets a key its method would ignore, naming the key and why:
     a setting without an effect is a silent misconfiguration (a user asking for 10 soft tokens
-    whose template says {soft:20} trains 20)."""
-    method = run_config.method
-    unused = get_method(method.name).unused_settings(method, parse(run_config.prompt.template))
-    sections = {"method": method, "train": run_config.train}
+    whose template says {soft:20} trains 20). `template`: `prompt.template` as written."""
+    unused = get_method(method.name).unused_settings(method, parse(template))
+    sections = {"method": method, "train": train}
     given = {f"{name}.{k}" for name, section in sections.items()  # an explicit null is unset
              for k in section.model_fields_set if getattr(section, k) is not None}
     wrong = [f"{key}: has no effect with method {method.name} ({why}); remove it"

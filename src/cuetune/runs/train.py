@@ -70,7 +70,7 @@ def train(config=None, progress=None, resume: Checkpoint | None = None,
     main = distributed.is_main()
     cfg = as_config(config)
     if resume is None:  # a resumed run's saved config was checked when it started
-        check_settings(cfg)
+        check_settings(cfg.method, cfg.prompt.template, cfg.train)
     splits = load_splits(cfg.data)
     if train_examples is not None:
         sizes = {**splits.report.get("sizes", {}), "train": len(train_examples)}
