@@ -16,12 +16,15 @@ import torch
 import yaml
 from conftest import toy_config, toy_vocab
 
+import cuetune
 import cuetune.search as search
 from cuetune import cli
 from cuetune.config import validate
 from cuetune.data.splits import load_splits
 from cuetune.engine import progress
 from cuetune.errors import ConfigError
+from cuetune.methods import REGISTRY
+from cuetune.runs.config_file import load as load_config
 from cuetune.search.candidates import Candidate
 from cuetune.search.stage import Stage
 from cuetune.search.tokens import TokenPrompts, search_vocab
@@ -393,3 +396,28 @@ def test_search_and_train_print_progress_lines_when_no_terminal_shows_a_bar(
         cli.main()
         raise SystemExit(0)
     assert "training steps: 4 of 4" in capsys.readouterr().err
+
+
+EXTRA = {"mixture": ["method.copies=2", "method.num_tokens=4"]}
+"""What a method needs beyond its name to run at all (a mixture of one prompt is refused)."""
+
+
+def test_best_yaml_trains_as_printed_and_with_every_method(tmp_path, tiny_dirs, toy_data):
+    """The search's hand-off: `cuetune train best.yaml` and `--set method.name=X` for every
+    method. best.yaml used to dump every default key, which the moot-key check then refused
+    (`method.projection_hidden: has no effect with method prefix`), and another method name
+    met prefix's keys (`method.num_tokens: unknown key` for zero-shot)."""
+    raw = toy_config(tiny_dirs["causal"], toy_data, tmp_path / "run",
+                     method={"name": "prefix", "num_tokens": 4}, prompt={"template": PLAIN})
+    raw["train"] = {"max_steps": 2, "eval_every": 1, "batch_size": 8, "progress": False}
+    raw["search"] = {"out": str(tmp_path / "search"), "searchers": ["labels"], "calibrate": "off"}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    _run(path)
+    best = tmp_path / "search" / "best.yaml"
+    printed = best.read_text(encoding="utf-8").splitlines()[1]
+    assert printed == f"# Train it: cuetune train {best}"
+    assert cuetune.train(load_config(best, [f"output_dir={tmp_path / 'as-printed'}"])).metrics["test"]
+    for name in REGISTRY:
+        sets = [f"method.name={name}", f"output_dir={tmp_path / name}", *EXTRA.get(name, [])]
+        assert cuetune.train(load_config(best, sets)).metrics["test"]["n"] > 0, name

@@ -10,6 +10,7 @@ it reads (the trainer `TrainConfig`, decoding `GenerateConfig`, a method its own
 
 from __future__ import annotations
 
+import logging
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from cuetune.errors import ConfigError, did_you_mean
+
+log = logging.getLogger(__name__)
 
 
 class Strict(BaseModel):
@@ -266,8 +269,13 @@ def _is_text_field(parts: list[str], raw: dict) -> bool:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`key=value` items applied to a raw config mapping, in order. `method.name=X` naming
+    another method keeps only the method keys X also has (a file written for prefix tuning
+    still trains with `--set method.name=lora`), and warns naming the ones it drops."""
     for item in overrides:
         parts, value = parse_override(item)
+        if parts == ["method", "name"] and isinstance(raw.get("method"), dict):
+            _switch_method(raw, value)
         if _is_text_field(parts, raw) and not (value is None and item.endswith("=null")):
             value = item.split("=", 1)[1]
         node = raw
@@ -279,6 +287,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = child
         node[parts[-1]] = value
     return raw
+
+
+def _switch_method(raw: dict, name) -> None:
+    old = raw["method"]
+    if old.get("name", "soft") == name or name not in METHOD_CONFIGS:
+        return  # the same method, or an unknown name (validation says which are known)
+    fields = METHOD_CONFIGS[name].model_fields
+    dropped = sorted(k for k in old if k not in fields)
+    if dropped:
+        log.warning("method.name=%s: method %s's keys %s do not apply to %s; dropped", name,
+                    old.get("name", "soft"), ", ".join(f"method.{k}" for k in dropped), name)
+    raw["method"] = {k: v for k, v in old.items() if k in fields}
 
 
 def decoding_overrides(items: list[str]) -> dict:

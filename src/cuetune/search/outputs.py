@@ -91,10 +91,14 @@ def _line(rank: int, rec: Record) -> str:
 
 
 def best_config(cfg, best: Record, out: Path) -> str:
-    """The search's run config with the chosen prompt; data paths made absolute, since the file
-    sits in the search folder."""
-    raw = cfg.model_dump(mode="json")
-    raw["prompt"] = {**raw["prompt"], **best.candidate.prompt()}
+    """The search's run config with the chosen prompt: the keys the config set (and the search
+    chose), not every default, so `cuetune train best.yaml` takes it as written and `--set
+    method.name=X` starts method X from its own defaults (a dump of every default key named
+    keys that the new method, or this one's other settings, make moot, and was refused). Data
+    paths are made absolute, since the file sits in the search folder."""
+    raw = cfg.model_dump(mode="json", exclude_unset=True)
+    raw["prompt"] = {**raw.get("prompt", {}), **best.candidate.prompt()}
+    raw.setdefault("data", {})
     for key in ("train", "dev", "test"):
         value = raw["data"].get(key)
         if value and not raw["data"].get("dataset") and Path(value).exists():
