@@ -6,13 +6,17 @@ mixed with neutral filler. Models are saved to folders so tests go through the r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
+from filelock import FileLock
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     BertConfig,
@@ -29,7 +33,12 @@ from transformers import (
 )
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+BUILD_THREADS = min(2, torch.get_num_threads())
+"""The tiny models are pretrained with this many threads, so a run under xdist builds the same
+weights as a serial one."""
+# under pytest-xdist (`-n 2`) each worker gets one thread: two-thread workers side by side
+# on two cores run several times slower than one-thread ones
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else BUILD_THREADS)
 
 POS = ["good", "great", "fine", "lovely", "superb"]
 NEG = ["bad", "awful", "poor", "dull", "broken"]
@@ -183,11 +192,36 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _build_tiny(root: Path) -> dict[str, Path]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        return {kind: save_tiny(root / kind, kind, pretrain_steps=600) for kind in KINDS}
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {kind: save_tiny(root / kind, kind, pretrain_steps=600)
-            for kind in KINDS}
+def tiny_dirs(tmp_path_factory, request) -> dict[str, Path]:
+    """The tiny models, pretrained on the toy task. Pretraining takes most of a quick run's
+    time, so they are kept in pytest's cache folder, keyed by this file, the library versions
+    and the thread count (the same key builds the same weights), and built again when one
+    changes; with the cache plugin off (`-p no:cacheprovider`, a clean CI clone) they are
+    built in a temporary folder."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None:
+        return _build_tiny(tmp_path_factory.mktemp("tiny"))
+    key = hashlib.sha256(Path(__file__).read_bytes() + f"{torch.__version__} {transformers.__version__} "
+                         f"{BUILD_THREADS}".encode()).hexdigest()[:12]
+    root = cache.mkdir(f"tiny-models-{key}")
+    with FileLock(root / "lock"):  # xdist workers: one builds, the others wait for it
+        if not (root / "complete").is_file():
+            work = _build_tiny(tmp_path_factory.mktemp("tiny"))
+            for kind in KINDS:
+                shutil.rmtree(root / kind, ignore_errors=True)
+                shutil.copytree(work[kind], root / kind)
+            (root / "complete").write_text("built\n")
+    return {kind: root / kind for kind in KINDS}
 
 
 @pytest.fixture(scope="session")

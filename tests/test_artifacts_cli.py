@@ -140,6 +140,7 @@ def test_bad_input_exits_nonzero_with_one_line(case, fragment, tiny_dirs, toy_da
     assert not (tmp_path / "out" / "cuetune.json").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter imports everything
 def test_python_dash_m_runs_the_cli():
     """Launchers that start a module (`accelerate launch -m cuetune train ...`) need this."""
     import subprocess

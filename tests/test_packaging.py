@@ -1,4 +1,5 @@
-"""Every third-party module the library imports is a declared dependency.
+"""Every third-party module the library imports is a declared dependency; and the quick test
+loop leaves the slow tests out.
 
 A developer's venv holds more than the package declares (dev tools, leftovers), so a missing
 entry in pyproject.toml passes every local test and fails only on a fresh machine. This test
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
@@ -76,3 +78,15 @@ def test_optional_extras_are_declared_and_imported_lazily():
                 f"{path.relative_to(ROOT)} imports {module} at module level: a default install "
                 f"(without cuetune[{extra}]) could not import it")
 
+
+
+def test_the_quick_loop_leaves_the_slow_tests_out():
+    """`pytest -m "not slow"` is a developer's loop of about two minutes (README): the real-model,
+    multi-process and Ray tests stay for the full suite. Collection only, in a subprocess."""
+    slow = ["tests/test_integration.py", "tests/test_distributed.py", "tests/test_bench_dist.py"]
+    quick = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow",
+                            "-W", "error::pytest.PytestUnknownMarkWarning", *slow],
+                           cwd=ROOT, capture_output=True, text=True)
+    assert "no tests collected" in quick.stdout and "deselected" in quick.stdout, quick.stdout + quick.stderr
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert any(m.startswith("slow:") for m in declared["markers"])

@@ -45,6 +45,7 @@ def _config(tiny_dirs, toy_data, out: Path, **train) -> dict:
     return raw
 
 
+@pytest.mark.slow  # a training process killed and resumed
 def test_kill_9_then_resume_is_bit_identical(tiny_dirs, toy_data, tmp_path):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     for name in ("ref", "killed"):

@@ -375,6 +375,7 @@ def test_token_search_needs_the_text_slot_spelled_out():
         split_template("review : {text_a} {answer}", "before")
 
 
+@pytest.mark.slow  # a search, then training runs
 def test_search_and_train_print_progress_lines_when_no_terminal_shows_a_bar(
         tmp_path, tiny_dirs, toy_data, capsys, monkeypatch):
     """In a log file `cuetune search` said nothing for minutes: a line per stage now, and long
@@ -402,6 +403,7 @@ EXTRA = {"mixture": ["method.copies=2", "method.num_tokens=4"]}
 """What a method needs beyond its name to run at all (a mixture of one prompt is refused)."""
 
 
+@pytest.mark.slow  # a search, then training runs
 def test_best_yaml_trains_as_printed_and_with_every_method(tmp_path, tiny_dirs, toy_data):
     """The search's hand-off: `cuetune train best.yaml` and `--set method.name=X` for every
     method. best.yaml used to dump every default key, which the moot-key check then refused
