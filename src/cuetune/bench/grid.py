@@ -74,6 +74,10 @@ class MethodEntry(Strict):
     """A prompt search (the `search:` keys of a search config, less task, k, seed and out, which
     the cell sets) run zero-shot on the cell's train and dev before training; the prompt dev
     chooses replaces the task's. Methods with the same search settings share one search."""
+    own_task: bool = False
+    """Run the task as if it were a user's own: the plain prompt a new user would write, with
+    the class names as label words, and a search (if any) with no task baselines or cue
+    phrases; the honest row for a search result (docs/prompts.md)."""
     seeds: list[int] | None = None
     """A subset of the grid's seeds for this method. A method that reads no training data
     (zero-shot without demonstrations) scores the same on test for every K-shot sample, so one
@@ -170,7 +174,8 @@ def _check_kind(entry: MethodEntry, where: str) -> None:
         raise ConfigError(f"{where}: ensemble and distill are two kinds of row; keep one")
     if entry.method is None and entry.ensemble is None:
         raise ConfigError(f"{where}.method: missing; every row but an ensemble names its method")
-    extra = [k for k in ("grid", "search", "prompt", "model") if entry.combined and getattr(entry, k)]
+    extra = [k for k in ("grid", "search", "prompt", "model", "own_task")
+             if entry.combined and getattr(entry, k)]
     extra += ["method"] if entry.ensemble is not None and entry.method is not None else []
     extra += ["train"] if entry.ensemble is not None and entry.train else []
     if extra:
@@ -216,7 +221,7 @@ def point_name(point: dict) -> str:
     return "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items()) or "default"
 
 
-SET_BY_CELL = ("task", "k", "seed", "out", "data_root")
+SET_BY_CELL = ("task", "k", "seed", "out", "data_root", "own_task")
 
 
 def search_settings(entry: MethodEntry, where: str, **cell) -> SearchSettings:

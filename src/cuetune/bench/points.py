@@ -23,6 +23,7 @@ from cuetune.engine.checkpoint import CHECKPOINT
 from cuetune.runs import artifacts
 from cuetune.runs.manifest import Manifest
 from cuetune.runs.train import resume_run
+from cuetune.search.generic import own_task_prompt
 from cuetune.search.runner import run as run_search
 
 FULL_WEIGHTS_MB = 50
@@ -36,7 +37,10 @@ def run_config(cfg: BenchConfig, root: Path, cell: Cell, point: dict, run_dir: P
                searched: dict | None = None) -> dict:
     """The raw run config of one grid point of one cell (`searched`: the prompt a search chose)."""
     entry = cfg.methods[cell.method]
-    raw = {"model": {**cfg.model, **entry.model}, **cfg.task(cell.task).sections(root, cell.k, cell.seed)}
+    task = cfg.task(cell.task)
+    raw = {"model": {**cfg.model, **entry.model}, **task.sections(root, cell.k, cell.seed)}
+    if entry.own_task:
+        raw["prompt"] = own_task_prompt(task)
     raw["data"].update(cfg.data)
     raw["prompt"].update(entry.prompt)
     if searched is not None:
@@ -60,7 +64,7 @@ def searched_prompt(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict
     key = hashlib.sha256(json.dumps([raw, entry.search, task], sort_keys=True).encode()).hexdigest()[:10]
     folder = out / "search" / cell.task / f"k{cell.k}-s{cell.seed}-{key}"
     settings = search_settings(entry, f"methods.{cell.method}.search", seed=cell.seed, out=str(folder),
-                               task=task)
+                               task=task, own_task=entry.own_task and task is not None)
     return run_search(validate(raw), settings)["best"]["prompt"]
 
 

@@ -56,6 +56,9 @@ class Task:
     """Decoding settings (generation tasks)."""
     prompt_extra: dict | None = None
     """Further `prompt` keys (e.g. chain-rule scoring for label words of several tokens)."""
+    names: dict[str, str] | None = None
+    """label -> the class's name as the dataset documents it, what a user's own file would
+    hold; the own-task protocol's only knowledge of the task (None: the labels are names)."""
 
     def sections(self, root: str | Path, k: int, seed: int) -> dict:
         """`data` and `prompt` config sections for K examples per class with this seed."""
@@ -169,25 +172,30 @@ _CHAIN = {"multi_token": "chain"}
 only the chain rule scores them as words (docs/prompts.md)."""
 
 
-def _lmbff(name: str, sub: str, ext: str, data: dict, template: str, verbalizer: dict) -> Task:
+def _lmbff(name: str, sub: str, ext: str, data: dict, template: str, verbalizer: dict,
+           names: dict | None = None) -> Task:
     files = tuple(f"{s}.{ext}" for s in ("train", "dev", "test"))
-    return Task(name, f"kshot/{sub}/16-{{seed}}", files, data, template, verbalizer)
+    return Task(name, f"kshot/{sub}/16-{{seed}}", files, data, template, verbalizer, names=names)
 
 
 _SENTIMENT = "{text} It was {answer}"
+_POLARITY = {"0": "negative", "1": "positive"}
 _CSV = {"format": "csv", "columns": ["label", "text"]}
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     _lmbff("sst-2", "SST-2", "tsv", {"text_column": "sentence", "labels": ["0", "1"]},
-           _SENTIMENT, {"0": "terrible", "1": "great"}),
+           _SENTIMENT, {"0": "terrible", "1": "great"}, _POLARITY),
     _lmbff("sst-5", "sst-5", "csv", {**_CSV, "labels": ["0", "1", "2", "3", "4"]}, _SENTIMENT,
-           {"0": "terrible", "1": "bad", "2": "okay", "3": "good", "4": "great"}),
+           {"0": "terrible", "1": "bad", "2": "okay", "3": "good", "4": "great"},
+           {"0": "very negative", "1": "negative", "2": "neutral", "3": "positive", "4": "very positive"}),
     _lmbff("mr", "mr", "csv", {**_CSV, "labels": ["0", "1"]}, _SENTIMENT,
-           {"0": "terrible", "1": "great"}),
+           {"0": "terrible", "1": "great"}, _POLARITY),
     _lmbff("trec", "trec", "csv", {**_CSV, "labels": ["0", "1", "2", "3", "4", "5"]},
            "{text} Answer type: {answer}",
            {"0": "Description", "1": "Entity", "2": "Expression", "3": "Human", "4": "Location",
-            "5": "Number"}),
+            "5": "Number"},
+           {"0": "description", "1": "entity", "2": "abbreviation", "3": "human", "4": "location",
+            "5": "number"}),
     _lmbff("rte", "RTE", "tsv", {"text_column": "sentence1", "text_pair_column": "sentence2",
                                  "labels": ["entailment", "not_entailment"]},
            "{text} Question: {text_pair} Yes or No? Answer: {answer}",
@@ -198,7 +206,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
            {"entailment": "Yes", "not_entailment": "No"}),
     Task("sst-2-glue", "sst2", ("train.tsv", "dev.tsv", "test.tsv"),
          {"text_column": "sentence", "labels": ["0", "1"]}, _SENTIMENT,
-         {"0": "terrible", "1": "great"}, split_k=None,
+         {"0": "terrible", "1": "great"}, split_k=None, names=_POLARITY,
          notes="GLUE SST-2; test = the labelled GLUE dev set"),
     Task("boolq", "fewglue/BoolQ", ("train.jsonl", "dev32.jsonl", "val.jsonl"),
          {"text_column": "passage", "text_pair_column": "question", "labels": ["false", "true"]},
@@ -235,12 +243,12 @@ TASKS: dict[str, Task] = {t.name: t for t in [
                "turn is never part of it"),
     Task("chnsenticorp", "chinese", ("train.jsonl", "dev.jsonl", "test.jsonl"), dict(_CHINESE),
          _ZH_TEMPLATE, dict(_ZH_WORDS), split_k=None, convert=_chinese("ChnSentiCorp_htl_all.csv"),
-         prompt_extra=dict(_CHAIN),
+         prompt_extra=dict(_CHAIN), names=_POLARITY,
          notes="ChnSentiCorp hotel reviews; a fixed seeded stratified split (test 1,000, dev pool "
                "500); K per class sampled per seed"),
     Task("waimai", "chinese", ("train.jsonl", "dev.jsonl", "test.jsonl"), dict(_CHINESE),
          _ZH_TEMPLATE, dict(_ZH_WORDS), split_k=None, convert=_chinese("waimai_10k.csv"),
-         prompt_extra=dict(_CHAIN),
+         prompt_extra=dict(_CHAIN), names=_POLARITY,
          notes="waimai_10k food-delivery reviews; a fixed seeded stratified split (test 1,000, dev "
                "pool 500); K per class sampled per seed"),
 ]}

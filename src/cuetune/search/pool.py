@@ -14,6 +14,7 @@ import random
 from dataclasses import replace
 
 from cuetune.search.candidates import Candidate
+from cuetune.search.generic import capitalised
 from cuetune.search.stage import Stage
 
 INPUT_CUES = ["", "Text: ", "Input: ", "Sentence: "]
@@ -42,11 +43,11 @@ def run(stage: Stage, best: Candidate) -> None:
     chats = []
     if settings.chat and family.answer_is_next and getattr(stage.loaded.tokenizer, "chat_template", None):
         instruction = task_cues.get("instruction") or _instruction(best)
-        folds = None if best.fold_words is None else [_capitalised(f) for f in best.fold_words]
+        folds = None if best.fold_words is None else [capitalised(dict(f)) for f in best.fold_words]
         for cue in map(_lead, _merge(INPUT_CUES, task_cues.get("input", []), settings.input_cues)):
             chats.append(Candidate(f"{cue}{{text}}{' {text_pair}' if pair else ''} {{answer}}",
                                    best.words, chat=True, instruction=instruction, demos=best.demos)
-                         .with_words(_capitalised(best.words), folds))
+                         .with_words(capitalised(dict(best.words)), folds))
     budget = max(settings.max_candidates, len(mine))
     chosen = plain[:budget]
     chosen += chats[: max(0, settings.max_candidates - len(chosen))]
@@ -71,12 +72,6 @@ def patterns(pair: bool, answer_last: bool, input_cues: list[str], answer_cues: 
                     if not answer_last:
                         out.append(f"{cue} {{answer}}.{sep}{lead}{{text}}")
     return list(dict.fromkeys(out))
-
-
-def _capitalised(words: tuple) -> dict[str, list[str]]:
-    """Each label's words and their capitalised forms (chat replies start with a capital)."""
-    return {label: list(dict.fromkeys(w for word in ws for w in (word, word.capitalize())))
-            for label, ws in words}
 
 
 def _merge(*lists: list[str]) -> list[str]:

@@ -30,7 +30,7 @@ from cuetune.errors import ConfigError, did_you_mean
 from cuetune.prompt import encoder
 from cuetune.prompt.demonstrations import with_pool
 from cuetune.runs.config_file import resolve_paths
-from cuetune.search import demos, gradient, pool, rl
+from cuetune.search import demos, generic, gradient, pool, rl
 from cuetune.search import labels as label_words
 from cuetune.search.candidates import Candidate, SearchLog
 from cuetune.search.outputs import write_outputs
@@ -85,12 +85,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None):
         if name not in SEARCHERS:
             raise ConfigError(f"{p}: search.searchers: {name!r} is not a searcher;"
                               f"{did_you_mean(name, SEARCHERS) or ''} registered: {', '.join(SEARCHERS)}")
+    if settings.own_task and not settings.task:
+        raise ConfigError(f"{p}: search.own_task: only with search.task (a named task searched as "
+                          "if it were your own); a search of your own data is that already")
     if settings.task:
         root = Path(settings.data_root)
         root = root if root.is_absolute() else (p.parent / root)
-        sections = tasks.get(settings.task).sections(root, settings.k, settings.seed)
+        task = tasks.get(settings.task)
+        sections = task.sections(root, settings.k, settings.seed)
         raw["data"] = {**sections["data"], **(raw.get("data") or {})}
-        raw.setdefault("prompt", sections["prompt"])
+        raw.setdefault("prompt", generic.own_task_prompt(task) if settings.own_task else sections["prompt"])
     cfg = resolve_paths(validate(raw, str(p)), p.parent)
     if cfg.data.task == "generation":
         raise ConfigError(f"{p}: data.task is generation; prompt search scores label words, which "
@@ -113,7 +117,7 @@ def run(cfg: RunConfig, settings, progress=None) -> dict:
     if len({e.label for e in splits.train}) < 2:
         raise ConfigError("prompt search needs training examples of at least two labels")
     loaded = load_for(cfg.model)
-    hints = task_hints(settings.task)
+    hints = {} if settings.own_task else task_hints(settings.task)
     modes = {"both": (False, True), "off": (False,), "on": (True,)}[settings.calibrate]
     slog = SearchLog(out / "prompts.jsonl", labels)
     scorer = Scorer(searching, loaded, labels, splits.dev, slog, modes, splits.train)
@@ -127,12 +131,17 @@ def run(cfg: RunConfig, settings, progress=None) -> dict:
     base = stage("baseline", 0)
     start = Candidate.from_prompt(cfg.prompt.model_dump(), labels)
     frozen = {}
-    if settings.baselines and settings.task:
+    if settings.baselines and settings.task and not settings.own_task:
         task = tasks.get(settings.task)
         frozen["lmbff"] = Candidate.from_prompt({"template": task.template,
                                                  "verbalizer": task.verbalizer or None}, labels)
         frozen.update({name: Candidate.from_prompt(prompt, labels)
                        for name, prompt in hints.get("baselines", {}).items()})
+    if settings.baselines:
+        chat = (settings.pool.chat and loaded.family.answer_is_next
+                and bool(getattr(loaded.tokenizer, "chat_template", None)))
+        cues = [next(iter(c), None) for c in (settings.pool.input_cues, settings.pool.answer_cues)]
+        frozen.update(generic.baselines(start, labels, cfg.data.text_pair_column is not None, chat, *cues))
     own = start.key() not in {c.key() for c in frozen.values()}
     base.plan(len(frozen) + own)
     for name, cand in frozen.items():

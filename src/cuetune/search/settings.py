@@ -102,7 +102,12 @@ class SearchSettings(Strict):
     refused with it, as they would run once per fold."""
     folds: int = Field(4, ge=2, le=20)
     baselines: bool = True
-    """Score the task's frozen hand baselines (resources/baselines.yaml) first."""
+    """Score the baselines first: the generic plain wordings (`search.generic`) for any task,
+    and a named task's frozen hand baselines (resources/baselines.yaml)."""
+    own_task: bool = False
+    """Search a named task as if it were your own: its data and label names only, no task
+    baselines, cue phrases or hand label words; the search starts from the plain
+    `Text: {text}\nLabel: {answer}` with the label names as words. The bench's honest row."""
     calibrate: Literal["both", "off", "on"] = "both"
     """Score each candidate raw, contextually calibrated, or both (one forward serves both)."""
     out: str = "search/default"

@@ -1,0 +1,130 @@
+"""A user's own task (issue 42): the generic baselines every search scores, label names read as
+label words, and the bench's own-task protocol, which runs a named task with no task cues,
+no task baselines and no hand label words."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import toy_config
+from test_bench import _toy_kshot
+
+import cuetune.search as search
+from cuetune.bench import grid, points
+from cuetune.data import tasks
+from cuetune.errors import ConfigError
+from cuetune.search import generic
+from cuetune.search.candidates import Candidate
+
+TRIGGER = "review : {text} sentiment : {answer}"
+"""The tiny models answer the sentiment after "review :" (conftest.pretrain)."""
+
+
+@pytest.mark.parametrize("labels, words", [
+    (["negative", "positive"], {"negative": ["negative"], "positive": ["positive"]}),
+    (["entailment", "not_entailment"], {"entailment": ["entailment"], "not_entailment": ["not entailment"]}),
+    (["very-bad", "Good"], {"very-bad": ["very bad"], "Good": ["good"]}),
+    (["0", "1"], None),  # codes, not words
+    (["POS", "NEG"], None),  # abbreviations
+    (["good", "Good"], None),  # two labels would read the same
+    (["label_1", "label_2"], None),
+])
+def test_label_names_are_words_only_where_they_read_as_words(labels, words):
+    assert generic.names_as_words(labels) == words
+
+
+def test_the_baselines_try_your_words_and_the_label_names():
+    start = Candidate.from_prompt({"template": "{text} It was {answer}",
+                                   "verbalizer": {"negative": "terrible", "positive": "great"}},
+                                  ["negative", "positive"])
+    got = generic.baselines(start, ["negative", "positive"], pair=False, chat=True,
+                            input_cue="Review", answer_cue="Sentiment:")
+    prompts = {name: c.prompt() for name, c in got.items()}
+    assert prompts["generic Text/Label, your words"]["template"] == "Text: {text}\nLabel: {answer}"
+    assert prompts["generic Text/Label, label names"]["verbalizer"] == {"negative": ["negative"],
+                                                                        "positive": ["positive"]}
+    assert prompts["generic your cues, your words"]["template"] == "Review: {text}\nSentiment: {answer}"
+    assert prompts["your template, label names"]["template"] == "{text} It was {answer}"
+    chat = prompts["generic chat instruction, label names"]
+    assert chat["chat"] and "negative, positive" in chat["instruction"]
+    assert chat["verbalizer"]["positive"] == ["positive", "Positive"]
+    # codes as labels: only your words, no chat where the model has no chat template
+    coded = Candidate.from_prompt({"template": "{text} {answer}", "verbalizer": {"0": "bad", "1": "good"}},
+                                  ["0", "1"])
+    names = set(generic.baselines(coded, ["0", "1"], pair=True, chat=False))
+    assert names == {"generic Text/Label, your words", "generic Answer, your words"}
+    assert "{text_pair}" in generic.baselines(coded, ["0", "1"], pair=True, chat=False)[
+        "generic Answer, your words"].template
+
+
+def test_a_search_scores_the_label_names_it_was_never_told_to_try(tmp_path, tiny_dirs, toy_data):
+    """Your template with useless words: the generic baseline that reads the label names as
+    words unlocks the skill before any searcher runs (today's search would score only yours)."""
+    raw = toy_config(tiny_dirs["causal"], toy_data, tmp_path / "run", method={"name": "zero-shot"},
+                     prompt={"template": TRIGGER, "verbalizer": {"negative": "movie", "positive": "day"}})
+    raw["search"] = {"out": str(tmp_path / "search"), "searchers": [], "calibrate": "off"}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    summary = search.run(*search.load_config(path))
+    records = [json.loads(x) for x in (tmp_path / "search" / "prompts.jsonl").read_text().splitlines()]
+    mine = next(r for r in records if r["how"] == "your config's prompt")
+    assert mine["dev"] < 0.75
+    assert summary["best"]["dev"] >= 0.9
+    assert summary["best"]["prompt"]["verbalizer"] == {"negative": ["negative"], "positive": ["positive"]}
+    assert {r["how"] for r in records} >= {"your template, label names", "generic Text/Label, label names"}
+
+
+def test_own_task_needs_a_named_task(tmp_path, tiny_dirs, toy_data):
+    raw = toy_config(tiny_dirs["causal"], toy_data, tmp_path / "run", method={"name": "zero-shot"})
+    raw["search"] = {"out": str(tmp_path / "search"), "own_task": True}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(ConfigError, match="search.own_task: only with search.task"):
+        search.load_config(path)
+
+
+def test_a_named_task_as_your_own_knows_only_its_label_names():
+    prompt = generic.own_task_prompt(tasks.get("sst-2"))
+    assert prompt == {"template": "Text: {text}\nLabel: {answer}",
+                      "verbalizer": {"0": "negative", "1": "positive"}}
+    assert generic.own_task_prompt(tasks.get("rte"))["verbalizer"] is None  # its labels are names
+    assert "{text_pair}" in generic.own_task_prompt(tasks.get("rte"))["template"]
+    assert tasks.get("trec").names["2"] == "abbreviation"
+    for name, task in tasks.TASKS.items():  # every classification task can be run as your own
+        if task.generate is None:
+            labels = task.data["labels"]
+            assert task.names is not None or generic.names_as_words(labels) is not None, name
+            assert task.names is None or set(task.names) == set(labels), name
+
+
+def test_the_bench_runs_a_named_task_as_your_own(tiny_dirs, tmp_path):
+    """An `own_task` row: the plain prompt with the class names, and a search with no LM-BFF or
+    hand baseline and no task cues; the same row without it keeps the task's prompt."""
+    _toy_kshot(tmp_path / "data", [13])
+    raw = {"model": {"name": str(tiny_dirs["causal"])}, "data_root": str(tmp_path / "data"),
+           "tasks": ["sst-2"], "k": [16], "seeds": [13], "output_dir": str(tmp_path / "out"),
+           "methods": {"own": {"method": {"name": "zero-shot"}, "own_task": True,
+                               "search": {"searchers": ["pool"], "calibrate": "off",
+                                          "pool": {"max_candidates": 4, "chat": False}}},
+                       "lmbff": {"method": {"name": "zero-shot"}}}}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg, root = grid.load_bench(path)
+    own, lmbff = sorted(grid.cells(cfg), key=lambda c: c.method != "own")
+    def template(cell):
+        return points.run_config(cfg, root, cell, {}, tmp_path / "r")["prompt"]["template"]
+
+    assert template(own) == "Text: {text}\nLabel: {answer}" and template(lmbff) == "{text} It was {answer}"
+    chosen = points.searched_prompt(cfg, root, own, tmp_path / "out")
+    [folder] = (tmp_path / "out" / "search" / "sst-2").iterdir()
+    how = [json.loads(x)["how"] for x in (folder / "prompts.jsonl").read_text().splitlines()]
+    assert "lmbff" not in how and "generic Text/Label, your words" in how
+    assert set(chosen["verbalizer"]) == {"0", "1"}
+    text = (folder / "prompts.jsonl").read_text()
+    assert "terrible" not in text  # no LM-BFF label words
+    raw["methods"]["own"]["search"]["own_task"] = True
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="own_task: set by each bench cell"):
+        grid.load_bench(path)
