@@ -15,8 +15,9 @@ import cuetune.search as search
 from cuetune.bench import grid, points
 from cuetune.data import tasks
 from cuetune.errors import ConfigError
-from cuetune.search import generic
-from cuetune.search.candidates import Candidate
+from cuetune.search import generic, prior
+from cuetune.search.candidates import Candidate, Record
+from cuetune.search.stage import best_of
 
 TRIGGER = "review : {text} sentiment : {answer}"
 """The tiny models answer the sentiment after "review :" (conftest.pretrain)."""
@@ -128,3 +129,44 @@ def test_the_bench_runs_a_named_task_as_your_own(tiny_dirs, tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="own_task: set by each bench cell"):
         grid.load_bench(path)
+
+
+def test_the_prior_keeps_real_words_that_lean_toward_their_class():
+    keep = prior.build(["0", "1"], {"0": ["negative"], "1": ["positive"]}, "auto", 3.0, True,
+                       ["a plain english sentence"]).keeps
+    assert keep(1, "great") and keep(0, "terrible") and keep(0, "worse")
+    assert not keep(0, "great") and not keep(1, "terrible")
+    assert not keep(0, "voltage") and not keep(0, "improvement")  # issue 42's chance fits
+    assert not keep(1, "behav") and not keep(0, "lect")  # fragments: not words of the language
+    codes = prior.build(["0", "1"], {"0": ["0"], "1": ["1"]}, "auto", 3.0, True, ["text"])
+    assert codes.anchors is None and codes.keeps(0, "great")  # nothing to relate the words to
+    chinese = prior.build(["0", "1"], {"0": ["差"], "1": ["好"]}, "auto", 3.0, False, ["这家酒店很好"])
+    assert chinese.language is None  # no English list for Chinese inputs
+
+
+def test_found_words_replace_yours_only_past_the_noise():
+    start = Candidate.from_prompt({"template": TRIGGER}, ["negative", "positive"])
+    found = start.with_words({"negative": ["bad"], "positive": ["good"]})
+
+    def rec(cand, dev, **extra):
+        return Record("1-labels", "x", cand, dev, {}, extra=extra)
+
+    mine = rec(start, 0.75)
+    near = rec(found, 0.80, needs=0.75 + (0.75 * 0.25 / 32) ** 0.5, start_dev=0.75)
+    assert best_of([mine, near]) is mine  # +5 points on 32 sentences: inside one standard error
+    far = rec(found, 0.875, needs=near.extra["needs"], start_dev=0.75)
+    assert best_of([mine, far]) is far
+
+
+def test_a_search_reports_what_the_found_words_had_to_beat(tmp_path, tiny_dirs, toy_data):
+    raw = toy_config(tiny_dirs["causal"], toy_data, tmp_path / "run", method={"name": "zero-shot"},
+                     prompt={"template": TRIGGER, "verbalizer": {"negative": "movie", "positive": "day"}})
+    raw["search"] = {"out": str(tmp_path / "search"), "searchers": ["labels"], "calibrate": "off",
+                     "baselines": False}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    summary = search.run(*search.load_config(path))
+    [report] = summary["label_words"]
+    assert report["start_dev"] < 0.75 and report["replaced"] and report["gain"] > 0.2
+    assert report["needed"] > report["start_dev"]
+    assert summary["best"]["dev"] == report["best_found_dev"] >= 0.9

@@ -62,7 +62,8 @@ def test_pool_finds_the_trigger_template(tmp_path, tiny_dirs, toy_data, kind):
                     "pool": {"input_cues": ["question :", "review :"], "answer_cues": ["sentiment :"]}},
                    prompt={"template": WRONG, "verbalizer": WORDS})
     summary = _run(path)
-    assert summary["best_baseline"]["dev"] < 0.3, "the start prompt reverses the answers"
+    mine = next(r for r in _records(tmp_path / "search") if r["how"] == "your config's prompt")
+    assert mine["dev"] < 0.3, "the start prompt reverses the answers"
     assert summary["best"]["dev"] >= 0.9
     assert "question :" not in summary["best"]["prompt"]["template"]
     if kind == "causal":  # without a trigger the tiny decoder is near chance
@@ -74,7 +75,9 @@ def test_pool_finds_the_trigger_template(tmp_path, tiny_dirs, toy_data, kind):
 def test_label_search_finds_words_for_the_skill(tmp_path, tiny_dirs, toy_data, kind):
     """With the trigger template but useless words, the label search finds words that read
     the model's answer; dev beats the given words by far."""
-    path = _config(tmp_path, tiny_dirs[kind], toy_data, {"searchers": ["labels"], "calibrate": "off"},
+    # baselines off: the generic ones read the label names, which unlock the skill by themselves
+    path = _config(tmp_path, tiny_dirs[kind], toy_data,
+                   {"searchers": ["labels"], "calibrate": "off", "baselines": False},
                    prompt={"template": "review : {text} sentiment : {answer}",
                            "verbalizer": {"negative": "movie", "positive": "day"}})
     summary = _run(path)
@@ -126,7 +129,7 @@ def test_token_searchers_unlock_the_skill(tmp_path, tiny_dirs, toy_data, searche
     """RL and gradient search write two tokens before the input (after the reversing trigger);
     their dev-chosen prompt beats a random prompt (the `random` searcher with one sample)."""
     tokens = {"num_tokens": 2, "position": position, "vocab_top": 60, "batch_size": 16}
-    section = {"searchers": [searcher, "random"], "calibrate": "off", "chain": False,
+    section = {"searchers": [searcher, "random"], "calibrate": "off", "chain": False, "baselines": False,
                searcher: {**tokens, "steps": 30 if searcher == "rl" else 10, "samples": 8, "eval_every": 5},
                "random": {**tokens, "steps": 1, "samples": 1, "eval_every": 1}}
     # causal, seq2seq: the reversing trigger, undone by tokens after it; masked (right without
@@ -322,7 +325,7 @@ def test_kfold_selection_scores_on_held_out_folds(tmp_path, tiny_dirs, toy_data)
     summary = _run(path)
     assert summary["selection"] == "4-fold over train+dev" and summary["dev_examples"] == 88
     rows = _records(tmp_path / "search")
-    base = next(r for r in rows if r["stage"] == "baseline")
+    base = next(r for r in rows if r["how"] == "your config's prompt")
     cfg = validate(toy_config(tiny_dirs["causal"], toy_data, tmp_path / "r", method={"name": "zero-shot"},
                               prompt=prompt))
     splits = load_splits(cfg.data)

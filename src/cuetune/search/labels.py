@@ -26,10 +26,13 @@ assignment learned without it.
 from __future__ import annotations
 
 import itertools
+import math
 import unicodedata
+from collections.abc import Callable
 
 import torch
 
+from cuetune.search import prior
 from cuetune.search.candidates import Candidate
 from cuetune.search.scoring import answer_logprobs
 from cuetune.search.stage import Stage
@@ -41,25 +44,40 @@ def run(stage: Stage, best: Candidate) -> None:
     settings = stage.settings.labels
     scorer = stage.scorer
     _check_cap(stage, best)
+    keep = prior.build(stage.labels, {label: list(ws) for label, ws in best.words}, settings.language,
+                       settings.min_zipf, settings.related, [e.text for e in stage.train]).keeps
     if scorer.folds:  # k-fold: words learned on all the data, and without each fold
-        ranked = _ranked(stage, best, scorer.dev, scorer.dev)
-        per_fold = [_ranked(stage, best, scorer.rest(f), scorer.rest(f)) for f in range(len(scorer.folds))]
+        ranked = _ranked(stage, best, scorer.dev, scorer.dev, keep)
+        per_fold = [_ranked(stage, best, scorer.rest(f), scorer.rest(f), keep)
+                    for f in range(len(scorer.folds))]
     else:
-        ranked, per_fold = _ranked(stage, best, stage.train, None), None
+        ranked, per_fold = _ranked(stage, best, stage.train, None, keep), None
     if ranked is None or (per_fold and any(r is None for r in per_fold)):
         return
     n = min(settings.assignments, len(ranked))
     stage.plan(n + (1 if settings.words else 0))
+    extra = _needs(stage, best) if settings.keep_yours else {}
     for r in range(n):
         acc, chosen = ranked[r]
         folds = None if per_fold is None else [f[min(r, len(f) - 1)][1] for f in per_fold]
         how = f"label words, rank {r + 1} (train acc {acc:.3f})"
-        stage.consider(best.with_words(chosen, folds), how)
+        stage.consider(best.with_words(chosen, folds), how, extra=extra)
     if settings.words:
         mine = {label: settings.words.get(label) or [w for w in dict(best.words)[label]]
                 for label in stage.labels}
         stage.consider(best.with_words(mine, [mine] * len(scorer.folds) if scorer.folds else None),
                        "your label words")
+
+
+def _needs(stage: Stage, best: Candidate) -> dict:
+    """What found words must beat to replace the starting words: the start's dev score plus one
+    standard error of it, sqrt(p(1-p)/n) on n selection examples ({}: the start was never
+    scored)."""
+    known = stage.log.known(best)
+    if known is None:
+        return {}
+    p, n = known[0], len(stage.scorer.dev)
+    return {"needs": round(p + math.sqrt(p * (1 - p) / n), 6), "start_dev": p}
 
 
 def _check_cap(stage: Stage, best: Candidate) -> None:
@@ -76,9 +94,11 @@ def _check_cap(stage: Stage, best: Candidate) -> None:
                    f"search.labels.vocab_top={len(tok)} (the whole vocabulary)")
 
 
-def _ranked(stage: Stage, best: Candidate, examples, pool) -> list[tuple[float, dict]] | None:
+def _ranked(stage: Stage, best: Candidate, examples, pool,
+            keep: Callable[[int, str], bool]) -> list[tuple[float, dict]] | None:
     """Assignments {label: [word]} by accuracy on `examples`, best first (None: a class has no
-    candidate word). `pool`: where demonstrations come from (None: the training split)."""
+    candidate word). `pool`: where demonstrations come from (None: the training split);
+    `keep(class, word)`: the prior's check."""
     settings, batch = stage.settings.labels, stage.cfg.train.eval_batch_size
     pipe = stage.scorer.pipeline(best, pool)
     logp = answer_logprobs(pipe, examples, batch)  # [N, V]
@@ -87,21 +107,23 @@ def _ranked(stage: Stage, best: Candidate, examples, pool) -> list[tuple[float, 
         free = answer_logprobs(pipe, pipe.content_free_examples(), batch)
         logp = logp - free.exp().mean(0).clamp_min(1e-30).log()
     gold = torch.tensor([e.label for e in examples])
-    words = [candidate_tokens(logp[:, :settings.vocab_top], gold, c, settings.top_k, pipe)
+    words = [candidate_tokens(logp[:, :settings.vocab_top], gold, c, settings.top_k, pipe, keep)
              for c in range(len(stage.labels))]
     if any(not w for w in words):
         empty = stage.labels[next(c for c, w in enumerate(words) if not w)]
-        stage.warn(f"no whole-word candidates for label '{empty}' (no training example, or the "
-                   "tokenizer has no whole-word tokens there); label search skipped")
+        stage.warn(f"no whole-word candidates for label '{empty}' (no training example, the "
+                   "tokenizer has no whole-word tokens there, or none passed the prior: "
+                   "search.labels.min_zipf, related); label search skipped")
         return None
     tok = pipe.loaded.tokenizer
     return [(acc, {stage.labels[c]: [tok.decode([t]).strip()] for c, t in enumerate(assignment)})
             for acc, assignment in rank_assignments(logp, gold, words)]
 
 
-def candidate_tokens(logp: torch.Tensor, gold: torch.Tensor, c: int, k: int, pipe) -> list[int]:
+def candidate_tokens(logp: torch.Tensor, gold: torch.Tensor, c: int, k: int, pipe,
+                     keep: Callable[[int, str], bool] | None = None) -> list[int]:
     """Up to k whole-word token ids for class c: LM-BFF's summed log-probability and the
-    contrast with the other classes, alternately."""
+    contrast with the other classes, alternately; `keep(c, word)`: the prior's check."""
     mine = gold == c
     if not mine.any():
         return []
@@ -119,7 +141,7 @@ def candidate_tokens(logp: torch.Tensor, gold: torch.Tensor, c: int, k: int, pip
         if t in out:
             continue
         checked += 1
-        if whole_word(t, pipe):
+        if whole_word(t, pipe) and (keep is None or keep(c, pipe.loaded.tokenizer.decode([t]).strip())):
             out.append(t)
     return out
 

@@ -33,6 +33,7 @@ def write_outputs(out: Path, cfg, settings, slog: SearchLog, scorer, warnings: l
         "best_baseline": _row(best_of(raw_baselines)),
         "best_baseline_calibrated_or_not": _row(best_of(baselines)),
         "stages": _stages(records),
+        "label_words": _label_words(records),
         "scorings": scorer.scorings,
         "warnings": warnings,
     }
@@ -50,6 +51,18 @@ def _row(rec: Record | None) -> dict | None:
         return None
     return {"dev": rec.dev, "metrics": rec.metrics, "stage": rec.stage, "how": rec.how,
             "step": rec.step, "prompt": rec.candidate.prompt()}
+
+
+def _label_words(records: list[Record]) -> list[dict]:
+    """Per label-word stage: its best found words' dev score against the bar they had to clear
+    (the starting words' dev plus one standard error), and whether they replaced them."""
+    out = []
+    for stage in dict.fromkeys(r.stage for r in records if "needs" in r.extra):
+        top = max((r for r in records if r.stage == stage and "needs" in r.extra), key=lambda r: r.dev)
+        out.append({"stage": stage, "best_found_dev": top.dev, "start_dev": top.extra["start_dev"],
+                    "gain": round(top.dev - top.extra["start_dev"], 6), "needed": top.extra["needs"],
+                    "replaced": top.dev > top.extra["needs"], "words": top.candidate.prompt()["verbalizer"]})
+    return out
 
 
 def _stages(records: list[Record]) -> dict:

@@ -28,6 +28,19 @@ class LabelSearch(Strict):
     vocab_top: int = Field(10000, ge=10)
     """Candidate words come from the first `vocab_top` token ids (BPE vocabularies list common
     pieces first): with 16 examples a class, rare tokens fit the training set by chance."""
+    min_zipf: float = Field(3.0, ge=0, le=8)
+    """A found word must be this frequent in the language (wordfreq's Zipf scale: 3 is once per
+    million words; 0: no check), so fragments and rare tokens are not offered (search.prior)."""
+    language: str = "auto"
+    """wordfreq's language code for `min_zipf`; `auto`: English where the training inputs are
+    mostly ASCII letters, else no frequency check."""
+    related: bool = True
+    """A found word must be nearer its own class than any other (MiniLM similarity to the label
+    names, or to each class's current word where the names are codes)."""
+    keep_yours: bool = True
+    """Found words replace the words the stage started from only when they beat them on dev
+    by more than one standard error of that dev score (the selection's noise); summary.json's
+    `label_words` says by how much they did or did not."""
 
 
 class PoolSearch(Strict):

@@ -128,9 +128,13 @@ def stage_index(rec: Record) -> int:
 
 
 def best_of(records: list[Record]) -> Record | None:
-    """Highest dev score; ties go to the earliest logged (simpler prompts come first)."""
+    """Highest dev score; ties go to the earliest logged (simpler prompts come first). A record
+    that must clear a bar to count (`needs`: found label words against the words they would
+    replace, search.labels.keep_yours) and does not is passed over."""
     best = None
     for rec in records:
+        if "needs" in rec.extra and rec.dev <= rec.extra["needs"]:
+            continue
         if best is None or rec.dev > best.dev:
             best = rec
     return best
