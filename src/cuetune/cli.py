@@ -286,8 +286,11 @@ def search(config: Path = typer.Argument(..., help="Run config with a search: se
             tasks[stage] = bar.add_task(stage, total=total or None)
         bar.update(tasks[stage], completed=done, total=total or None)
 
-    with bar:
-        summary = run_search(cfg, settings, progress=update)
+    if err.is_terminal:
+        with bar:
+            summary = run_search(cfg, settings, progress=update)
+    else:  # no bar's last frame in a log: the stage lines (_progress_lines) say it all
+        summary = run_search(cfg, settings)
     best, base = summary["best"], summary["best_baseline"]
     out.print_json(json.dumps({"search_dir": settings.out, "candidates": summary["candidates"],
                                "best_dev": best["dev"], "best_baseline_dev": base and base["dev"],
