@@ -16,9 +16,10 @@ from cuetune.config import validate
 from cuetune.data.examples import Example
 from cuetune.data.splits import load_splits
 from cuetune.engine.inference import predict_probs
-from cuetune.engine.pipeline import CONTENT_FREE, build
+from cuetune.engine.pipeline import build
 from cuetune.errors import ConfigError
 from cuetune.prompt.batch import collate
+from cuetune.prompt.encoder import CONTENT_FREE
 
 TEMPLATE = "review : {text} sentiment : {answer}"
 

@@ -189,3 +189,51 @@ def test_a_calibrated_mixture_trains_and_predicts_calibrated(tiny_dirs, toy_data
     manifest = cuetune.train(raw)
     test = manifest.metrics["test"]
     assert set(test["content_free"]) == {"negative", "positive"} and test["accuracy"] >= 0.75
+
+
+def _alone_with(pipe, template, words, calibrate, examples):
+    """p(y | x, phi) of one prompt with its own words and calibration, as zero-shot."""
+    raw = pipe.config.model_dump()
+    raw["prompt"].update(template=template, verbalizer=words, calibrate=calibrate)
+    raw["method"] = {"name": "zero-shot"}
+    alone = build(validate(raw), LABELS, loaded=pipe.loaded)
+    return alone.label_probs(alone.encoder.encode(examples))  # [N, L]
+
+
+@pytest.mark.parametrize("family", ["causal", "masked"])
+def test_prompts_with_their_own_words_and_calibration_equal_each_alone(tiny_dirs, toy_data, tmp_path,
+                                                                      family):
+    """A search's top prompts keep the words and calibration dev chose for each: the mixture's
+    prediction is the prior-weighted mean of each prompt's own (calibrated) distribution, and
+    hard prompts under a uniform prior train nothing, so the run only evaluates."""
+    words = [{"negative": "bad", "positive": "good"}, None, {"negative": ["awful", "poor"], "positive": "great"}]
+    entries = [{"template": REVIEW, "verbalizer": words[0], "calibrate": True}, QUESTION,
+               {"template": "review :{text} sentiment :{answer}", "verbalizer": words[2]}]
+    raw = _mixture(tiny_dirs, toy_data, tmp_path / "run", family, prompts=entries, prior="uniform")
+    raw["prompt"]["verbalizer"] = {"negative": "negative", "positive": "positive"}
+    pipe = build(validate(raw), LABELS)
+    assert not pipe.method.trains
+    examples = [Example(t, None, i % 2) for i, t in enumerate(TEXTS)]
+    p = torch.stack([_alone_with(pipe, REVIEW, words[0], True, examples),
+                     _alone_with(pipe, QUESTION, raw["prompt"]["verbalizer"], False, examples),
+                     _alone_with(pipe, "review :{text} sentiment :{answer}", words[2], False, examples)], 1)
+    mixed = pipe.label_probs(pipe.encoder.encode(examples))
+    torch.testing.assert_close(mixed, p.mean(1), atol=1e-5, rtol=1e-5)
+    manifest = cuetune.train(raw)  # evaluates only; saves and loads like any run
+    assert manifest.training is None and "test" in manifest.metrics
+    again = cuetune.load(tmp_path / "run").predict(TEXTS)
+    assert [r["label"] for r in again] == [LABELS[i] for i in mixed.argmax(-1).tolist()]
+
+
+@pytest.mark.parametrize("entry, extra, match", [
+    ({"template": REVIEW, "verbalizer": {"negative": "bad"}}, {}, r"method\.prompts\[0\]\.verbalizer"),
+    ({"template": REVIEW, "calibrate": True}, {"calibrate": True}, "use one of the two"),
+    ({"template": REVIEW, "verbalizer": {"negative": "bad", "positive": "good"}}, {"multi_token": "max"},
+     "per-prompt words"),
+])
+def test_per_prompt_words_that_cannot_work_are_refused(tiny_dirs, toy_data, tmp_path, entry, extra, match):
+    raw = _mixture(tiny_dirs, toy_data, tmp_path / "run", prompts=[entry, QUESTION])
+    raw["prompt"].update(extra)
+    with pytest.raises(ConfigError, match=match):
+        cuetune.train(raw)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -133,10 +133,15 @@ def test_the_bench_runs_a_named_task_as_your_own(tiny_dirs, tmp_path):
 
 def test_the_prior_keeps_real_words_that_lean_toward_their_class():
     keep = prior.build(["0", "1"], {"0": ["negative"], "1": ["positive"]}, "auto", 3.0, True,
-                       ["a plain english sentence"]).keeps
+                       ["a plain english sentence"], related_top=0.05).keeps
     assert keep(1, "great") and keep(0, "terrible") and keep(0, "worse")
     assert not keep(0, "great") and not keep(1, "terrible")
     assert not keep(0, "voltage") and not keep(0, "improvement")  # issue 42's chance fits
+    assert not keep(0, "Michigan") and not keep(1, "Spanish")  # passed nearer-than-the-other alone
+    assert not keep(1, "stars") and not keep(0, "Since")
+    loose = prior.build(["0", "1"], {"0": ["negative"], "1": ["positive"]}, "auto", 3.0, True,
+                        ["a plain english sentence"]).keeps
+    assert loose(0, "Since") and loose(1, "stars")  # what the absolute bar adds
     assert not keep(1, "behav") and not keep(0, "lect")  # fragments: not words of the language
     codes = prior.build(["0", "1"], {"0": ["0"], "1": ["1"]}, "auto", 3.0, True, ["text"])
     assert codes.anchors is None and codes.keeps(0, "great")  # nothing to relate the words to

@@ -22,11 +22,10 @@ from cuetune.families.pretrained import LoadedModel, load_model, set_dropout
 from cuetune.methods import get_method
 from cuetune.methods.method import MethodContext
 from cuetune.prompt.demonstrations import Demonstrations
-from cuetune.prompt.encoder import Encoded, Encoder, encoder_for
+from cuetune.prompt.encoder import Encoded, Encoder, content_free_examples, encoder_for
 from cuetune.prompt.templates import parse
 from cuetune.prompt.verbalizers import Verbalizer
 
-CONTENT_FREE = ("N/A", "", "[MASK]")
 """Zhao et al.'s content-free inputs for contextual calibration."""
 TINY = 1e-30
 """Floor for probabilities before taking logs (a confident model underflows to 0)."""
@@ -73,9 +72,8 @@ class Pipeline:
         return (probs.clamp_min(TINY).log() - bias).softmax(-1)
 
     def content_free_examples(self) -> list[Example]:
-        """The content-free inputs (`CONTENT_FREE`), in both slots of a pair."""
-        pair = self.encoder.template.has("text_pair")
-        return [Example(t, t if pair else None) for t in CONTENT_FREE]
+        """The content-free inputs (`prompt.encoder.CONTENT_FREE`), in both slots of a pair."""
+        return content_free_examples(self.encoder.template.has("text_pair"))
 
     def content_free_items(self) -> list[Encoded]:
         return self.encoder.encode(self.content_free_examples(), "content-free inputs")

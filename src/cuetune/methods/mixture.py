@@ -17,6 +17,14 @@ L = sum_x sum_phi C(y | x, theta) P(x | phi) P(phi). In code (docs/methods.md re
 - `entropy` subtracts that multiple of the prior's entropy from the loss, and `temperature`
   divides the prior's logits: two guards against the prior collapsing onto one prompt early.
 
+A component may bring its own label words and contextual calibration (`method.prompts`
+entries `{template, verbalizer, calibrate}`): a prompt search's top prompts each come with the
+words and calibration dev chose for them, and the mixture keeps them (issue 42). Each
+component's label-word logits are then read at its own answer and turned into p(y | x, phi)
+through its own verbalizer; a calibrated component's log-probabilities are shifted by its
+content-free distribution (computed without gradient at every forward, from the same rows)
+before the prior mixes them, in training as at prediction.
+
 Prediction is always the mixture p(y | x) = sum_phi P(phi) p(y | x, phi). The M variants of an
 input are rows of one batch (`Views` encodes them). On a causal model rows that start alike run
 that start once (`row_groups`): each prompt's special tokens, soft prompt and words before the
@@ -33,19 +41,33 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from cuetune.config import MethodConfig, PromptConfig
-from cuetune.errors import ConfigError, TemplateError
+from cuetune.config import MethodConfig, PromptConfig, Strict
+from cuetune.errors import ConfigError, TemplateError, VerbalizerError
 from cuetune.families.inputs import ModelInputs
 from cuetune.methods.method import Method
 from cuetune.methods.soft import SoftBlock, fill_soft
-from cuetune.prompt.encoder import Encoded, PromptEncoder
+from cuetune.prompt.batch import collate
+from cuetune.prompt.encoder import Encoded, PromptEncoder, content_free_examples
 from cuetune.prompt.templates import Template, parse
+from cuetune.prompt.verbalizers import Verbalizer
+
+
+class MixturePrompt(Strict):
+    """One component with its own label words and calibration (a searched prompt as the
+    search chose it)."""
+
+    template: str
+    verbalizer: dict[str, str | list[str]] | None = None
+    """This prompt's label -> word(s); None: the run's `prompt.verbalizer`."""
+    calibrate: bool = False
+    """Contextual calibration of this prompt's label distribution before the prior mixes it."""
 
 
 class MixtureConfig(MethodConfig):
     name: Literal["mixture"] = "mixture"
-    prompts: list[str] | None = None
-    """The components' templates (the label words are the run's); None: `prompt.template` only."""
+    prompts: list[str | MixturePrompt] | None = None
+    """The components: templates (with the run's label words), or `{template, verbalizer,
+    calibrate}` entries with their own; None: `prompt.template` only."""
     copies: int = Field(1, ge=1, le=64)
     """Components per template, each with its own soft prompt (needs soft tokens)."""
     num_tokens: int | None = Field(None, ge=1, le=1000)
@@ -64,9 +86,22 @@ class MixtureConfig(MethodConfig):
     seed: int = 0
 
 
+def own_words(cfg: MixtureConfig) -> bool:
+    """Whether the components are entries with their own words and calibration."""
+    return any(isinstance(p, MixturePrompt) for p in cfg.prompts or [])
+
+
+def component_entries(cfg: MixtureConfig) -> list[MixturePrompt]:
+    """Every listed prompt as an entry (a bare template: the run's words, uncalibrated), in
+    component order."""
+    entries = [p if isinstance(p, MixturePrompt) else MixturePrompt(template=p) for p in cfg.prompts or []]
+    return [e for e in entries for _ in range(cfg.copies)]
+
+
 def component_templates(cfg: MixtureConfig, template: Template) -> list[Template]:
     """The M templates, in component order: each prompt `copies` times."""
-    sources = cfg.prompts if cfg.prompts is not None else [template.source]
+    sources = ([p.template if isinstance(p, MixturePrompt) else p for p in cfg.prompts]
+               if cfg.prompts is not None else [template.source])
     if not sources:
         raise ConfigError("method.prompts: empty; give at least one template (or leave it unset "
                           "to use prompt.template)")
@@ -89,14 +124,14 @@ class Views:
     """Encodes each example once per component; an item's `views` become rows of one batch
     (`encoding.collate`): example b's prompt m is row b * M + m."""
 
-    def __init__(self, encoders: list[PromptEncoder]):
+    def __init__(self, encoders: list[PromptEncoder], own_words: bool = False):
         self.encoders = encoders
         first = encoders[0]
         for i, enc in enumerate(encoders[1:], 1):
             if enc.template.has("text_pair") != first.template.has("text_pair"):
                 raise ConfigError(f"method.prompts[{i}]: every prompt must take the same inputs "
                                   "({text_pair} in all or none)")
-            if enc.answer_space != first.answer_space:
+            if enc.answer_space != first.answer_space and not own_words:
                 raise ConfigError(f"method.prompts[{i}]: the label words follow a space in one prompt "
                                   "and not in another, so they would be different tokens; end every "
                                   "prompt's text before {answer} the same way")
@@ -145,6 +180,14 @@ class Mixture(Method):
             raise ConfigError("prompt.calibrate: the expected-cost objective trains each prompt's own "
                               "uncalibrated scores, not the calibrated mixture it would predict; "
                               "use method.objective=marginal, or drop calibration")
+        if own_words(config):
+            if prompt.calibrate and any(e.calibrate for e in component_entries(config)):
+                raise ConfigError("prompt.calibrate: calibrates the whole mixture, and method.prompts "
+                                  "entries calibrate their own prompts; use one of the two")
+            if prompt.multi_token != "mean":
+                raise ConfigError(f"prompt.multi_token: {prompt.multi_token} with method.prompts "
+                                  "entries of their own words; per-prompt words are scored by their "
+                                  "tokens' mean (use mean, or give templates only)")
 
     @classmethod
     def build_encoder(cls, config: MixtureConfig, template: Template,
@@ -154,7 +197,7 @@ class Mixture(Method):
             raise ConfigError("method.copies: copies of a hard template are the same prompt; set "
                               "method.num_tokens (or put {soft:N} in the template) so each copy "
                               "trains its own soft prompt")
-        return Views([make_encoder(t) for t in templates])
+        return Views([make_encoder(t) for t in templates], own_words(config))
 
     @classmethod
     def unused_settings(cls, config, template):
@@ -186,6 +229,23 @@ class Mixture(Method):
         if self.gate is not None:  # starts as the plain learned prior
             nn.init.zeros_(self.gate.weight)
             nn.init.zeros_(self.gate.bias)
+        self.words = own_words(config)
+        entries = component_entries(config)
+        self.verbalizers: list[Verbalizer | None] = [None] * self.count
+        """Per component, its own bound verbalizer; None: the run's words, bound at the first
+        forward (they are the prompt model's)."""
+        if self.words:
+            for m, (entry, enc) in enumerate(zip(entries, encoder.encoders, strict=True)):
+                if entry.verbalizer is not None:
+                    self.verbalizers[m] = _bound(entry.verbalizer, labels, loaded.tokenizer, enc.answer_space,
+                                                 f"method.prompts[{m // config.copies}].verbalizer")
+        self.union: torch.Tensor | None = None
+        self.columns: list[torch.Tensor] = []
+        self.register_buffer("calibrated", torch.tensor([e.calibrate for e in entries] if self.words
+                                                        else [False] * self.count), persistent=False)  # [M]
+        self.trains = any(p.requires_grad for p in self.parameters())
+        """False for hard prompts under a uniform prior: nothing to learn, so the run only
+        evaluates (a search's zero-shot combination)."""
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
         """(log p(y|x,phi) [B, M, L], log P(phi|x) [B, M]) of the latest forward, for the loss."""
         self._seen = [torch.zeros(self.count), 0]  # prior mass summed over scored inputs, count
@@ -229,14 +289,56 @@ class Mixture(Method):
     def scores(self, hidden: torch.Tensor, model) -> torch.Tensor:
         """Answer states [B*M, H] -> log p(y|x) [B, L] of the mixture (normalised, so a
         cross-entropy on it is the marginal likelihood)."""
-        per = super().scores(hidden, model).float()  # [B*M, L]
-        logp = F.log_softmax(per, -1).view(-1, self.count, per.size(-1))  # [B, M, L]
+        logp = self.component_logp(hidden, model)  # [B, M, L]
+        if bool(self.calibrated.any()):
+            with torch.no_grad():
+                free = self.component_logp(self._content_free_hidden(model), model)  # [3, M, L]
+            bias = (free.exp().mean(0).clamp_min(1e-30).log() * self.calibrated[:, None])  # [M, L]
+            logp = F.log_softmax(logp - bias, -1)
         prior = self.log_prior(hidden.view(logp.size(0), self.count, -1))  # [B, M]
         self.last = (logp, prior)
         if not torch.is_grad_enabled():
             self._seen[0] += prior.detach().exp().sum(0).cpu()
             self._seen[1] += prior.size(0)
         return torch.logsumexp(prior[..., None] + logp, 1)  # [B, L]
+
+    def component_logp(self, hidden: torch.Tensor, model) -> torch.Tensor:
+        """Answer states [B*M, H] -> log p(y | x, phi) [B, M, L], each component through its
+        own words where it has them."""
+        if not self.words:
+            per = super().scores(hidden, model).float()  # [B*M, L]
+            return F.log_softmax(per, -1).view(-1, self.count, per.size(-1))
+        verbalizers = self._verbalizers(model)
+        union = self.union.to(hidden.device)
+        logits = model.family.token_logits(model.base, hidden, union).float()  # [B*M, U]
+        logits = logits.view(-1, self.count, logits.size(-1))  # [B, M, U]
+        per = torch.stack([v.label_logits(logits[:, m, self.columns[m].to(hidden.device)])
+                           for m, v in enumerate(verbalizers)], 1)  # [B, M, L]
+        return F.log_softmax(per, -1)
+
+    def _verbalizers(self, model) -> list[Verbalizer]:
+        """The components' verbalizers, the run's words bound to each prompt's own answer
+        spacing where a component has none; and the union of their tokens (`union` [U];
+        `columns[m]`: where component m's tokens sit in it)."""
+        if self.union is not None:
+            return self.verbalizers
+        run = model.verbalizer
+        for m, enc in enumerate(self.encoder.encoders):
+            if self.verbalizers[m] is None:
+                self.verbalizers[m] = _bound(run.words, run.labels, self.loaded.tokenizer, enc.answer_space,
+                                             "prompt.verbalizer")
+        self.union = torch.unique(torch.cat([v.token_ids for v in self.verbalizers]))  # sorted
+        self.columns = [torch.searchsorted(self.union, v.token_ids) for v in self.verbalizers]
+        return self.verbalizers
+
+    def _content_free_hidden(self, model) -> torch.Tensor:
+        """Answer states [3*M, H] of the content-free inputs under every component (a
+        calibrated component divides its predictions by theirs)."""
+        items = self.encoder.encode(content_free_examples(self.encoder.template.has("text_pair")),
+                                    "content-free inputs", with_target=False)
+        device = model.token_ids.device
+        batch = {k: v.to(device) for k, v in collate(items, self.loaded.tokenizer.pad_token_id).items()}
+        return model.family.run(model.base, model.inputs(batch))
 
     def label_loss(self, scores: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
         logp, prior = self.last
@@ -262,6 +364,14 @@ class Mixture(Method):
         self._seen = [torch.zeros(self.count), 0]
         return {"prior": [round(float(p), 6) for p in prior],
                 "prior_entropy": round(float(entropy(prior.clamp_min(1e-30).log())), 6)}
+
+
+def _bound(words: dict, labels: list[str], tokenizer, answer_space: bool, field: str) -> Verbalizer:
+    """A component's verbalizer bound to the tokenizer (errors name the component's field)."""
+    try:
+        return Verbalizer(labels, words).bind(tokenizer, answer_space)
+    except VerbalizerError as exc:
+        raise ConfigError(str(exc).replace("prompt.verbalizer", field, 1)) from None
 
 
 def entropy(log_p: torch.Tensor) -> torch.Tensor:

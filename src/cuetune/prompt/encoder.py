@@ -21,6 +21,15 @@ from cuetune.prompt.templates import Slot, Soft, Template, Text
 log = logging.getLogger(__name__)
 
 CHAT_PLACEHOLDER = "\u0000CUETUNE_USER\u0000"
+CONTENT_FREE = ("N/A", "", "[MASK]")
+"""Contextual calibration's content-free inputs (Zhao et al. 2021); their mean prediction is
+the prompt's bias."""
+
+
+def content_free_examples(pair: bool) -> list[Example]:
+    """The content-free inputs, in both slots of a pair (`pair`: the template reads
+    {text_pair})."""
+    return [Example(t, t if pair else None) for t in CONTENT_FREE]
 
 
 @dataclass

@@ -45,7 +45,8 @@ def run(stage: Stage, best: Candidate) -> None:
     scorer = stage.scorer
     _check_cap(stage, best)
     keep = prior.build(stage.labels, {label: list(ws) for label, ws in best.words}, settings.language,
-                       settings.min_zipf, settings.related, [e.text for e in stage.train]).keeps
+                       settings.min_zipf, settings.related, [e.text for e in stage.train],
+                       settings.related_top).keeps
     if scorer.folds:  # k-fold: words learned on all the data, and without each fold
         ranked = _ranked(stage, best, scorer.dev, scorer.dev, keep)
         per_fold = [_ranked(stage, best, scorer.rest(f), scorer.rest(f), keep)

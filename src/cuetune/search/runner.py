@@ -81,6 +81,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None):
                           "(minutes each); use selection: dev with token searchers")
     if settings.selection == "dev" and "folds" in settings.model_fields_set:
         raise ConfigError(f"{p}: search.folds: only used with selection: kfold; remove it")
+    if not settings.labels.related and "related_top" in settings.labels.model_fields_set:
+        raise ConfigError(f"{p}: search.labels.related_top: only used with related: true; remove it")
     for name in settings.searchers:
         if name not in SEARCHERS:
             raise ConfigError(f"{p}: search.searchers: {name!r} is not a searcher;"

@@ -35,8 +35,14 @@ class LabelSearch(Strict):
     """wordfreq's language code for `min_zipf`; `auto`: English where the training inputs are
     mostly ASCII letters, else no frequency check."""
     related: bool = True
-    """A found word must be nearer its own class than any other (MiniLM similarity to the label
-    names, or to each class's current word where the names are codes)."""
+    """A found word must be related to its own class (MiniLM similarity to the label names, or
+    to each class's current word where the names are codes): nearer it than any other class,
+    and among the `related_top` share of common words nearest it."""
+    related_top: float = Field(0.05, gt=0, le=1)
+    """The share of the language's 5,000 commonest words a found word must be among, by
+    similarity to its class (1: only the nearer-than-the-others check). 0.05 keeps *bad*,
+    *worse*, *terrible* for "negative" and *who*, *person* for "human"; it stops *Michigan*
+    (22%) and *stars* (12%), which passed before (docs/prompts.md)."""
     keep_yours: bool = True
     """Found words replace the words the stage started from only when they beat them on dev
     by more than one standard error of that dev score (the selection's noise); summary.json's
