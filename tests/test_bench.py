@@ -593,7 +593,7 @@ def test_a_bench_search_on_a_named_task_weighs_its_frozen_hand_baselines(tiny_di
     cfg, root = grid.load_bench(path)
     seen = []
     monkeypatch.setattr(points, "run_search",
-                        lambda _, settings: seen.append(settings) or {"best": {"prompt": {}}})
+                        lambda _, s: seen.append(s) or {"best": {"prompt": {}}, "combined": None})
     points.searched_prompt(cfg, root, grid.Cell("sst-2", "hand", 16, 13), tmp_path / "out")
     assert seen[0].task == "sst-2" and search.task_hints("sst-2")["baselines"]
 

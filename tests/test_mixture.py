@@ -206,7 +206,8 @@ def test_prompts_with_their_own_words_and_calibration_equal_each_alone(tiny_dirs
     """A search's top prompts keep the words and calibration dev chose for each: the mixture's
     prediction is the prior-weighted mean of each prompt's own (calibrated) distribution, and
     hard prompts under a uniform prior train nothing, so the run only evaluates."""
-    words = [{"negative": "bad", "positive": "good"}, None, {"negative": ["awful", "poor"], "positive": "great"}]
+    words = [{"negative": "bad", "positive": "good"}, None,
+             {"negative": ["awful", "poor"], "positive": "great"}]
     entries = [{"template": REVIEW, "verbalizer": words[0], "calibrate": True}, QUESTION,
                {"template": "review :{text} sentiment :{answer}", "verbalizer": words[2]}]
     raw = _mixture(tiny_dirs, toy_data, tmp_path / "run", family, prompts=entries, prior="uniform")

@@ -11,6 +11,7 @@ import yaml
 from conftest import toy_config
 from test_bench import _toy_kshot
 
+import cuetune
 import cuetune.search as search
 from cuetune.bench import grid, points
 from cuetune.data import tasks
@@ -118,7 +119,8 @@ def test_the_bench_runs_a_named_task_as_your_own(tiny_dirs, tmp_path):
         return points.run_config(cfg, root, cell, {}, tmp_path / "r")["prompt"]["template"]
 
     assert template(own) == "Text: {text}\nLabel: {answer}" and template(lmbff) == "{text} It was {answer}"
-    chosen = points.searched_prompt(cfg, root, own, tmp_path / "out")
+    chosen, method = points.searched_prompt(cfg, root, own, tmp_path / "out")
+    assert method is None  # no search.combine: the row's own method
     [folder] = (tmp_path / "out" / "search" / "sst-2").iterdir()
     how = [json.loads(x)["how"] for x in (folder / "prompts.jsonl").read_text().splitlines()]
     assert "lmbff" not in how and "generic Text/Label, your words" in how
@@ -175,3 +177,64 @@ def test_a_search_reports_what_the_found_words_had_to_beat(tmp_path, tiny_dirs, 
     assert report["start_dev"] < 0.75 and report["replaced"] and report["gain"] > 0.2
     assert report["needed"] > report["start_dev"]
     assert summary["best"]["dev"] == report["best_found_dev"] >= 0.9
+
+
+def _combining_search(tmp_path, tiny_dirs, toy_data, method, combine=3, out="search"):
+    raw = toy_config(tiny_dirs["causal"], toy_data, tmp_path / "run", method=method,
+                     prompt={"template": TRIGGER, "verbalizer": {"negative": "movie", "positive": "day"}})
+    raw["search"] = {"out": str(tmp_path / out), "searchers": ["pool"], "combine": combine,
+                     "pool": {"max_candidates": 6, "chat": False}}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def test_the_best_few_prompts_combine_and_train_as_printed(tmp_path, tiny_dirs, toy_data):
+    """search.combine: best.yaml holds the top prompts with distinct templates, each with its
+    own words and calibration, as a uniform mixture that only evaluates (zero-shot); its dev
+    score is the one the search reported; single.yaml keeps the single best; the soft method
+    trains a soft prompt per member under a learned prior."""
+    path = _combining_search(tmp_path, tiny_dirs, toy_data, {"name": "zero-shot"})
+    summary = search.run(*search.load_config(path))
+    combined = summary["combined"]
+    members = [m["prompt"] for m in combined["members"]]
+    assert len(members) == 3 and len({m["template"] for m in members}) == 3
+    assert members[0] == summary["best"]["prompt"]
+    best = yaml.safe_load((tmp_path / "search" / "best.yaml").read_text())
+    assert best["method"]["name"] == "mixture" and best["method"]["prior"] == "uniform"
+    assert [e["verbalizer"] for e in best["method"]["prompts"]] == [m["verbalizer"] for m in members]
+    assert [e["calibrate"] for e in best["method"]["prompts"]] == [m["calibrate"] for m in members]
+    single = yaml.safe_load((tmp_path / "search" / "single.yaml").read_text())
+    assert single["prompt"]["template"] == summary["best"]["prompt"]["template"]
+    assert single.get("method", {}).get("name") == "zero-shot"
+    best["output_dir"] = str(tmp_path / "combined")
+    manifest = cuetune.train(best)
+    assert manifest.training is None
+    assert manifest.metrics["dev"]["accuracy"] == pytest.approx(combined["dev"]["accuracy"], abs=1e-6)
+    # combine is an output setting: the same folder resumes with another value, scoring nothing
+    again = search.run(*search.load_config(_combining_search(tmp_path, tiny_dirs, toy_data,
+                                                             {"name": "zero-shot"}, combine=1)))
+    assert again["combined"] is None and again["scorings"] == 0
+    assert yaml.safe_load((tmp_path / "search" / "best.yaml").read_text())["method"] == {"name": "zero-shot"}
+    # the soft method: a soft prompt per member, under a learned prior
+    soft = _combining_search(tmp_path, tiny_dirs, toy_data, {"name": "soft", "num_tokens": 2}, 2,
+                             "soft-search")
+    search.run(*search.load_config(soft))
+    best = yaml.safe_load((tmp_path / "soft-search" / "best.yaml").read_text())
+    assert best["method"]["name"] == "mixture" and best["method"]["num_tokens"] == 2
+    assert "prior" not in best["method"] and len(best["method"]["prompts"]) == 2
+    best["output_dir"] = str(tmp_path / "soft")
+    best["train"]["max_steps"] = 4
+    manifest = cuetune.train(best)
+    assert manifest.training.steps == 4 and len(manifest.metrics["test"]["prior"]) == 2
+
+
+def test_a_combination_the_method_cannot_train_is_refused(tmp_path, tiny_dirs, toy_data):
+    path = _combining_search(tmp_path, tiny_dirs, toy_data, {"name": "prefix"})
+    with pytest.raises(ConfigError, match="search.combine: .*method prefix has no form of"):
+        search.load_config(path)
+    raw = {"model": {"name": "x"}, "data_root": str(tmp_path), "tasks": ["sst-2"], "k": [16], "seeds": [13],
+           "methods": {"lora": {"method": {"name": "lora"}, "search": {"combine": 2}}}}
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"methods\.lora\.search\.combine: .*method lora"):
+        grid.load_bench(tmp_path / "bench.yaml")

@@ -292,10 +292,19 @@ def search(config: Path = typer.Argument(..., help="Run config with a search: se
     else:  # no bar's last frame in a log: the stage lines (_progress_lines) say it all
         summary = run_search(cfg, settings)
     best, base = summary["best"], summary["best_baseline"]
+    combined = summary["combined"]
     out.print_json(json.dumps({"search_dir": settings.out, "candidates": summary["candidates"],
                                "best_dev": best["dev"], "best_baseline_dev": base and base["dev"],
-                               "best": best["prompt"]}, ensure_ascii=False))
-    out.print(f"run it: cuetune train {Path(settings.out) / 'best.yaml'}", soft_wrap=True, highlight=False)
+                               "best": best["prompt"],
+                               "combined": combined and {"dev": combined["dev"],
+                                                         "members": len(combined["members"])}},
+                              ensure_ascii=False))
+    if combined:
+        out.print(f"run the combination: cuetune train {Path(settings.out) / 'best.yaml'}\n"
+                  f"run the single best prompt: cuetune train {Path(settings.out) / 'single.yaml'}",
+                  soft_wrap=True, highlight=False)
+    else:
+        out.print(f"run it: cuetune train {Path(settings.out) / 'best.yaml'}", soft_wrap=True, highlight=False)
 
 
 @app.command()

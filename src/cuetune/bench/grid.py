@@ -21,6 +21,7 @@ from pydantic import Field, PrivateAttr, ValidationError
 from cuetune.config import Strict, apply_overrides, read_mapping
 from cuetune.data import tasks
 from cuetune.errors import ConfigError, did_you_mean
+from cuetune.search import combination
 from cuetune.search.settings import SearchSettings
 
 
@@ -155,7 +156,10 @@ def load_bench(path: str | Path, overrides: list[str] | None = None) -> tuple[Be
     for name, entry in cfg.methods.items():
         _check_kind(entry, f"{p}: methods.{name}")
         if entry.search is not None:
-            search_settings(entry, f"{p}: methods.{name}.search")
+            settings = search_settings(entry, f"{p}: methods.{name}.search")
+            method, prompt = entry.method or {}, entry.prompt or {}
+            combination.check(settings.combine, method.get("name", "soft"), prompt.get("multi_token", "mean"),
+                          f"{p}: methods.{name}.search.combine")
         for key in ("seeds", "k"):  # `--set seeds=[21]` narrows the grid: entries follow it
             mine, grid = getattr(entry, key), getattr(cfg, key)
             if mine is not None and (not mine or (set(mine) - set(grid) and key not in narrowed)):

@@ -23,6 +23,7 @@ from cuetune.engine.checkpoint import CHECKPOINT
 from cuetune.runs import artifacts
 from cuetune.runs.manifest import Manifest
 from cuetune.runs.train import resume_run
+from cuetune.search import combination
 from cuetune.search.generic import own_task_prompt
 from cuetune.search.runner import run as run_search
 
@@ -34,8 +35,9 @@ def cell_dir(out: Path, cell: Cell) -> Path:
 
 
 def run_config(cfg: BenchConfig, root: Path, cell: Cell, point: dict, run_dir: Path,
-               searched: dict | None = None) -> dict:
-    """The raw run config of one grid point of one cell (`searched`: the prompt a search chose)."""
+               searched: tuple[dict, dict | None] | None = None) -> dict:
+    """The raw run config of one grid point of one cell (`searched`: the prompt section a
+    search chose, and the method section of its combination or None)."""
     entry = cfg.methods[cell.method]
     task = cfg.task(cell.task)
     raw = {"model": {**cfg.model, **entry.model}, **task.sections(root, cell.k, cell.seed)}
@@ -44,28 +46,37 @@ def run_config(cfg: BenchConfig, root: Path, cell: Cell, point: dict, run_dir: P
     raw["data"].update(cfg.data)
     raw["prompt"].update(entry.prompt)
     if searched is not None:
-        raw["prompt"].update(searched)
+        raw["prompt"].update(searched[0])
     if "generate" in raw or cfg.generate:
         raw["generate"] = {**raw.get("generate", {}), **cfg.generate}
-    raw["method"] = dict(entry.method)
+    raw["method"] = dict(searched[1] if searched is not None and searched[1] else entry.method)
     raw["train"] = {**cfg.train, **entry.train, "seed": cell.seed, "progress": False,
                     "zero_shot_baseline": False}
     raw["output_dir"] = str(run_dir)
     return apply_overrides(raw, [f"{k}={v}" for k, v in point.items()])
 
 
-def searched_prompt(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> dict:
-    """Run (or read back) the cell's prompt search; the prompt section dev chose."""
+def searched_prompt(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> tuple[dict, dict | None]:
+    """Run (or read back) the cell's prompt search: the prompt section dev chose, and with
+    `search.combine` the method section that trains the row's method on the combination (None
+    without). `combine` changes the outputs only, so it is left out of the folder's key: rows
+    that differ only there share one search."""
     entry = cfg.methods[cell.method]
     raw = run_config(cfg, root, cell, {}, out / "unused", searched=None)
     raw.update(method={"name": "zero-shot"}, output_dir="unused")
     # a named task brings its frozen hand baselines and cue phrases (a custom task has none)
     task = cell.task if cell.task in TASKS else None
-    key = hashlib.sha256(json.dumps([raw, entry.search, task], sort_keys=True).encode()).hexdigest()[:10]
+    search = {k: v for k, v in entry.search.items() if k != "combine"}
+    key = hashlib.sha256(json.dumps([raw, search, task], sort_keys=True).encode()).hexdigest()[:10]
     folder = out / "search" / cell.task / f"k{cell.k}-s{cell.seed}-{key}"
     settings = search_settings(entry, f"methods.{cell.method}.search", seed=cell.seed, out=str(folder),
                                task=task, own_task=entry.own_task and task is not None)
-    return run_search(validate(raw), settings)["best"]["prompt"]
+    summary = run_search(validate(raw), settings)
+    combined = summary["combined"]
+    if combined is None:
+        return summary["best"]["prompt"], None
+    method = dict(entry.method)
+    return combination.sections(method, [m["prompt"] for m in combined["members"]], method.get("num_tokens"))
 
 
 def run_point(run_dir: Path, begin: Callable[[], object]) -> Manifest:

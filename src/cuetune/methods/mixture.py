@@ -205,7 +205,8 @@ class Mixture(Method):
         if m.prior == "uniform":
             for key in ("entropy", "temperature"):
                 unused[f"method.{key}"] = "shapes a learned prior; prior is uniform"
-        sources = m.prompts if m.prompts is not None else [template.source]
+        sources = ([e.template for e in component_entries(m)] if m.prompts is not None
+                   else [template.source])
         if m.num_tokens is not None and all(parse(t).soft_segments for t in sources):
             unused["method.num_tokens"] = "every template's {soft:N} blocks set the number of soft tokens"
         if m.init != "words" and m.init_words is not None:

@@ -1,6 +1,8 @@
 """A search folder's outputs, rewritten after every stage (so an interrupted search still has
 them): `ranking.md` (the best candidates and every baseline), `search.png` (dev score over
-the search's scorings), `best.yaml` (a ready run config) and `summary.json`."""
+the search's scorings), `best.yaml` (a ready run config: the best prompt, or with
+`search.combine` the best few combined, then `single.yaml` holds the best one) and
+`summary.json`."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from matplotlib.figure import Figure
 
 from cuetune import atomic
 from cuetune.metrics.plots import save_png
+from cuetune.search import combination
 from cuetune.search.candidates import Record, SearchLog
 from cuetune.search.stage import best_of
 
@@ -34,13 +37,30 @@ def write_outputs(out: Path, cfg, settings, slog: SearchLog, scorer, warnings: l
         "best_baseline_calibrated_or_not": _row(best_of(baselines)),
         "stages": _stages(records),
         "label_words": _label_words(records),
+        "combined": None,
         "scorings": scorer.scorings,
         "warnings": warnings,
     }
+    members = combination.members(records, settings.combine) if settings.combine > 1 else []
+    if best is not None and len(members) > 1:
+        method = cfg.model_dump(mode="json", exclude_unset=True).get("method", {"name": cfg.method.name})
+        prompts = [r.candidate.prompt() for r in members]
+        prompt, method = combination.sections(method, prompts, getattr(cfg.method, "num_tokens", None))
+        dev = scorer.combined(*combination.sections({"name": "zero-shot"}, prompts, None))
+        summary["combined"] = {"dev": dev, "members": [_row(r) for r in members], "prompt": prompt,
+                               "method": method}
+        head = (f"# The top {len(members)} prompts of `cuetune search`, combined (search.combine); dev "
+                f"{'(k-fold: not scored)' if dev is None else round(dev[scorer.metric], 4)} for the hard "
+                f"prompts under a uniform prior. One prompt: {out / 'single.yaml'}\n")
+        atomic.write_text(out / "best.yaml", run_config(cfg, prompt, method, out, head, "best.yaml"))
+        atomic.write_text(out / "single.yaml", best_config(cfg, best, out, "single.yaml"))
+    elif best is not None:
+        if settings.combine > 1:
+            warnings.append(f"search.combine: {settings.combine}, but only one template qualified; "
+                            "best.yaml holds the single best prompt")
+        atomic.write_text(out / "best.yaml", best_config(cfg, best, out))
     atomic.write_json(out / "summary.json", summary)
     atomic.write_text(out / "ranking.md", ranking(records, scorer.metric))
-    if best is not None:
-        atomic.write_text(out / "best.yaml", best_config(cfg, best, out))
     if len(records) > 1:
         plot(records, out / "search.png", scorer.metric)
     return summary
@@ -103,23 +123,30 @@ def _line(rank: int, rec: Record) -> str:
     return f"| {rank} | {rec.dev:.4f} | {rec.stage} | {rec.how} | `{prompt}` |"
 
 
-def best_config(cfg, best: Record, out: Path) -> str:
+def best_config(cfg, best: Record, out: Path, name: str = "best.yaml") -> str:
     """The search's run config with the chosen prompt: the keys the config set (and the search
     chose), not every default, so `cuetune train best.yaml` takes it as written and `--set
     method.name=X` starts method X from its own defaults (a dump of every default key named
     keys that the new method, or this one's other settings, make moot, and was refused). Data
     paths are made absolute, since the file sits in the search folder."""
+    head = f"# Chosen by `cuetune search` ({best.stage}, {best.how}): dev {best.dev:.4f}.\n"
+    return run_config(cfg, best.candidate.prompt(), None, out, head, name)
+
+
+def run_config(cfg, prompt: dict, method: dict | None, out: Path, head: str, name: str) -> str:
+    """The search's run config with these prompt (and method) sections, as `best_config` says."""
     raw = cfg.model_dump(mode="json", exclude_unset=True)
-    raw["prompt"] = {**raw.get("prompt", {}), **best.candidate.prompt()}
+    raw["prompt"] = {**raw.get("prompt", {}), **prompt}
+    if method is not None:
+        raw["method"] = method
     raw.setdefault("data", {})
     for key in ("train", "dev", "test"):
         value = raw["data"].get(key)
         if value and not raw["data"].get("dataset") and Path(value).exists():
             raw["data"][key] = str(Path(value).resolve())
     raw["output_dir"] = f"runs/{out.name}-best"
-    head = (f"# Chosen by `cuetune search` ({best.stage}, {best.how}): dev {best.dev:.4f}.\n"
-            f"# Train it: cuetune train {out / 'best.yaml'}\n")
-    return head + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+    return head + f"# Train it: cuetune train {out / name}\n" + yaml.safe_dump(
+        raw, sort_keys=False, allow_unicode=True)
 
 
 def plot(records: list[Record], path: Path, metric: str) -> None:

@@ -30,7 +30,7 @@ from cuetune.errors import ConfigError, did_you_mean
 from cuetune.prompt import encoder
 from cuetune.prompt.demonstrations import with_pool
 from cuetune.runs.config_file import resolve_paths
-from cuetune.search import demos, generic, gradient, pool, rl
+from cuetune.search import combination, demos, generic, gradient, pool, rl
 from cuetune.search import labels as label_words
 from cuetune.search.candidates import Candidate, SearchLog
 from cuetune.search.outputs import write_outputs
@@ -98,6 +98,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None):
         raw["data"] = {**sections["data"], **(raw.get("data") or {})}
         raw.setdefault("prompt", generic.own_task_prompt(task) if settings.own_task else sections["prompt"])
     cfg = resolve_paths(validate(raw, str(p)), p.parent)
+    combination.check(settings.combine, cfg.method.name, cfg.prompt.multi_token, f"{p}: search.combine")
     if cfg.data.task == "generation":
         raise ConfigError(f"{p}: data.task is generation; prompt search scores label words, which "
                           "a generation task has none of: search a classification task")
@@ -196,7 +197,8 @@ class _Once(logging.Filter):
 
 def _check_same_search(out: Path, cfg: RunConfig, settings) -> None:
     """A search folder resumes only the search that made it."""
-    current = yaml.safe_dump({"run": cfg.model_dump(mode="json"), "search": settings.model_dump(mode="json")},
+    search = settings.model_dump(mode="json", exclude={"combine"})  # outputs only: any value resumes
+    current = yaml.safe_dump({"run": cfg.model_dump(mode="json"), "search": search},
                              sort_keys=True, allow_unicode=True)
     saved = out / "search.yaml"
     if saved.exists() and saved.read_text(encoding="utf-8") != current:

@@ -93,6 +93,19 @@ class Scorer:
             out.append((v, metrics[self.metric], metrics, True))
         return out
 
+    def combined(self, prompt: dict, method: dict) -> dict | None:
+        """Dev metrics of a combination's run sections (None with k-fold selection: its
+        members' words were learned per fold)."""
+        if self.folds:
+            return None
+        pipe = build(with_pool(variant(self.cfg, prompt=prompt, method=method), self.train), self.labels,
+                     self.loaded)
+        items = pipe.encoder.encode(self.dev, "search examples")
+        probs = pipe.label_probs(items, self.cfg.train.eval_batch_size)
+        self.scorings += len(self.dev) * len(method["prompts"])
+        full = classification_metrics(self.labels, [e.label for e in self.dev], probs)
+        return {k: full[k] for k in ("accuracy", "macro_f1")}
+
     def probs(self, cand: Candidate, examples: list[Example],
               pool: list[Example] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw label probabilities [N, L] and the content-free distribution [L] (`pool`: where

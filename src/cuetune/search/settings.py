@@ -127,6 +127,11 @@ class SearchSettings(Strict):
     """Search a named task as if it were your own: its data and label names only, no task
     baselines, cue phrases or hand label words; the search starts from the plain
     `Text: {text}\nLabel: {answer}` with the label names as words. The bench's honest row."""
+    combine: int = Field(1, ge=1, le=8)
+    """`best.yaml` combines the top `combine` prompts with distinct templates, each with its own
+    label words and calibration, as a mixture of prompts (`search.combine`); `single.yaml` keeps
+    the single best. 1: `best.yaml` is the single best prompt. It changes the outputs only, so
+    an existing search folder resumes with another value."""
     calibrate: Literal["both", "off", "on"] = "both"
     """Score each candidate raw, contextually calibrated, or both (one forward serves both)."""
     out: str = "search/default"
