@@ -304,7 +304,8 @@ def search(config: Path = typer.Argument(..., help="Run config with a search: se
                   f"run the single best prompt: cuetune train {Path(settings.out) / 'single.yaml'}",
                   soft_wrap=True, highlight=False)
     else:
-        out.print(f"run it: cuetune train {Path(settings.out) / 'best.yaml'}", soft_wrap=True, highlight=False)
+        out.print(f"run it: cuetune train {Path(settings.out) / 'best.yaml'}", soft_wrap=True,
+                  highlight=False)
 
 
 @app.command()
