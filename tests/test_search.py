@@ -247,6 +247,7 @@ def test_clear_errors(tmp_path, tiny_dirs, toy_data):
     _run(path, ["search.labels.top_k=2"])
     with pytest.raises(ConfigError, match="holds a different search"):
         _run(path, ["search.labels.top_k=3"])
+    _run(path, ["search.labels.top_k=2", "search.rl.steps=7", "search.combine=2"])  # nothing it scores
     gen = _config(tmp_path / "g", tiny_dirs["causal"], toy_data, {},
                   prompt={"template": "{text} {answer}"}, data_update={"task": "generation"})
     with pytest.raises(ConfigError, match="generation"):

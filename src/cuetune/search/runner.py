@@ -196,16 +196,30 @@ class _Once(logging.Filter):
 
 
 def _check_same_search(out: Path, cfg: RunConfig, settings) -> None:
-    """A search folder resumes only the search that made it."""
-    search = settings.model_dump(mode="json", exclude={"combine"})  # outputs only: any value resumes
-    current = yaml.safe_dump({"run": cfg.model_dump(mode="json"), "search": search},
-                             sort_keys=True, allow_unicode=True)
+    """A search folder resumes only the search that made it: the same run config and the same
+    settings, counting only what changes the candidates scored (`_identity`)."""
+    current = {"run": cfg.model_dump(mode="json"), "search": settings.model_dump(mode="json")}
     saved = out / "search.yaml"
-    if saved.exists() and saved.read_text(encoding="utf-8") != current:
+    if saved.exists() and _identity(yaml.safe_load(saved.read_text(encoding="utf-8"))) != _identity(current):
         raise ConfigError(f"{out}: holds a different search (its search.yaml differs from this "
                           "config); choose another search.out, or remove the folder to start over")
     if not saved.exists():
-        atomic.write_text(saved, current)
+        atomic.write_text(saved, yaml.safe_dump(current, sort_keys=True, allow_unicode=True))
+
+
+OUTPUT_ONLY = ("combine",)
+"""Search settings that change the outputs written, not the candidates scored."""
+
+
+def _identity(dump: dict) -> dict:
+    """A search's run config and settings less what cannot change its candidates: the output
+    settings and the sections of searchers it does not run (the pool section stays: the
+    generic baselines read its cues)."""
+    search = {k: v for k, v in dump["search"].items() if k not in OUTPUT_ONLY}
+    for name in ("labels", *TOKEN_SEARCHERS, "demos"):
+        if name not in search.get("searchers", []):
+            search.pop(name, None)
+    return {"run": dump["run"], "search": search}
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
