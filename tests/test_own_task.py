@@ -16,7 +16,7 @@ import cuetune.search as search
 from cuetune.bench import grid, points
 from cuetune.data import tasks
 from cuetune.errors import ConfigError
-from cuetune.search import generic, prior
+from cuetune.search import combination, generic, prior
 from cuetune.search.candidates import Candidate, Record
 from cuetune.search.stage import best_of
 
@@ -183,7 +183,8 @@ def _combining_search(tmp_path, tiny_dirs, toy_data, method, combine=3, out="sea
     raw = toy_config(tiny_dirs["causal"], toy_data, tmp_path / "run", method=method,
                      prompt={"template": TRIGGER, "verbalizer": {"negative": "movie", "positive": "day"}})
     raw["search"] = {"out": str(tmp_path / out), "searchers": ["pool"], "combine": combine,
-                     "pool": {"max_candidates": 6, "chat": False}}
+                     "pool": {"max_candidates": 6, "chat": False, "templates": [
+                         "review : {text} sentiment :{answer}", "review : {text} , sentiment : {answer}"]}}
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     return path
@@ -238,3 +239,21 @@ def test_a_combination_the_method_cannot_train_is_refused(tmp_path, tiny_dirs, t
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"methods\.lora\.search\.combine: .*method lora"):
         grid.load_bench(tmp_path / "bench.yaml")
+
+
+def test_members_are_distinct_templates_within_the_noise_of_the_best():
+    labels = ["negative", "positive"]
+
+    def rec(template, dev, calibrate=False):
+        cand = Candidate.from_prompt({"template": template, "calibrate": calibrate}, labels)
+        return Record("1-pool", "x", cand, dev, {})
+
+    records = [rec("{text} It was {answer}", 0.84), rec("Text: {text} {answer}", 0.81),
+               rec("{text} It was {answer}", 0.81, True), rec("Input: {text} {answer}", 0.70),
+               rec("{soft:4} Sentence: {text} {answer}", 0.78), rec("{text} It was {answer}", 0.9,
+                                                                       calibrate=True)]
+    records[-1].extra.update(needs=0.95)  # found words that did not clear their bar: not a member
+    got = combination.members(records, 3, 32)  # one standard error at 0.84 on 32: 0.065
+    assert [r.dev for r in got] == [0.84, 0.81, 0.78]
+    assert combination.members(records, 3, 400) == [records[0]]  # 400 sentences: 0.81 is too far
+    assert combination.noise(1.0, 12) == pytest.approx((11 / 12 / 12 / 12) ** 0.5)

@@ -73,7 +73,7 @@ def searched_prompt(cfg: BenchConfig, root: Path, cell: Cell, out: Path) -> tupl
                                task=task, own_task=entry.own_task and task is not None)
     summary = run_search(validate(raw), settings)
     combined = summary["combined"]
-    if combined is None:
+    if combined is None or not combined["chosen"]:
         return summary["best"]["prompt"], None
     method = dict(entry.method)
     return combination.sections(method, [m["prompt"] for m in combined["members"]], method.get("num_tokens"))

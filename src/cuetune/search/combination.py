@@ -37,17 +37,27 @@ def check(combine: int, method: str, multi_token: str, where: str) -> None:
                           f"mean; prompt.multi_token is {multi_token} (use mean, or combine: 1)")
 
 
-def members(records: list[Record], n: int) -> list[Record]:
+def noise(dev: float, n: int) -> float:
+    """One standard error of a dev accuracy `dev` on `n` examples (p clipped to [1/n, 1 - 1/n],
+    so a perfect score on 12 sentences is not certain)."""
+    p = min(max(dev, 1 / n), 1 - 1 / n)
+    return (p * (1 - p) / n) ** 0.5
+
+
+def members(records: list[Record], n: int, n_dev: int) -> list[Record]:
     """The top `n` records by dev with distinct templates (each template's best words and
-    calibration), passing the label-word bar as `best_of` does; members share the top one's
-    chat wrapping, instruction and inputs, and carry no demonstrations (a mixture renders none)."""
+    calibration) that score within one standard error of the best (`noise`, on `n_dev`
+    examples: a much weaker prompt would pull a good one down), passing the label-word bar as
+    `best_of` does; members share the top one's chat wrapping, instruction and inputs, and
+    carry no demonstrations (a mixture renders none)."""
     ok = [r for r in records if not ("needs" in r.extra and r.dev <= r.extra["needs"])
           and r.candidate.demos is None]
     top = best_of(ok)
     if top is None:
         return []
     pair = "{text_pair}" in top.candidate.template
-    order = sorted(range(len(ok)), key=lambda i: (-ok[i].dev, i))
+    floor = top.dev - noise(top.dev, n_dev)
+    order = sorted((i for i in range(len(ok)) if ok[i].dev >= floor), key=lambda i: (-ok[i].dev, i))
     out, seen = [], set()
     for i in order:
         c = ok[i].candidate

@@ -6,6 +6,7 @@ the search's scorings), `best.yaml` (a ready run config: the best prompt, or wit
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -41,24 +42,37 @@ def write_outputs(out: Path, cfg, settings, slog: SearchLog, scorer, warnings: l
         "scorings": scorer.scorings,
         "warnings": warnings,
     }
-    members = combination.members(records, settings.combine) if settings.combine > 1 else []
+    notes = []
+    n_dev = len(scorer.dev)
+    members = combination.members(records, settings.combine, n_dev) if settings.combine > 1 else []
+    chosen = False
     if best is not None and len(members) > 1:
         method = cfg.model_dump(mode="json", exclude_unset=True).get("method", {"name": cfg.method.name})
         prompts = [r.candidate.prompt() for r in members]
         prompt, method = combination.sections(method, prompts, getattr(cfg.method, "num_tokens", None))
         dev = scorer.combined(*combination.sections({"name": "zero-shot"}, prompts, None))
+        bar = best.dev - combination.noise(best.dev, n_dev)
+        chosen = dev is None or dev[scorer.metric] >= bar
         summary["combined"] = {"dev": dev, "members": [_row(r) for r in members], "prompt": prompt,
-                               "method": method}
-        head = (f"# The top {len(members)} prompts of `cuetune search`, combined (search.combine); dev "
-                f"{'(k-fold: not scored)' if dev is None else round(dev[scorer.metric], 4)} for the hard "
-                f"prompts under a uniform prior. One prompt: {out / 'single.yaml'}\n")
-        atomic.write_text(out / "best.yaml", run_config(cfg, prompt, method, out, head, "best.yaml"))
-        atomic.write_text(out / "single.yaml", best_config(cfg, best, out, "single.yaml"))
-    elif best is not None:
-        if settings.combine > 1:
-            warnings.append(f"search.combine: {settings.combine}, but only one template qualified; "
-                            "best.yaml holds the single best prompt")
+                               "method": method, "chosen": chosen}
+        if chosen:
+            head = (f"# The top {len(members)} prompts of `cuetune search`, combined (search.combine); dev "
+                    f"{'(k-fold: not scored)' if dev is None else round(dev[scorer.metric], 4)} for the "
+                    f"hard prompts under a uniform prior. One prompt: {out / 'single.yaml'}\n")
+            atomic.write_text(out / "best.yaml", run_config(cfg, prompt, method, out, head, "best.yaml"))
+            atomic.write_text(out / "single.yaml", best_config(cfg, best, out, "single.yaml"))
+        else:
+            notes.append(f"search.combine: the top {len(members)} prompts combined scored "
+                         f"{dev[scorer.metric]:.4f} on dev, below the best prompt's {best.dev:.4f} by more "
+                         "than one standard error; best.yaml holds the single best (summary.json has "
+                         "the combination)")
+    elif best is not None and settings.combine > 1:
+        notes.append(f"search.combine: {settings.combine}, but no other template scored within one "
+                     "standard error of the best on dev; best.yaml holds the single best prompt")
+    if best is not None and not chosen:
         atomic.write_text(out / "best.yaml", best_config(cfg, best, out))
+        (out / "single.yaml").unlink(missing_ok=True)  # a combination written before no longer holds
+    summary["warnings"] = warnings + notes
     atomic.write_json(out / "summary.json", summary)
     atomic.write_text(out / "ranking.md", ranking(records, scorer.metric))
     if len(records) > 1:
@@ -145,6 +159,7 @@ def run_config(cfg, prompt: dict, method: dict | None, out: Path, head: str, nam
         if value and not raw["data"].get("dataset") and Path(value).exists():
             raw["data"][key] = str(Path(value).resolve())
     raw["output_dir"] = f"runs/{out.name}-best"
+    raw = json.loads(json.dumps(raw))  # no shared objects, so the file has no YAML anchors
     return head + f"# Train it: cuetune train {out / name}\n" + yaml.safe_dump(
         raw, sort_keys=False, allow_unicode=True)
 

@@ -128,10 +128,12 @@ class SearchSettings(Strict):
     baselines, cue phrases or hand label words; the search starts from the plain
     `Text: {text}\nLabel: {answer}` with the label names as words. The bench's honest row."""
     combine: int = Field(1, ge=1, le=8)
-    """`best.yaml` combines the top `combine` prompts with distinct templates, each with its own
-    label words and calibration, as a mixture of prompts (`search.combine`); `single.yaml` keeps
-    the single best. 1: `best.yaml` is the single best prompt. It changes the outputs only, so
-    an existing search folder resumes with another value."""
+    """`best.yaml` combines up to `combine` top prompts with distinct templates, each with its
+    own label words and calibration, as a mixture of prompts (`search.combination`); members
+    score within one standard error of the best on dev, and the combination replaces the single
+    best only if its own dev score is no further below; `single.yaml` keeps the single best.
+    1: `best.yaml` is the single best prompt. It changes the outputs only, so an existing
+    search folder resumes with another value."""
     calibrate: Literal["both", "off", "on"] = "both"
     """Score each candidate raw, contextually calibrated, or both (one forward serves both)."""
     out: str = "search/default"
