@@ -427,3 +427,28 @@ def test_best_yaml_trains_as_printed_and_with_every_method(tmp_path, tiny_dirs, 
     for name in REGISTRY:
         sets = [f"method.name={name}", f"output_dir={tmp_path / name}", *EXTRA.get(name, [])]
         assert cuetune.train(load_config(best, sets)).metrics["test"]["n"] > 0, name
+
+
+@pytest.mark.slow  # a search, then a training run per method
+def test_a_combined_best_yaml_trains_as_printed_and_with_every_method(tmp_path, tiny_dirs, toy_data):
+    """search.combine's best.yaml (a mixture of the top prompts, each with its own words) trains
+    as printed, and `--set method.name=X` drops the mixture's keys X lacks, naming them, and
+    trains X on the top prompt."""
+    raw = toy_config(tiny_dirs["causal"], toy_data, tmp_path / "run",
+                     method={"name": "soft", "num_tokens": 4},
+                     prompt={"template": "review : {text} sentiment : {answer}"})
+    raw["train"] = {"max_steps": 2, "eval_every": 1, "batch_size": 8, "progress": False}
+    variants = ["review : {text} sentiment :{answer}", "review : {text} , sentiment : {answer}"]
+    raw["search"] = {"out": str(tmp_path / "search"), "searchers": ["pool"], "combine": 3,
+                     "pool": {"templates": variants, "max_candidates": 4, "chat": False}}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    summary = _run(path)
+    assert summary["combined"]["chosen"], summary["combined"]
+    best = tmp_path / "search" / "best.yaml"
+    assert f"# Train it: cuetune train {best}" in best.read_text(encoding="utf-8").splitlines()
+    manifest = cuetune.train(load_config(best, [f"output_dir={tmp_path / 'as-printed'}"]))
+    assert manifest.method_name == "mixture" and manifest.metrics["test"]["n"] > 0
+    for name in REGISTRY:
+        sets = [f"method.name={name}", f"output_dir={tmp_path / name}", *EXTRA.get(name, [])]
+        assert cuetune.train(load_config(best, sets)).metrics["test"]["n"] > 0, name
