@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 
 import pytest
@@ -247,7 +248,11 @@ def test_clear_errors(tmp_path, tiny_dirs, toy_data):
     _run(path, ["search.labels.top_k=2"])
     with pytest.raises(ConfigError, match="holds a different search"):
         _run(path, ["search.labels.top_k=3"])
-    _run(path, ["search.labels.top_k=2", "search.rl.steps=7", "search.combine=2"])  # nothing it scores
+    resumed = _run(path, ["search.labels.top_k=2", "search.rl.steps=7", "search.combine=2"])  # same search
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "search", moved)  # a copied folder resumes where it now is
+    again = _run(path, ["search.labels.top_k=2", "search.combine=2", f"search.out={moved}"])
+    assert again["scorings"] == resumed["scorings"]  # only the label stage's ranking pass, no candidate
     gen = _config(tmp_path / "g", tiny_dirs["causal"], toy_data, {},
                   prompt={"template": "{text} {answer}"}, data_update={"task": "generation"})
     with pytest.raises(ConfigError, match="generation"):

@@ -213,9 +213,9 @@ OUTPUT_ONLY = ("combine",)
 
 def _identity(dump: dict) -> dict:
     """A search's run config and settings less what cannot change its candidates: the output
-    settings and the sections of searchers it does not run (the pool section stays: the
-    generic baselines read its cues)."""
-    search = {k: v for k, v in dump["search"].items() if k not in OUTPUT_ONLY}
+    settings, the folder's own path (a moved or copied folder resumes), and the sections of
+    searchers it does not run (the pool section stays: the generic baselines read its cues)."""
+    search = {k: v for k, v in dump["search"].items() if k not in (*OUTPUT_ONLY, "out")}
     for name in ("labels", *TOKEN_SEARCHERS, "demos"):
         if name not in search.get("searchers", []):
             search.pop(name, None)
