@@ -37,7 +37,7 @@ from cuetune.data.readers import decode_bytes, lines_to_examples
 from cuetune.engine import distributed
 from cuetune.errors import CuetuneError, DataError
 from cuetune.families.pretrained import describe_aliases
-from cuetune.runs import ensemble, peft
+from cuetune.runs import ensemble, peft, selftrain
 from cuetune.runs.config_file import load as load_config
 from cuetune.runs.distill import distill as distill_run
 from cuetune.runs.loader import load
@@ -267,6 +267,28 @@ def distill(teacher: Path = typer.Argument(..., help="A finished run, mixture ru
         stop()
     pool_size = manifest.metrics["distillation"]["pool"]["size"]
     out.print_json(json.dumps({**_summary(manifest), "pool_size": pool_size}))
+
+
+@app.command("self-train")
+def self_train(config: Path = typer.Argument(..., help="Run config with a selftrain: section (pool: FILE)"),
+               set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: key=value"),
+               out_dir: str | None = typer.Option(None, "--out", help="Folder of the rounds (same as "
+                                                  "--set output_dir=)")) -> None:
+    """Train on gold, pseudo-label the pool with confident, class-balanced labels, train a
+    student on both, repeat while dev improves; each round is a run folder. Rerun to resume."""
+    overrides = list(set_) + ([f"output_dir={out_dir}"] if out_dir else [])
+    cfg, settings = selftrain.load_config(config, overrides)
+    update, stop = _progress()
+    try:
+        summary = selftrain.run(cfg, settings, progress=update)
+    finally:
+        stop()
+    keys = ("round", "dev", "test_accuracy", "kept_per_class")
+    rounds = [{k: r[k] for k in keys} for r in summary["rounds"]]
+    out.print_json(json.dumps({"rounds": rounds, "best_round": summary["best_round"],
+                               "stopped": summary["stopped"], "pool_size": summary["pool"]["size"]}))
+    best = Path(cfg.output_dir) / f"round-{summary['best_round']}"
+    out.print(f"best on dev: {best} (cuetune predict {best} --input FILE)", soft_wrap=True, highlight=False)
 
 
 @app.command()
